@@ -1,0 +1,109 @@
+// Package accel defines the compute backend behind the forward pass. The
+// CPU backend (accel/cpu) is always present; GPU backends implement the
+// same interface over device memory.
+//
+// Activations live in backend Buffers of float32 values laid out as rows
+// of one token each. The engine never touches Buffer memory directly: it
+// moves data in and out with Write and Read, so a backend may keep buffers
+// on a device.
+package accel
+
+import "github.com/edged/edged/quant"
+
+// Buffer is activation or cache memory owned by a backend.
+type Buffer interface {
+	// Len is the number of elements the buffer holds.
+	Len() int
+}
+
+// Matrix is a weight in its storage type: Rows rows of Cols values, each
+// row stored contiguously as quant blocks. Data is host memory (usually a
+// view into a memory-mapped model file).
+type Matrix struct {
+	Name string
+	Type quant.Type
+	Rows int
+	Cols int
+	Data []byte
+}
+
+// Weight is a matrix prepared by a backend (for a GPU: uploaded).
+type Weight interface {
+	Dims() (rows, cols int)
+}
+
+// RoPE describes one rotary embedding application.
+type RoPE struct {
+	HeadDim     int       // width of one head
+	Dims        int       // leading dimensions of each head that rotate
+	Theta       float64   // frequency base
+	NeoX        bool      // pairs (i, i+Dims/2) instead of (2i, 2i+1)
+	FreqFactors []float32 // optional divisor of each pair's frequency
+}
+
+// AttnShape describes grouped-query attention.
+type AttnShape struct {
+	NHead   int
+	NHeadKV int
+	HeadDim int
+	Scale   float32 // applied to q·k, usually 1/sqrt(HeadDim)
+}
+
+// AttnSeq is one sequence's share of a batched attention call: its Rows
+// consecutive rows of the batch attend causally over the sequence's cache.
+type AttnSeq struct {
+	K, V Buffer // this layer's cache rows for the sequence
+	Past int    // cache rows already present before this call
+	Rows int    // rows of this sequence in the batch
+	// Probs, when non-nil, receives the attention probabilities of these
+	// rows: [NHead][Rows][Past+Rows], row i's entries past Past+i zero.
+	// Attention observers (token pruning) read them from here, so they
+	// cost no second attention pass.
+	Probs []float32
+}
+
+// Backend runs the operations of a transformer forward pass. Row counts
+// describe how many token rows of the buffers an operation covers; every
+// buffer is at least that large. Methods with an error result may fail for
+// resource reasons (memory); compute methods on valid arguments do not.
+type Backend interface {
+	Name() string
+	// Alloc returns a zeroed buffer of n float32 values.
+	Alloc(n int) (Buffer, error)
+	// AllocCache returns a zeroed buffer of n values stored as typ (F32 or
+	// F16), for the KV cache.
+	AllocCache(n int, typ quant.Type) (Buffer, error)
+	// Free releases a buffer; using it afterwards is an error.
+	Free(b Buffer)
+	// Load prepares a weight matrix for MatMul and Embed.
+	Load(m Matrix) (Weight, error)
+	// Write copies src into dst starting at element off.
+	Write(dst Buffer, off int, src []float32)
+	// Read copies len(dst) elements of src starting at element off.
+	Read(dst []float32, src Buffer, off int)
+
+	// Embed writes row ids[r] of table into row r of dst.
+	Embed(dst Buffer, table Weight, ids []int32)
+	// MatMul computes dst[r] = W·x[r] for rows rows: x rows have Cols
+	// values, dst rows have Rows values.
+	MatMul(dst Buffer, w Weight, x Buffer, rows int)
+	// RMSNorm computes dst[r] = x[r] / rms(x[r]) * w for rows of len(w).
+	RMSNorm(dst, x, w Buffer, rows int, eps float32)
+	// AddRows adds the vector b to each of rows rows of dst (a bias).
+	AddRows(dst, b Buffer, rows int)
+	// Add computes dst[i] += x[i] for the first n elements.
+	Add(dst, x Buffer, n int)
+	// SwiGLU computes dst[i] = silu(gate[i]) * up[i] for the first n.
+	SwiGLU(dst, gate, up Buffer, n int)
+	// RoPE rotates each head of each row r in place at position pos[r];
+	// rows have width a multiple of r.HeadDim.
+	RoPE(x Buffer, width int, pos []int32, r RoPE)
+	// Attention stores the k and v rows of each sequence in its cache after
+	// its Past rows, then computes for each row causal attention over the
+	// cache (row i of a sequence sees cache rows [0, Past+i]) into out.
+	// Rows of q, k, v and out are grouped by sequence in the order of seqs.
+	Attention(out, q, k, v Buffer, seqs []AttnSeq, s AttnShape)
+	// Gather copies rows idx[i] of src (rows of width values) into row i
+	// of dst; dst and src must differ.
+	Gather(dst, src Buffer, width int, idx []int32)
+}

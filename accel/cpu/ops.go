@@ -1,0 +1,132 @@
+package cpu
+
+import (
+	"math"
+
+	"github.com/edged/edged/accel"
+)
+
+// Embed implements accel.Backend.
+func (b *Backend) Embed(dst accel.Buffer, table accel.Weight, ids []int32) {
+	d, w := dst.(*buffer).f, table.(*weight)
+	cols := w.m.Cols
+	b.parallel(len(ids), func(_, lo, hi int) {
+		for r := lo; r < hi; r++ {
+			out := d[r*cols : (r+1)*cols]
+			copy(out, w.row(int(ids[r]), out))
+		}
+	})
+}
+
+// MatMul implements accel.Backend. Each worker takes a range of weight
+// rows, dequantizes each row once and multiplies it with every input row,
+// so the weights are read once per call whatever the batch size.
+func (b *Backend) MatMul(dst accel.Buffer, w accel.Weight, x accel.Buffer, rows int) {
+	d, wt, xs := dst.(*buffer).f, w.(*weight), x.(*buffer).f
+	n, k := wt.m.Rows, wt.m.Cols
+	b.parallel(n, func(t, lo, hi int) {
+		tmp := b.scratchFor(t, k)
+		for i := lo; i < hi; i++ {
+			wr := wt.row(i, tmp)
+			for r := 0; r < rows; r++ {
+				d[r*n+i] = dot(wr, xs[r*k:(r+1)*k])
+			}
+		}
+	})
+}
+
+// dot is the float32 inner product, four partial sums for speed.
+func dot(a, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+4 <= len(a); i += 4 {
+		s0 += a[i] * b[i]
+		s1 += a[i+1] * b[i+1]
+		s2 += a[i+2] * b[i+2]
+		s3 += a[i+3] * b[i+3]
+	}
+	for ; i < len(a); i++ {
+		s0 += a[i] * b[i]
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// RMSNorm implements accel.Backend.
+func (b *Backend) RMSNorm(dst, x, w accel.Buffer, rows int, eps float32) {
+	d, xs, ws := dst.(*buffer).f, x.(*buffer).f, w.(*buffer).f
+	n := len(ws)
+	for r := 0; r < rows; r++ {
+		in, out := xs[r*n:(r+1)*n], d[r*n:(r+1)*n]
+		var ss float64
+		for _, v := range in {
+			ss += float64(v) * float64(v)
+		}
+		scale := float32(1 / math.Sqrt(ss/float64(n)+float64(eps)))
+		for i, v := range in {
+			out[i] = v * scale * ws[i]
+		}
+	}
+}
+
+// AddRows implements accel.Backend.
+func (b *Backend) AddRows(dst, bias accel.Buffer, rows int) {
+	d, v := dst.(*buffer).f, bias.(*buffer).f
+	n := len(v)
+	for r := 0; r < rows; r++ {
+		row := d[r*n : (r+1)*n]
+		for i := range row {
+			row[i] += v[i]
+		}
+	}
+}
+
+// Add implements accel.Backend.
+func (b *Backend) Add(dst, x accel.Buffer, n int) {
+	d, xs := dst.(*buffer).f[:n], x.(*buffer).f[:n]
+	for i := range d {
+		d[i] += xs[i]
+	}
+}
+
+// SwiGLU implements accel.Backend.
+func (b *Backend) SwiGLU(dst, gate, up accel.Buffer, n int) {
+	d, g, u := dst.(*buffer).f[:n], gate.(*buffer).f[:n], up.(*buffer).f[:n]
+	for i := range d {
+		d[i] = g[i] / (1 + float32(math.Exp(float64(-g[i])))) * u[i]
+	}
+}
+
+// RoPE implements accel.Backend. Angles are computed in float64: pos·θ_i
+// grows with the context and float32 would lose its low bits.
+func (b *Backend) RoPE(x accel.Buffer, width int, pos []int32, r accel.RoPE) {
+	xs := x.(*buffer).f
+	half := r.Dims / 2
+	for row, p := range pos {
+		for h := 0; h+r.HeadDim <= width; h += r.HeadDim {
+			head := xs[row*width+h : row*width+h+r.HeadDim]
+			for i := 0; i < half; i++ {
+				freq := math.Pow(r.Theta, -2*float64(i)/float64(r.Dims))
+				if r.FreqFactors != nil {
+					freq /= float64(r.FreqFactors[i])
+				}
+				sin, cos := math.Sincos(float64(p) * freq)
+				a, c := 2*i, 2*i+1
+				if r.NeoX {
+					a, c = i, i+half
+				}
+				x0, x1 := float64(head[a]), float64(head[c])
+				head[a] = float32(x0*cos - x1*sin)
+				head[c] = float32(x0*sin + x1*cos)
+			}
+		}
+	}
+}
+
+// Gather implements accel.Backend.
+func (b *Backend) Gather(dst, src accel.Buffer, width int, idx []int32) {
+	d, s := dst.(*buffer).f, src.(*buffer).f
+	for i, j := range idx {
+		copy(d[i*width:(i+1)*width], s[int(j)*width:(int(j)+1)*width])
+	}
+}

@@ -1,0 +1,229 @@
+// Package engine runs the transformer forward pass over a batch of token
+// rows drawn from many sequences at once, keeps each sequence's KV cache,
+// and samples tokens.
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/edged/edged/accel"
+	"github.com/edged/edged/model"
+	"github.com/edged/edged/quant"
+)
+
+// Options configure an Engine. The zero value is usable: defaults fill in.
+type Options struct {
+	// Context is the most tokens (prefix rows included) one sequence holds;
+	// 0: the model's training context.
+	Context int
+	// BatchSize is the most rows one forward pass computes at once; larger
+	// batches are split. 0: 512.
+	BatchSize int
+	// Cache is the storage type of the KV cache.
+	Cache CacheType
+	Hooks Hooks
+}
+
+// CacheType selects the storage of the KV cache.
+type CacheType int
+
+// Cache storage types. F16 halves the memory at a small cost in accuracy
+// (llama.cpp's default); F32 is exact.
+const (
+	CacheF16 CacheType = iota
+	CacheF32
+)
+
+func (c CacheType) quant() (quant.Type, error) {
+	switch c {
+	case CacheF16:
+		return quant.F16, nil
+	case CacheF32:
+		return quant.F32, nil
+	}
+	return 0, fmt.Errorf("engine: unknown KV cache type %d", int(c))
+}
+
+// ParseCacheType maps "f16" or "f32" to a CacheType.
+func ParseCacheType(s string) (CacheType, error) {
+	switch s {
+	case "f16":
+		return CacheF16, nil
+	case "f32":
+		return CacheF32, nil
+	}
+	return 0, fmt.Errorf("KV cache type %q: want f16 or f32", s)
+}
+
+func (o Options) withDefaults(cfg *model.Config) Options {
+	if o.Context <= 0 {
+		o.Context = cfg.NCtxTrain
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 512
+	}
+	return o
+}
+
+// Engine owns a model's weights on a backend and runs forward passes. One
+// Step runs at a time: Step is not safe for concurrent use.
+type Engine struct {
+	cfg  model.Config
+	be   accel.Backend
+	opts Options
+	w    weights
+	rope accel.RoPE
+	attn accel.AttnShape
+	act  activations
+	stepID uint64 // counts Steps, for batch validation
+	// cacheType is the storage type of KV cache buffers.
+	cacheType quant.Type
+	logitN    int // rows of logits computed per output matmul
+}
+
+// weights are the model's tensors as the backend holds them.
+type weights struct {
+	tokEmbd, output accel.Weight
+	outputNorm      accel.Buffer
+	layers          []layerWeights
+}
+
+type layerWeights struct {
+	attnNorm, ffnNorm accel.Buffer
+	wq, wk, wv, wo    accel.Weight
+	bq, bk, bv        accel.Buffer // nil without biases
+	gate, up, down    accel.Weight
+}
+
+// activations are the scratch buffers of one forward pass of BatchSize
+// rows, allocated once.
+type activations struct {
+	x, xn      accel.Buffer // [rows × NEmbd]
+	q, att     accel.Buffer // [rows × QDim]
+	k, v       accel.Buffer // [rows × KVDim]
+	gate, up   accel.Buffer // [rows × NFF]
+	outX       accel.Buffer // [logitN × NEmbd]
+	logits     accel.Buffer // [logitN × NVocab]
+	probs      []float32    // attention probabilities for an observer
+	ids, pos   []int32
+	rows       []Row
+	seqs       []accel.AttnSeq
+	seqOf      []*Sequence // the sequence of each entry of seqs
+	keep       []int32
+	logitRows  []int32
+	vocabSlice []float32
+}
+
+// New places m's weights on be and allocates the scratch memory of one
+// batch.
+func New(m *model.Model, be accel.Backend, opts Options) (*Engine, error) {
+	cfg := m.Config
+	opts = opts.withDefaults(&cfg)
+	cacheType, err := opts.Cache.quant()
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		cfg:       cfg,
+		cacheType: cacheType,
+		be:        be,
+		opts:      opts,
+		rope:      accel.RoPE{HeadDim: cfg.HeadDim, Dims: cfg.Rope.Dims, Theta: cfg.Rope.Theta, NeoX: cfg.Rope.NeoX, FreqFactors: cfg.Rope.FreqFactors},
+		attn:      accel.AttnShape{NHead: cfg.NHead, NHeadKV: cfg.NHeadKV, HeadDim: cfg.HeadDim, Scale: float32(1 / math.Sqrt(float64(cfg.HeadDim)))},
+		// Bounded so that the logits of a long prompt never need a
+		// prompt-sized × vocabulary-sized buffer.
+		logitN: min(opts.BatchSize, 32),
+	}
+	if err := e.loadWeights(m); err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	if err := e.allocActivations(); err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	return e, nil
+}
+
+// Config returns the model's hyper-parameters.
+func (e *Engine) Config() model.Config { return e.cfg }
+
+// Options returns the options in force, defaults filled in.
+func (e *Engine) Options() Options { return e.opts }
+
+// Backend returns the backend the engine computes on.
+func (e *Engine) Backend() accel.Backend { return e.be }
+
+// loader collects the first error of a series of backend uploads.
+type loader struct {
+	be  accel.Backend
+	err error
+}
+
+func (l *loader) matrix(t *model.Tensor) accel.Weight {
+	if l.err != nil {
+		return nil
+	}
+	w, err := l.be.Load(accel.Matrix{Name: t.Name, Type: t.Type, Rows: t.Rows, Cols: t.Cols, Data: t.Data})
+	l.err = err
+	return w
+}
+
+// vector dequantizes a small tensor (a norm or a bias) to float32 and
+// places it on the backend. A nil tensor gives a nil buffer.
+func (l *loader) vector(t *model.Tensor) accel.Buffer {
+	if l.err != nil || t == nil {
+		return nil
+	}
+	v := make([]float32, t.Cols)
+	if err := quant.Dequantize(t.Type, t.Data, v); err != nil {
+		l.err = fmt.Errorf("%s: %w", t.Name, err)
+		return nil
+	}
+	b, err := l.be.Alloc(len(v))
+	if err != nil {
+		l.err = err
+		return nil
+	}
+	l.be.Write(b, 0, v)
+	return b
+}
+
+func (e *Engine) loadWeights(m *model.Model) error {
+	l := loader{be: e.be}
+	e.w.tokEmbd = l.matrix(m.TokenEmbd)
+	e.w.output = e.w.tokEmbd
+	if !m.Tied {
+		e.w.output = l.matrix(m.Output)
+	}
+	e.w.outputNorm = l.vector(m.OutputNorm)
+	e.w.layers = make([]layerWeights, len(m.Layers))
+	for i := range m.Layers {
+		src, dst := &m.Layers[i], &e.w.layers[i]
+		dst.attnNorm, dst.ffnNorm = l.vector(src.AttnNorm), l.vector(src.FFNNorm)
+		dst.wq, dst.wk, dst.wv, dst.wo = l.matrix(src.Wq), l.matrix(src.Wk), l.matrix(src.Wv), l.matrix(src.Wo)
+		dst.bq, dst.bk, dst.bv = l.vector(src.Bq), l.vector(src.Bk), l.vector(src.Bv)
+		dst.gate, dst.up, dst.down = l.matrix(src.Gate), l.matrix(src.Up), l.matrix(src.Down)
+	}
+	return l.err
+}
+
+func (e *Engine) allocActivations() error {
+	c, n := &e.cfg, e.opts.BatchSize
+	var errs []error
+	alloc := func(size int) accel.Buffer {
+		b, err := e.be.Alloc(size)
+		errs = append(errs, err)
+		return b
+	}
+	a := &e.act
+	a.x, a.xn = alloc(n*c.NEmbd), alloc(n*c.NEmbd)
+	a.q, a.att = alloc(n*c.QDim()), alloc(n*c.QDim())
+	a.k, a.v = alloc(n*c.KVDim()), alloc(n*c.KVDim())
+	a.gate, a.up = alloc(n*c.NFF), alloc(n*c.NFF)
+	a.outX, a.logits = alloc(e.logitN*c.NEmbd), alloc(e.logitN*c.NVocab)
+	a.ids, a.pos = make([]int32, n), make([]int32, n)
+	a.rows, a.keep = make([]Row, n), make([]int32, n)
+	a.logitRows = make([]int32, 0, n)
+	return errors.Join(errs...)
+}

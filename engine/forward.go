@@ -1,0 +1,171 @@
+package engine
+
+import (
+	"fmt"
+
+	"github.com/edged/edged/accel"
+)
+
+// forward computes one slice of at most BatchSize rows.
+func (e *Engine) forward(batch []Entry, logits []float32) error {
+	a, be := &e.act, e.be
+	n := len(batch)
+	ids, pos, rows := a.ids[:n], a.pos[:n], a.rows[:n]
+	for i, en := range batch {
+		ids[i], pos[i] = en.Token, en.Pos
+		rows[i] = Row{Seq: en.Seq, Pos: en.Pos, Logits: en.Logits}
+	}
+	be.Embed(a.x, e.w.tokEmbd, ids)
+	for l := range e.w.layers {
+		if err := e.layer(l, rows, pos); err != nil {
+			return err
+		}
+		if e.opts.Hooks.Selector != nil {
+			rows, pos = e.selectRows(l, rows, pos)
+		}
+	}
+	for _, en := range batch {
+		en.Seq.tokens = en.Seq.n[0] - en.Seq.prefix
+	}
+	return e.output(rows, logits)
+}
+
+// layer runs transformer block l over rows, updating the residual stream
+// a.x in place.
+func (e *Engine) layer(l int, rows []Row, pos []int32) error {
+	a, c, be, w := &e.act, &e.cfg, e.be, &e.w.layers[l]
+	n := len(rows)
+
+	// Attention: x += Wo · attn(rope(Wq·xn), rope(Wk·xn), Wv·xn).
+	be.RMSNorm(a.xn, a.x, w.attnNorm, n, c.RMSEps)
+	if err := e.project(l, ProjQ, a.q, w.wq, w.bq, a.xn, rows); err != nil {
+		return err
+	}
+	if err := e.project(l, ProjK, a.k, w.wk, w.bk, a.xn, rows); err != nil {
+		return err
+	}
+	if err := e.project(l, ProjV, a.v, w.wv, w.bv, a.xn, rows); err != nil {
+		return err
+	}
+	be.RoPE(a.q, c.QDim(), pos, e.rope)
+	be.RoPE(a.k, c.KVDim(), pos, e.rope)
+	seqs := e.attnSeqs(l, rows)
+	be.Attention(a.att, a.q, a.k, a.v, seqs, e.attn)
+	e.observe(l, seqs)
+	for i, s := range seqs {
+		a.seqOf[i].n[l] += s.Rows
+	}
+	if err := e.project(l, ProjO, a.xn, w.wo, nil, a.att, rows); err != nil {
+		return err
+	}
+	be.Add(a.x, a.xn, n*c.NEmbd)
+
+	// MLP: x += Down · (silu(Gate·xn) ⊙ Up·xn).
+	be.RMSNorm(a.xn, a.x, w.ffnNorm, n, c.RMSEps)
+	if err := e.project(l, ProjGate, a.gate, w.gate, nil, a.xn, rows); err != nil {
+		return err
+	}
+	if err := e.project(l, ProjUp, a.up, w.up, nil, a.xn, rows); err != nil {
+		return err
+	}
+	be.SwiGLU(a.gate, a.gate, a.up, n*c.NFF)
+	if err := e.project(l, ProjDown, a.xn, w.down, nil, a.gate, rows); err != nil {
+		return err
+	}
+	be.Add(a.x, a.xn, n*c.NEmbd)
+	return nil
+}
+
+// project computes y = W·x (+ bias) (+ the delta hook's correction).
+func (e *Engine) project(l int, p Proj, y accel.Buffer, w accel.Weight, bias, x accel.Buffer, rows []Row) error {
+	e.be.MatMul(y, w, x, len(rows))
+	if bias != nil {
+		e.be.AddRows(y, bias, len(rows))
+	}
+	if d := e.opts.Hooks.Delta; d != nil {
+		if err := d.Apply(e.be, l, p, x, y, rows); err != nil {
+			return fmt.Errorf("engine: layer %d delta: %w", l, err)
+		}
+	}
+	return nil
+}
+
+// attnSeqs groups rows by sequence for the attention kernel at layer l.
+func (e *Engine) attnSeqs(l int, rows []Row) []accel.AttnSeq {
+	a := &e.act
+	a.seqs, a.seqOf = a.seqs[:0], a.seqOf[:0]
+	for i, r := range rows {
+		if i > 0 && r.Seq == rows[i-1].Seq {
+			a.seqs[len(a.seqs)-1].Rows++
+			continue
+		}
+		a.seqs = append(a.seqs, accel.AttnSeq{K: r.Seq.k[l], V: r.Seq.v[l], Past: r.Seq.n[l], Rows: 1})
+		a.seqOf = append(a.seqOf, r.Seq)
+	}
+	if obs := e.opts.Hooks.Observer; obs != nil && obs.Wants(l) {
+		total := 0
+		for _, s := range a.seqs {
+			total += e.cfg.NHead * s.Rows * (s.Past + s.Rows)
+		}
+		if cap(a.probs) < total {
+			a.probs = make([]float32, total)
+		}
+		off := 0
+		for i := range a.seqs {
+			s := &a.seqs[i]
+			need := e.cfg.NHead * s.Rows * (s.Past + s.Rows)
+			s.Probs, off = a.probs[off:off+need], off+need
+		}
+	}
+	return a.seqs
+}
+
+func (e *Engine) observe(l int, seqs []accel.AttnSeq) {
+	obs := e.opts.Hooks.Observer
+	if obs == nil || !obs.Wants(l) {
+		return
+	}
+	for i, s := range seqs {
+		obs.Observe(l, e.act.seqOf[i], s.Past, s.Rows, e.cfg.NHead, s.Probs)
+	}
+}
+
+// selectRows applies the token selector after layer l, compacting the
+// residual stream to the kept rows.
+func (e *Engine) selectRows(l int, rows []Row, pos []int32) ([]Row, []int32) {
+	keep := e.opts.Hooks.Selector.Select(l, rows)
+	if keep == nil || len(keep) == len(rows) {
+		return rows, pos
+	}
+	a := &e.act
+	e.be.Gather(a.xn, a.x, e.cfg.NEmbd, keep)
+	a.x, a.xn = a.xn, a.x
+	for i, k := range keep {
+		rows[i], pos[i] = rows[k], pos[k]
+	}
+	return rows[:len(keep)], pos[:len(keep)]
+}
+
+// output computes the logits of the rows that asked for them, logitN rows
+// at a time.
+func (e *Engine) output(rows []Row, logits []float32) error {
+	a, c, be := &e.act, &e.cfg, e.be
+	sel := a.logitRows[:0]
+	for i, r := range rows {
+		if r.Logits {
+			sel = append(sel, int32(i))
+		}
+	}
+	if len(sel)*c.NVocab != len(logits) {
+		return fmt.Errorf("engine: %d logits rows survived token selection, %d requested", len(sel), len(logits)/c.NVocab)
+	}
+	for len(sel) > 0 {
+		m := min(len(sel), e.logitN)
+		be.Gather(a.outX, a.x, c.NEmbd, sel[:m])
+		be.RMSNorm(a.outX, a.outX, e.w.outputNorm, m, c.RMSEps)
+		be.MatMul(a.logits, e.w.output, a.outX, m)
+		be.Read(logits[:m*c.NVocab], a.logits, 0)
+		logits, sel = logits[m*c.NVocab:], sel[m:]
+	}
+	return nil
+}
