@@ -16,7 +16,7 @@ import (
 // Options configure an Engine. The zero value is usable: defaults fill in.
 type Options struct {
 	// Context is the most tokens (prefix rows included) one sequence holds;
-	// 0: the model's training context.
+	// 0: the model's training context, at most DefaultContext.
 	Context int
 	// BatchSize is the most rows one forward pass computes at once; larger
 	// batches are split. 0: 512.
@@ -25,6 +25,10 @@ type Options struct {
 	Cache CacheType
 	Hooks Hooks
 }
+
+// DefaultContext caps the default context: a model trained on 128k tokens
+// would otherwise reserve gigabytes of cache per sequence.
+const DefaultContext = 4096
 
 // CacheType selects the storage of the KV cache.
 type CacheType int
@@ -59,7 +63,7 @@ func ParseCacheType(s string) (CacheType, error) {
 
 func (o Options) withDefaults(cfg *model.Config) Options {
 	if o.Context <= 0 {
-		o.Context = cfg.NCtxTrain
+		o.Context = min(cfg.NCtxTrain, DefaultContext)
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = 512
@@ -70,13 +74,13 @@ func (o Options) withDefaults(cfg *model.Config) Options {
 // Engine owns a model's weights on a backend and runs forward passes. One
 // Step runs at a time: Step is not safe for concurrent use.
 type Engine struct {
-	cfg  model.Config
-	be   accel.Backend
-	opts Options
-	w    weights
-	rope accel.RoPE
-	attn accel.AttnShape
-	act  activations
+	cfg    model.Config
+	be     accel.Backend
+	opts   Options
+	w      weights
+	rope   accel.RoPE
+	attn   accel.AttnShape
+	act    activations
 	stepID uint64 // counts Steps, for batch validation
 	// cacheType is the storage type of KV cache buffers.
 	cacheType quant.Type

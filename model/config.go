@@ -32,13 +32,13 @@ type RopeConfig struct {
 }
 
 // QDim is the width of all query heads together.
-func (c *Config) QDim() int { return c.NHead * c.HeadDim }
+func (c Config) QDim() int { return c.NHead * c.HeadDim }
 
 // KVDim is the width of all key (or value) heads together: one cache row.
-func (c *Config) KVDim() int { return c.NHeadKV * c.HeadDim }
+func (c Config) KVDim() int { return c.NHeadKV * c.HeadDim }
 
 // GroupSize is the number of query heads that share one key/value head.
-func (c *Config) GroupSize() int { return c.NHead / c.NHeadKV }
+func (c Config) GroupSize() int { return c.NHead / c.NHeadKV }
 
 // readConfig reads the hyper-parameters of arch from f.
 func readConfig(f *File, arch *Arch) (Config, error) {
