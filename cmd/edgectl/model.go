@@ -1,0 +1,70 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+
+	"github.com/edged/edged/accel/cpu"
+	"github.com/edged/edged/engine"
+	"github.com/edged/edged/model"
+)
+
+// engineFlags are the flags of every command that runs a model.
+type engineFlags struct {
+	model   string
+	threads int
+	context int
+	kvType  string
+}
+
+func (f *engineFlags) register(fs *flag.FlagSet, defaultKV string) {
+	fs.StringVar(&f.model, "model", "", "GGUF model `file` (required)")
+	fs.StringVar(&f.model, "m", "", "shorthand for --model")
+	fs.IntVar(&f.threads, "t", 0, "CPU threads (0: one per core)")
+	fs.IntVar(&f.context, "c", 0, fmt.Sprintf("context length in tokens (0: the model's, at most %d)", engine.DefaultContext))
+	fs.StringVar(&f.kvType, "kv-type", defaultKV, "KV cache storage: f16 or f32")
+}
+
+// loaded is an open model ready to run.
+type loaded struct {
+	path   string
+	file   *model.File
+	model  *model.Model
+	engine *engine.Engine
+}
+
+// tokenizer loads the model's tokenizer. It is loaded only when text is to
+// be tokenized, so that a model whose tokenizer family is not supported
+// still runs on token ids.
+func (l *loaded) tokenizer() (*model.Tokenizer, error) {
+	tok, err := model.NewTokenizer(l.file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", l.path, err)
+	}
+	return tok, nil
+}
+
+func (l *loaded) Close() error { return l.file.Close() }
+
+// open loads the model, its tokenizer and an engine on the CPU.
+func (f *engineFlags) open() (*loaded, error) {
+	cache, err := engine.ParseCacheType(f.kvType)
+	if err != nil {
+		return nil, err
+	}
+	file, err := model.Open(f.model)
+	if err != nil {
+		return nil, err
+	}
+	l := &loaded{path: f.model, file: file}
+	if l.model, err = model.Load(file); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("%s: %w", f.model, err)
+	}
+	opts := engine.Options{Context: f.context, Cache: cache}
+	if l.engine, err = engine.New(l.model, cpu.New(f.threads), opts); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("%s: %w", f.model, err)
+	}
+	return l, nil
+}
