@@ -1,0 +1,20 @@
+# The test command of the README; .ci/run calls it.
+.PHONY: test fuzz build
+
+GOFILES := $(shell git ls-files '*.go' 2>/dev/null || find . -name '*.go')
+
+test:
+	@unformatted=$$(gofmt -l $(GOFILES)); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	go vet ./...
+	go test ./...
+	# The race detector on the packages that run goroutines; -short trims the
+	# fixture sweeps that the plain run above covers in full.
+	go test -race -short ./accel/... ./engine/...
+
+# Longer fuzzing of the parsers (FUZZTIME per target).
+FUZZTIME ?= 2m
+fuzz:
+	go test ./model -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+
+build:
+	go build -o bin/ ./cmd/...
