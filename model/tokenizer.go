@@ -3,9 +3,10 @@ package model
 // The tokenizer layer: the vocabulary every family shares (token texts,
 // scores, types, special tokens, the end-of-generation set), the splitting of
 // the input around special tokens, and the dispatch to one family's encoder.
-// A family (SPM in tokenizer_spm.go; byte-level BPE and WPM to come) is one
+// A family (SPM in tokenizer_spm.go, byte-level BPE in tokenizer_bpe.go with
+// its pre-tokenizers in tokenizer_pretok.go, WPM in tokenizer_wpm.go) is one
 // more file: its settings, its encoder of plain text and its rendering of a
-// normal token.
+// normal token. tokenizer_unicode.go holds the Unicode tables they share.
 //
 // The behaviour follows llama.cpp's llama_vocab (src/llama-vocab.cpp) so that
 // a prompt gives here the ids it gives there.
@@ -116,9 +117,9 @@ type family interface {
 	// special token. afterSpecial reports whether the run starts the input
 	// or follows a special token.
 	encode(out []int32, text string, afterSpecial bool) []int32
-	// piece returns the bytes a token that is neither special nor
+	// appendPiece appends the bytes a token that is neither special nor
 	// user-defined stands for, given its text and attributes.
-	piece(text string, a tokenAttr) string
+	appendPiece(dst []byte, text string, a tokenAttr) []byte
 }
 
 // ending is what Encode appends after the text when asked to add special
@@ -194,8 +195,9 @@ type Tokenizer struct {
 	fimPre, fimSuf, fimMid, fimPad, fimRep, fimSep int32
 	eog                                            []int32 // end-of-generation ids, ascending
 
-	special []int32  // candidates for matching in text, longest text first
-	pieces  []string // what each token renders as, special tokens as their text
+	special []int32      // candidates for matching in text, longest text first
+	trie    *specialTrie // finds them
+	pieces  []string     // what each token renders as, special tokens as their text
 }
 
 // NewTokenizer reads the tokenizer.ggml.* metadata of f. It needs no tensors,
@@ -300,11 +302,13 @@ func (t *Tokenizer) loadVocab(f *File) error {
 		if s == "" {
 			s = fmt.Sprintf("[EMPTY_%d]", i)
 		}
-		if j, dup := v.ids[s]; dup {
+		v.texts[i] = s
+		before := len(v.ids)
+		v.ids[s] = int32(i)
+		if len(v.ids) == before { // a duplicate; checked so, the map is hashed once per token
+			j := slices.Index(v.texts, s)
 			return fmt.Errorf("%s: duplicate token %q has ids %d and %d", keyTokTokens, s, j, i)
 		}
-		v.ids[s] = int32(i)
-		v.texts[i] = s
 		v.maxLen = max(v.maxLen, len(s))
 	}
 	t.vocab = v

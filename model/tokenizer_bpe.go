@@ -15,6 +15,7 @@ package model
 
 import (
 	"fmt"
+	"hash/maphash"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -46,7 +47,7 @@ type bpe struct {
 
 	ignoreMerges bool
 	ranks        map[uint64]bpeMerge // (left id, right id) -> rule
-	extra        []string            // texts of the piece ids past the vocabulary
+	nPieces      int64               // pieces named: the vocabulary and the texts past it
 	charID       [256]int32          // piece id of each byte's character, or -1
 	byteTok      [256]int32          // token of each one-byte text, or -1
 
@@ -76,23 +77,25 @@ func newBPE(f *File, v *vocab, s *tokSettings) (family, error) {
 	}
 
 	m := &bpe{v: v, pre: spec.pre, bytes: gpt2Bytes(), ignoreMerges: spec.ignoreMerges,
-		ranks: make(map[uint64]bpeMerge, len(merges))}
+		ranks: make(map[uint64]bpeMerge, len(merges)), nPieces: int64(len(v.texts))}
+	unicodeFlags() // build the tables now rather than in the first Encode
 	extraIDs := map[string]int32{}
-	pieceID := func(s string, add bool) int32 {
-		if id := v.id(s); id >= 0 {
+	pieceID := func(s []byte, add bool) int32 {
+		if id, ok := v.ids[string(s)]; ok {
 			return id
 		}
-		if id, ok := extraIDs[s]; ok {
+		if id, ok := extraIDs[string(s)]; ok {
 			return id
 		}
 		if !add {
 			return -1
 		}
-		id := int32(len(v.texts) + len(m.extra))
-		extraIDs[s] = id
-		m.extra = append(m.extra, s)
+		id := int32(m.nPieces)
+		extraIDs[string(s)] = id
+		m.nPieces++
 		return id
 	}
+	var joined []byte
 	for i, rule := range merges {
 		// llama.cpp splits at the first space after the first byte; a
 		// rule without one, or with an empty side, never applies.
@@ -105,18 +108,20 @@ func newBPE(f *File, v *vocab, s *tokSettings) (family, error) {
 		if sp < 0 || sp == len(rule)-1 {
 			continue
 		}
-		if int64(len(v.texts))+int64(len(m.extra))+3 > 1<<31-1 {
+		if m.nPieces+3 > 1<<31-1 {
 			return nil, fmt.Errorf("%s: too many pieces", keyTokMerges)
 		}
-		left, right := rule[:sp], rule[sp+1:]
-		key := pairKey(pieceID(left, true), pieceID(right, true))
+		joined = append(append(joined[:0], rule[:sp]...), rule[sp+1:]...)
+		left := pieceID(joined[:sp], true)
+		right := pieceID(joined[sp:], true)
+		key := pairKey(left, right)
 		if _, dup := m.ranks[key]; dup {
 			continue // the first rule for a pair wins, as in llama.cpp's emplace
 		}
-		m.ranks[key] = bpeMerge{rank: int32(i), id: pieceID(left+right, true)}
+		m.ranks[key] = bpeMerge{rank: int32(i), id: pieceID(joined, true)}
 	}
 	for b := range 256 {
-		m.charID[b] = pieceID(m.bytes.char[b], false)
+		m.charID[b] = pieceID([]byte(m.bytes.char[b]), false)
 		m.byteTok[b] = v.id(string([]byte{byte(b)}))
 	}
 	return m, nil
@@ -127,11 +132,10 @@ func newBPE(f *File, v *vocab, s *tokSettings) (family, error) {
 // "[UNK_BYTE_0x<its UTF-8 in hex><the whole token text>]", llama.cpp's
 // marker, text and all. Byte-type tokens render as nothing in llama.cpp's
 // BPE, and so here.
-func (m *bpe) piece(text string, a tokenAttr) string {
+func (m *bpe) appendPiece(b []byte, text string, a tokenAttr) []byte {
 	if a&attrNormal == 0 {
-		return ""
+		return b
 	}
-	var b []byte
 	for i := 0; i < len(text); {
 		r, n := nextCpt(text, i)
 		i += n
@@ -146,7 +150,7 @@ func (m *bpe) piece(text string, a tokenAttr) string {
 		b = append(b, text...)
 		b = append(b, ']')
 	}
-	return string(b)
+	return b
 }
 
 // bpeSymbol is a piece of a word in the merge chain.
@@ -214,7 +218,9 @@ func (q *bpeQueue) pop() bpeBigram {
 	return top
 }
 
-// bpeSession holds the buffers of one encode call.
+// bpeSession holds the buffers of one encode call, and a memo of the
+// tokens of recent words (in English text almost every word is a repeat).
+// Sessions are pooled.
 type bpeSession struct {
 	m      *bpe
 	text   cptText
@@ -224,12 +230,49 @@ type bpeSession struct {
 	mapped []byte
 	syms   []bpeSymbol
 	q      bpeQueue
+	memo   *wordMemo
 }
+
+// wordMemo remembers the tokens of recent words in a direct-mapped cache:
+// a fixed size (300 KiB), and a lookup is a hash and a compare.
+type wordMemo struct {
+	seed  maphash.Seed
+	slots [memoSlots]memoSlot
+}
+
+type memoSlot struct {
+	nw, nt uint8 // word length, token count; nw == 0: empty
+	word   [memoMaxWord]byte
+	ids    [memoMaxTokens]int32
+}
+
+const (
+	memoSlots     = 1 << 12
+	memoMaxWord   = 32 // longer words are not remembered
+	memoMaxTokens = 8  // nor words of more tokens
+)
+
+func (m *wordMemo) slot(w string) *memoSlot {
+	return &m.slots[maphash.String(m.seed, w)&(memoSlots-1)]
+}
+
+// bpeMaxRun bounds the text one session splits, so that code point offsets
+// fit int32. A longer run (over a gigabyte without a special token) is
+// encoded in pieces cut at character boundaries, which may cut a word.
+const bpeMaxRun = 1 << 30
 
 func (m *bpe) encode(out []int32, text string, _ bool) []int32 {
 	s, _ := m.sessions.Get().(*bpeSession)
 	if s == nil {
 		s = &bpeSession{m: m}
+	}
+	for len(text) > bpeMaxRun {
+		cut := bpeMaxRun
+		for cut > bpeMaxRun-utf8.UTFMax && text[cut]&0xC0 == 0x80 {
+			cut--
+		}
+		out = s.encode(out, text[:cut])
+		text = text[cut:]
 	}
 	out = s.encode(out, text)
 	if cap(s.text.r) > 1<<16 { // do not keep a long text's buffers alive
@@ -241,11 +284,17 @@ func (m *bpe) encode(out []int32, text string, _ bool) []int32 {
 
 func (s *bpeSession) encode(out []int32, text string) []int32 {
 	t := &s.text
+	if cap(t.r) < len(text) {
+		t.r = make([]rune, 0, len(text))
+	}
 	t.r = appendCpts(t.r[:0], text)
+	if cap(t.f) < len(t.r) {
+		t.f = make([]cptFlags, len(t.r))
+	}
+	t.f = t.f[:len(t.r)]
 	tab := unicodeFlags()
-	t.f = t.f[:0]
-	for _, r := range t.r {
-		t.f = append(t.f, tab.flags(r))
+	for i, r := range t.r {
+		t.f[i] = tab.flags(r)
 	}
 	s.ends, s.buf = s.m.pre.split(t, s.ends, s.buf)
 
@@ -259,14 +308,31 @@ func (s *bpeSession) encode(out []int32, text string) []int32 {
 		}
 		src = string(s.src)
 	}
+	if s.memo == nil {
+		s.memo = &wordMemo{seed: maphash.MakeSeed()}
+	}
 	c, at := 0, 0
 	for _, e := range s.ends {
 		n := 0
 		for ; c < int(e); c++ {
 			n += cptLen(t.r[c])
 		}
-		out = s.word(out, src[at:at+n])
+		w := src[at : at+n]
 		at += n
+		if len(w) > memoMaxWord {
+			out = s.word(out, w)
+			continue
+		}
+		sl := s.memo.slot(w)
+		if int(sl.nw) == len(w) && string(sl.word[:sl.nw]) == w {
+			out = append(out, sl.ids[:sl.nt]...)
+			continue
+		}
+		start := len(out)
+		out = s.word(out, w)
+		if nt := len(out) - start; nt <= memoMaxTokens {
+			sl.nw, sl.nt = uint8(copy(sl.word[:], w)), uint8(copy(sl.ids[:], out[start:]))
+		}
 	}
 	return out
 }

@@ -1,17 +1,19 @@
 package model
 
 // Detokenization: what each token renders as (llama.cpp's token_to_piece),
-// whole-text Decode (its detokenize), and a streaming decoder that never
-// emits part of a UTF-8 character.
+// whole-text Decode, llama.cpp's own detokenize (Detokenize), and a
+// streaming decoder that never emits part of a UTF-8 character.
 //
-// Decode follows llama_detokenize with remove_special=false and
-// unparse_special=false: control and unknown tokens render as nothing, and
-// with add_space_prefix one leading space is removed from the first token's
-// text — except that a leading BOS is passed over first, so the space
-// removed is the one Encode put before the text (llama.cpp removes it only
-// when the very first token has it, so "<s>▁Hello" gives " Hello" there and
-// "Hello" here). Decode(Encode(s, addSpecial, false)) == s for every s SPM
-// encodes without loss, with or without BOS.
+// Decode is the inverse of Encode. It follows llama_detokenize with
+// remove_special=false and unparse_special=false — control and unknown
+// tokens render as nothing, and for SPM with add_space_prefix one leading
+// space is removed from the first token's text — with two differences: a
+// leading BOS is passed over first, so the space removed is the one Encode
+// put before the text (llama.cpp removes it only when the very first token
+// has it, so "<s>▁Hello" gives " Hello" there and "Hello" here); and no
+// clean-up of tokenization spaces (Detokenize has it). So
+// Decode(Encode(s, addSpecial, false)) == s for every s that SPM or
+// byte-level BPE encodes without loss, with or without BOS.
 
 import (
 	"strings"
@@ -19,16 +21,25 @@ import (
 )
 
 // buildPieces renders every token once, special ones as their text
-// (llama.cpp's token-to-piece cache, built with special=true).
+// (llama.cpp's token-to-piece cache, built with special=true). The pieces
+// share one buffer.
 func (t *Tokenizer) buildPieces() {
-	t.pieces = make([]string, len(t.texts))
+	ends := make([]int, len(t.texts))
+	var buf []byte
 	for id, s := range t.texts {
-		a := t.attrs[id]
-		if a&(attrSpecial|attrUserDefined) != 0 {
-			t.pieces[id] = s
+		if a := t.attrs[id]; a&(attrSpecial|attrUserDefined) != 0 {
+			buf = append(buf, s...)
 		} else {
-			t.pieces[id] = t.fam.piece(s, a) // unused and undefined tokens render as nothing
+			buf = t.fam.appendPiece(buf, s, a) // unused and undefined tokens render as nothing
 		}
+		ends[id] = len(buf)
+	}
+	all := string(buf)
+	t.pieces = make([]string, len(t.texts))
+	start := 0
+	for id, end := range ends {
+		t.pieces[id] = all[start:end]
+		start = end
 	}
 }
 

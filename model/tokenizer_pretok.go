@@ -429,8 +429,18 @@ func literal(spec string) class {
 		merged = append(merged, s)
 	}
 	spans = merged
+	// A bitmap answers for the Basic Multilingual Plane, a search above it.
+	var bmp [0x10000 / 64]uint64
+	for _, s := range spans {
+		for r := s.lo; r <= min(s.hi, 0xFFFF); r++ {
+			bmp[r>>6] |= 1 << (r & 63)
+		}
+	}
 	return func(r rune, f cptFlags) bool {
 		w := wide(r, f)
+		if w <= 0xFFFF {
+			return bmp[w>>6]&(1<<(w&63)) != 0
+		}
 		i, _ := slices.BinarySearchFunc(spans, w, func(s span, w rune) int {
 			switch {
 			case s.hi < w:

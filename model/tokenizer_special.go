@@ -137,6 +137,7 @@ func (t *Tokenizer) buildSpecialCache() {
 	slices.SortStableFunc(t.special, func(a, b int32) int {
 		return cmp.Compare(len(t.texts[b]), len(t.texts[a]))
 	})
+	t.trie = newSpecialTrie(t.texts, t.special)
 }
 
 // setAttrsByName applies llama.cpp's per-model whitespace-stripping flags,
@@ -191,55 +192,152 @@ func cSpace(b byte) bool {
 
 // partition splits text around the special tokens written in it, as
 // llama.cpp's tokenizer_st_partition: each candidate in turn, longest first,
-// is cut out of every plain-text run (leftmost match first), eating the
-// whitespace beside it when the token is marked to. Without parseSpecial only
-// user-defined tokens are candidates.
+// is cut out of every plain-text run (leftmost match first, the search
+// going on after the match), eating the whitespace beside it when the token
+// is marked to. Without parseSpecial only user-defined tokens are
+// candidates.
+//
+// llama.cpp searches the text once per candidate, which costs
+// O(text × candidates) (deepseek's vocabularies have 2400 user-defined
+// "[PAD…]" tokens). Here one pass over the text with a trie of the
+// candidates finds every place a candidate is written; the candidates are
+// then taken in llama.cpp's order, each place accepted when none of its
+// bytes is taken yet (it lies inside one plain-text run then) and it does
+// not overlap the candidate's previous accepted place.
 func (t *Tokenizer) partition(text string, parseSpecial bool) []fragment {
 	if text == "" {
 		return nil
 	}
-	frags := []fragment{{text: text, id: -1}}
-	var next []fragment
-	for _, id := range t.special {
-		a := t.attrs[id]
-		if !parseSpecial && a&attrSpecial != 0 {
-			continue
-		}
-		tok := t.texts[id]
-		next = next[:0]
-		for _, fr := range frags {
-			if fr.id >= 0 {
-				next = append(next, fr)
+	found := t.trie.find(text, func(rank int32) bool {
+		return parseSpecial || t.attrs[t.special[rank]]&attrSpecial == 0
+	})
+	if len(found) == 0 {
+		return []fragment{{text: text, id: -1}}
+	}
+	ranks := make([]int32, 0, len(found))
+	for r := range found {
+		ranks = append(ranks, r)
+	}
+	slices.Sort(ranks)
+
+	const (
+		free  = 0
+		taken = 1 // part of a token, or whitespace a token ate
+		start = 2 // the first byte of a token
+	)
+	state := make([]byte, len(text))
+	tokenAt := map[int]int32{}
+	for _, r := range ranks {
+		id := t.special[r]
+		n, a := len(t.texts[id]), t.attrs[id]
+		after := 0 // where the search for this token goes on
+	places:
+		for _, p := range found[r] {
+			if p < after {
 				continue
 			}
-			rest := fr.text
-			for rest != "" {
-				i := strings.Index(rest, tok)
-				if i < 0 {
-					break
-				}
-				left := rest[:i]
-				if a&attrLStrip != 0 {
-					for left != "" && cSpace(left[len(left)-1]) {
-						left = left[:len(left)-1]
-					}
-				}
-				if left != "" {
-					next = append(next, fragment{text: left, id: -1})
-				}
-				next = append(next, fragment{id: id})
-				rest = rest[i+len(tok):]
-				if a&attrRStrip != 0 {
-					for rest != "" && cSpace(rest[0]) {
-						rest = rest[1:]
-					}
+			for i := p; i < p+n; i++ {
+				if state[i] != free {
+					continue places
 				}
 			}
-			if rest != "" {
-				next = append(next, fragment{text: rest, id: -1})
+			state[p] = start
+			for i := p + 1; i < p+n; i++ {
+				state[i] = taken
+			}
+			tokenAt[p] = id
+			after = p + n
+			if a&attrLStrip != 0 {
+				for i := p - 1; i >= 0 && state[i] == free && cSpace(text[i]); i-- {
+					state[i] = taken
+				}
+			}
+			if a&attrRStrip != 0 {
+				for ; after < len(text) && state[after] == free && cSpace(text[after]); after++ {
+					state[after] = taken
+				}
 			}
 		}
-		frags, next = next, frags
+	}
+
+	var frags []fragment
+	for i := 0; i < len(text); {
+		switch state[i] {
+		case free:
+			j := i + 1
+			for j < len(text) && state[j] == free {
+				j++
+			}
+			frags = append(frags, fragment{text: text[i:j], id: -1})
+			i = j
+		case start:
+			frags = append(frags, fragment{id: tokenAt[i]})
+			i++
+		default:
+			i++
+		}
 	}
 	return frags
+}
+
+// specialTrie finds where special tokens are written in a text: a trie of
+// their texts, each node knowing the token that ends there.
+type specialTrie struct {
+	root  [256]int32       // the node after each first byte, or -1
+	edges map[uint64]int32 // (node, byte) -> next node
+	rank  []int32          // per node, the index in Tokenizer.special of the token ending there, or -1
+}
+
+func newSpecialTrie(texts []string, special []int32) *specialTrie {
+	tr := &specialTrie{edges: map[uint64]int32{}, rank: []int32{-1}}
+	for i := range tr.root {
+		tr.root[i] = -1
+	}
+	for r, id := range special {
+		s := texts[id]
+		node := tr.root[s[0]]
+		if node < 0 {
+			node = int32(len(tr.rank))
+			tr.rank = append(tr.rank, -1)
+			tr.root[s[0]] = node
+		}
+		for i := 1; i < len(s); i++ {
+			k := uint64(node)<<8 | uint64(s[i])
+			next, ok := tr.edges[k]
+			if !ok {
+				next = int32(len(tr.rank))
+				tr.rank = append(tr.rank, -1)
+				tr.edges[k] = next
+			}
+			node = next
+		}
+		tr.rank[node] = int32(r)
+	}
+	return tr
+}
+
+// find returns, for each token that use accepts, every place it is
+// written in text, ascending (overlapping places included).
+func (tr *specialTrie) find(text string, use func(rank int32) bool) map[int32][]int {
+	var found map[int32][]int
+	for i := 0; i < len(text); i++ {
+		node := tr.root[text[i]]
+		for j := i + 1; node >= 0; j++ {
+			if r := tr.rank[node]; r >= 0 && use(r) {
+				if found == nil {
+					found = map[int32][]int{}
+				}
+				found[r] = append(found[r], i)
+			}
+			if j == len(text) {
+				break
+			}
+			next, ok := tr.edges[uint64(node)<<8|uint64(text[j])]
+			if !ok {
+				break
+			}
+			node = next
+		}
+	}
+	return found
 }

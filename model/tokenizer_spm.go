@@ -70,8 +70,10 @@ func newSPM(_ *File, v *vocab, s *tokSettings) (family, error) {
 	return m, nil
 }
 
-// piece turns "▁" back into spaces and a byte token into its byte.
-func (m *spm) piece(text string, a tokenAttr) string { return spmPiece(text, a) }
+// appendPiece turns "▁" back into spaces and a byte token into its byte.
+func (m *spm) appendPiece(dst []byte, text string, a tokenAttr) []byte {
+	return appendSPMPiece(dst, text, a)
+}
 
 func (m *spm) encode(out []int32, text string, afterSpecial bool) []int32 {
 	var b strings.Builder

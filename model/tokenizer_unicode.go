@@ -232,7 +232,7 @@ func cptLen(r rune) int {
 // (llama.cpp's unicode_byte_to_utf8): the printable Latin-1 bytes stand for
 // themselves, the other 68 become U+0100.. in byte order.
 type byteMap struct {
-	char   [256]string // the UTF-8 text of each byte's character
+	char   [256]string  // the UTF-8 text of each byte's character
 	byteOf [0x144]int16 // the byte a character below U+0144 stands for, or -1
 }
 
