@@ -1,0 +1,193 @@
+package quant
+
+import (
+	"fmt"
+	"os"
+)
+
+// The assembly is generated (by avo for amd64, by a small encoder for
+// arm64) from the programs in _asm, a module of its own:
+//
+//go:generate sh -c "cd _asm && go run . -out ../dot_amd64.s -stubs ../dot_decl_amd64.go -pkg quant"
+//go:generate sh -c "cd _asm && go run ./arm64 -out ../dot_arm64.s -stubs ../dot_decl_arm64.go"
+
+// Dot kernels: the products of one weight row with one activation row that
+// every matrix product of the CPU backend is made of.
+//
+// As in llama.cpp, an activation row is quantized once ("on the fly") into
+// the activation type of the weight type's kernel, and the kernel multiplies
+// the two quantized rows with integer arithmetic per block:
+//
+//	weights                   activations
+//	q4_0 q4_1 q5_0 q5_1 q8_0  Q8A (below)
+//	q2_K q3_K q4_K q5_K q6_K  q8_K, ggml's layout (d f32 | qs[256] | bsums[16])
+//	f32 f16 bf16              f32 (f16 and bf16 weights are widened exactly)
+//
+// Every kernel exists in portable Go (dot_generic.go, always compiled and
+// always tested) and in assembly for the CPU features found at start-up:
+// AVX2+FMA+F16C on amd64 (dot_amd64.go), NEON with or without the
+// dot-product extension on arm64 (dot_arm64.go). Building with the tag
+// purego, or running with EDGED_NOASM=1 in the environment, keeps the
+// portable kernels. All tiers share the activation layouts, so any tier's
+// quantizer feeds any tier's kernel.
+
+// Q8A is edged's activation type for the 32-element block types; it is not a
+// storage type of any file (Known reports false, and RowSize does not know
+// it: use Kernel.ActRowSize). A block of 32 values takes 40 bytes:
+//
+//	d f32 | s f32 | qs[32] int8
+//
+// with x ≈ d·q, d = max|x|/127, q = round(x/d) (ties to even), and s = d·Σq.
+// Against ggml's q8_0 it keeps d in float32 (slightly more accurate, and no
+// conversion in the kernels) and stores the block sum s that lets a kernel
+// multiply the unsigned 4- and 5-bit quants of q4_0/q5_0 directly and apply
+// their offset (-8, -16) or the q4_1/q5_1 minimum once per block.
+const Q8A Type = 1<<16 + 0
+
+// q8aBlock is the size in bytes of one Q8A block.
+const q8aBlock = 40
+
+// Kernel multiplies weight rows of one storage type with activation rows in
+// the kernel's activation type.
+type Kernel struct {
+	// Weight is the storage type of the weight rows, Act the type that
+	// activations must be quantized into (with Quantize).
+	Weight, Act Type
+	// Tier names the implementation: "portable", "avx2", "neon", "neon+dot".
+	Tier string
+	// Dot returns the dot product of one weight row w and one activation
+	// row a, both n values long; n must be a multiple of the weight block
+	// size (and of 32 for Q8A, 256 for Q8_K activations). It panics if w or
+	// a is shorter than n values.
+	Dot func(n int, w, a []byte) float32
+	// DotRows sets out[r] = w · a_r for r < len(out), where a_r =
+	// a[r*aStride:] is the r-th activation row (aStride ≥ 0, in bytes), so
+	// that a weight row loaded once serves several activation rows: the
+	// assembly tiers take them four at a time. Each out[r] is exactly what
+	// Dot returns for that row.
+	DotRows func(n int, w, a []byte, aStride int, out []float32)
+	// MatVec sets out[r] = w_r · a for r < len(out), where w_r =
+	// w[r*wStride:] is the r-th weight row (wStride ≥ 0, in bytes): a
+	// matrix-vector product, as in decoding one token. The assembly tiers
+	// take the weight rows of the 32-element block types four at a time,
+	// which hides the latency of short rows and the cost of a call (1.4×
+	// faster for q4_0 rows of 576), and call their one-row kernel directly
+	// for the others. Each out[r] is exactly what Dot returns for that row.
+	MatVec func(n int, w []byte, wStride int, a []byte, out []float32)
+
+	quantize func(x []float32, dst []byte)
+}
+
+// Quantize quantizes the activation row x into dst in the kernel's
+// activation type. len(x) must be a multiple of the activation block size
+// and dst at least ActRowSize(len(x)) bytes long; it panics otherwise.
+func (k Kernel) Quantize(x []float32, dst []byte) { k.quantize(x, dst) }
+
+// ActRowSize is the size in bytes of n activation values in the kernel's
+// activation type (n a multiple of its block size).
+func (k Kernel) ActRowSize(n int) int { return actRowSize(k.Act, n) }
+
+func actRowSize(act Type, n int) int {
+	if act == Q8A {
+		return n / 32 * q8aBlock
+	}
+	size, _ := act.RowSize(n)
+	return size
+}
+
+// KernelFor returns the fastest kernel for weights of type t on this CPU.
+// It returns an error wrapping ErrUnknownType for a type that has no kernel
+// (q8_1 and q8_K, which are activation types, and unknown types).
+func KernelFor(t Type) (Kernel, error) { return kernelFor(bestTier, t) }
+
+// KernelTier names the implementation tier KernelFor uses.
+func KernelTier() string { return bestTier.name }
+
+// A tier is one implementation level of the kernels: the portable Go ones,
+// or assembly for a set of CPU features. An assembly tier supplies the
+// functions it has and leaves the rest to the portable ones, which share its
+// activation layouts.
+type tier struct {
+	name string
+	// dot and dotRows return the tier's functions for a weight type, or nil.
+	dot     func(t Type) func(n int, w, a []byte) float32
+	dotRows func(t Type) func(n int, w, a []byte, aStride int, out []float32)
+	matVec  func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32)
+	// quantize returns the tier's activation quantizer for act, or nil.
+	quantize func(act Type) func(x []float32, dst []byte)
+}
+
+var portableTier = tier{
+	name:     "portable",
+	dot:      portableDot,
+	dotRows:  func(Type) func(int, []byte, []byte, int, []float32) { return nil },
+	matVec:   func(Type) func(int, []byte, int, []byte, []float32) { return nil },
+	quantize: portableQuantize,
+}
+
+// noAsm is set by EDGED_NOASM=1 in the environment at start-up: KernelFor
+// then returns the portable kernels, so that tests can check a whole model
+// on both paths.
+var noAsm = os.Getenv("EDGED_NOASM") == "1"
+
+// bestTier is the tier KernelFor uses, chosen once at start-up.
+var bestTier = pickTier()
+
+func pickTier() tier {
+	ts := availableTiers()
+	if noAsm {
+		return ts[0]
+	}
+	return ts[len(ts)-1]
+}
+
+// availableTiers lists the tiers this CPU can run, portable first and the
+// best last.
+func availableTiers() []tier { return append([]tier{portableTier}, archTiers()...) }
+
+func kernelFor(tr tier, t Type) (Kernel, error) {
+	act, ok := kernelAct(t)
+	if !ok {
+		return Kernel{}, fmt.Errorf("quant: no dot kernel for %w %s", ErrUnknownType, t)
+	}
+	k := Kernel{Weight: t, Act: act, Tier: "portable"}
+	k.Dot = portableDot(t)
+	k.quantize = portableQuantize(act)
+	if f := tr.dot(t); f != nil {
+		k.Dot, k.Tier = f, tr.name
+	}
+	if f := tr.quantize(act); f != nil {
+		k.quantize = f
+	}
+	dot := k.Dot
+	k.DotRows = tr.dotRows(t)
+	if k.DotRows == nil {
+		k.DotRows = func(n int, w, a []byte, aStride int, out []float32) {
+			for r := range out {
+				out[r] = dot(n, w, a[r*aStride:])
+			}
+		}
+	}
+	k.MatVec = tr.matVec(t)
+	if k.MatVec == nil {
+		k.MatVec = func(n int, w []byte, wStride int, a []byte, out []float32) {
+			for r := range out {
+				out[r] = dot(n, w[r*wStride:], a)
+			}
+		}
+	}
+	return k, nil
+}
+
+// kernelAct is the activation type of the kernel for weights of type t.
+func kernelAct(t Type) (Type, bool) {
+	switch t {
+	case F32, F16, BF16:
+		return F32, true
+	case Q4_0, Q4_1, Q5_0, Q5_1, Q8_0:
+		return Q8A, true
+	case Q2_K, Q3_K, Q4_K, Q5_K, Q6_K:
+		return Q8_K, true
+	}
+	return 0, false
+}

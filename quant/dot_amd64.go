@@ -1,0 +1,89 @@
+//go:build !purego
+
+package quant
+
+import "golang.org/x/sys/cpu"
+
+// The amd64 tiers. AVX2 (with FMA and F16C, as on every AVX2 CPU since
+// Haswell and Zen) has kernels for every type, with tiles of four
+// activation rows (DotRows) and of four weight rows (MatVec) for the block
+// types, and both activation quantizers.
+// There is no AVX-512 or VNNI tier yet: the machines these kernels were
+// written and measured on have neither, and an untested kernel is not
+// shipped.
+func archTiers() []tier {
+	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA || !cpu.X86.HasF16C {
+		return nil
+	}
+	return []tier{avx2Tier}
+}
+
+var avx2Blocks = map[Type]asmBlock{
+	Q4_0: {32, 18, q8aBlock, dotQ4_0AVX2x1, dotQ4_0AVX2x4, dotQ4_0AVX2w4},
+	Q4_1: {32, 20, q8aBlock, dotQ4_1AVX2x1, dotQ4_1AVX2x4, dotQ4_1AVX2w4},
+	Q5_0: {32, 22, q8aBlock, dotQ5_0AVX2x1, dotQ5_0AVX2x4, dotQ5_0AVX2w4},
+	Q5_1: {32, 24, q8aBlock, dotQ5_1AVX2x1, dotQ5_1AVX2x4, dotQ5_1AVX2w4},
+	Q8_0: {32, 34, q8aBlock, dotQ8_0AVX2x1, dotQ8_0AVX2x4, dotQ8_0AVX2w4},
+	Q4_K: {QK_K, 144, 292, dotQ4_KAVX2x1, dotQ4_KAVX2x4, nil},
+	Q5_K: {QK_K, 176, 292, dotQ5_KAVX2x1, dotQ5_KAVX2x4, nil},
+	Q6_K: {QK_K, 210, 292, dotQ6_KAVX2x1, dotQ6_KAVX2x4, nil},
+	Q2_K: {QK_K, 84, 292, dotQ2_KAVX2x1, dotQ2_KAVX2x4, nil},
+	Q3_K: {QK_K, 110, 292, dotQ3_KAVX2x1, dotQ3_KAVX2x4, nil},
+}
+
+var avx2Tier = tier{
+	name: "avx2",
+	dot: func(t Type) func(n int, w, a []byte) float32 {
+		switch t {
+		case F32:
+			return floatDot(dotF32AVX2, 4, 8, dotF32)
+		case F16:
+			return floatDot(dotF16AVX2, 2, 8, dotF16)
+		case BF16:
+			return floatDot(dotBF16AVX2, 2, 8, dotBF16)
+		}
+		if b, ok := avx2Blocks[t]; ok {
+			return b.dot()
+		}
+		return nil
+	},
+	dotRows: func(t Type) func(n int, w, a []byte, aStride int, out []float32) {
+		if b, ok := avx2Blocks[t]; ok {
+			return b.dotRows
+		}
+		return nil
+	},
+	matVec: func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32) {
+		if b, ok := avx2Blocks[t]; ok {
+			return b.matVec
+		}
+		return nil
+	},
+	quantize: func(act Type) func(x []float32, dst []byte) {
+		switch act {
+		case Q8A:
+			return quantQ8AAsm
+		case Q8_K:
+			return quantQ8KAsm
+		}
+		return nil
+	},
+}
+
+func quantQ8AAsm(x []float32, dst []byte) {
+	nb := len(x) / 32
+	if nb == 0 {
+		return
+	}
+	_ = dst[nb*q8aBlock-1]
+	quantQ8AAVX2(nb, &x[0], &dst[0])
+}
+
+func quantQ8KAsm(x []float32, dst []byte) {
+	nb := len(x) / QK_K
+	if nb == 0 {
+		return
+	}
+	_ = dst[nb*292-1]
+	quantQ8KAVX2(nb, &x[0], &dst[0])
+}

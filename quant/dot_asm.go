@@ -1,0 +1,93 @@
+//go:build !purego && (amd64 || arm64)
+
+package quant
+
+import "math/bits"
+
+// asmBlock describes the assembly kernels of one block type: x1 multiplies
+// nb blocks of one weight row with one activation row, x4 with four
+// activation rows stride bytes apart, w4 four weight rows wstride bytes
+// apart with one activation row (nil for the k-quants); the tiles write
+// out[0:4].
+type asmBlock struct {
+	bs, wsize, asize int // elements per block, weight and activation bytes per block
+	x1               func(nb int, w, a *byte) float32
+	x4               func(nb int, w, a *byte, stride int, out *float32)
+	w4               func(nb int, w *byte, wstride int, a *byte, out *float32)
+}
+
+// dot returns the Dot function: it checks the lengths (the assembly
+// trusts them) and runs x1. Short rows make the call overhead count, so
+// the closure divides by shifting and calls x1 without further
+// indirection.
+func (b asmBlock) dot() func(n int, w, a []byte) float32 {
+	shift := uint(bits.TrailingZeros(uint(b.bs))) // block sizes are powers of 2
+	wsize, asize, x1 := b.wsize, b.asize, b.x1
+	return func(n int, w, a []byte) float32 {
+		nb := n >> shift
+		if nb <= 0 {
+			return 0
+		}
+		_, _ = w[nb*wsize-1], a[nb*asize-1]
+		return x1(nb, &w[0], &a[0])
+	}
+}
+
+// dotRows runs x4 on tiles of four rows and x1 on the rest.
+func (b asmBlock) dotRows(n int, w, a []byte, aStride int, out []float32) {
+	nb := n / b.bs
+	if nb == 0 || len(out) == 0 {
+		clear(out)
+		return
+	}
+	_ = w[nb*b.wsize-1]
+	_ = a[(len(out)-1)*aStride+nb*b.asize-1]
+	r := 0
+	if aStride >= 0 { // the check above bounds every row then
+		for ; r+4 <= len(out); r += 4 {
+			b.x4(nb, &w[0], &a[r*aStride], aStride, &out[r])
+		}
+	}
+	for ; r < len(out); r++ {
+		out[r] = b.x1(nb, &w[0], &a[r*aStride])
+	}
+}
+
+// matVec runs w4 (if the type has it) on tiles of four weight rows and x1
+// on the rest.
+func (b asmBlock) matVec(n int, w []byte, wStride int, a []byte, out []float32) {
+	nb := n / b.bs
+	if nb == 0 || len(out) == 0 {
+		clear(out)
+		return
+	}
+	_ = a[nb*b.asize-1]
+	_ = w[(len(out)-1)*wStride+nb*b.wsize-1]
+	r := 0
+	if b.w4 != nil && wStride >= 0 { // the check above bounds every row then
+		for ; r+4 <= len(out); r += 4 {
+			b.w4(nb, &w[r*wStride], wStride, &a[0], &out[r])
+		}
+	}
+	for ; r < len(out); r++ {
+		out[r] = b.x1(nb, &w[r*wStride], &a[0])
+	}
+}
+
+// floatDot runs an assembly float kernel over the largest multiple of
+// chunk values and the portable one over the rest; wsize is the size of a
+// weight.
+func floatDot(kernel func(n int, w, a *byte) float32, wsize, chunk int, tail func(n int, w, a []byte) float32) func(n int, w, a []byte) float32 {
+	return func(n int, w, a []byte) float32 {
+		_, _ = w[:n*wsize], a[:4*n]
+		m := n - n%chunk
+		var s float32
+		if m > 0 {
+			s = kernel(m, &w[0], &a[0])
+		}
+		if m < n {
+			s += tail(n-m, w[m*wsize:], a[4*m:])
+		}
+		return s
+	}
+}
