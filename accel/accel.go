@@ -8,7 +8,11 @@
 // on a device.
 package accel
 
-import "github.com/edged/edged/quant"
+import (
+	"math"
+
+	"github.com/edged/edged/quant"
+)
 
 // Buffer is activation or cache memory owned by a backend.
 type Buffer interface {
@@ -32,13 +36,26 @@ type Weight interface {
 	Dims() (rows, cols int)
 }
 
-// RoPE describes one rotary embedding application.
+// RoPE describes one rotary embedding application. Make it with NewRoPE.
 type RoPE struct {
-	HeadDim     int       // width of one head
-	Dims        int       // leading dimensions of each head that rotate
-	Theta       float64   // frequency base
-	NeoX        bool      // pairs (i, i+Dims/2) instead of (2i, 2i+1)
-	FreqFactors []float32 // optional divisor of each pair's frequency
+	HeadDim int       // width of one head
+	Dims    int       // leading dimensions of each head that rotate
+	NeoX    bool      // pairs (i, i+Dims/2) instead of (2i, 2i+1)
+	Freqs   []float64 // the angle per position of each pair, Dims/2 values
+}
+
+// NewRoPE computes the pair frequencies θ^(-2i/dims), divided by the
+// optional llama 3 frequency factors. They are computed once, in float64,
+// because angles pos·freq grow with the context.
+func NewRoPE(headDim, dims int, theta float64, neox bool, factors []float32) RoPE {
+	freqs := make([]float64, dims/2)
+	for i := range freqs {
+		freqs[i] = math.Pow(theta, -2*float64(i)/float64(dims))
+		if factors != nil {
+			freqs[i] /= float64(factors[i])
+		}
+	}
+	return RoPE{HeadDim: headDim, Dims: dims, NeoX: neox, Freqs: freqs}
 }
 
 // AttnShape describes grouped-query attention.
@@ -68,6 +85,9 @@ type AttnSeq struct {
 // resource reasons (memory); compute methods on valid arguments do not.
 type Backend interface {
 	Name() string
+	// Close releases the backend's resources (threads, device memory).
+	// Buffers and weights are invalid afterwards.
+	Close() error
 	// Alloc returns a zeroed buffer of n float32 values.
 	Alloc(n int) (Buffer, error)
 	// AllocCache returns a zeroed buffer of n values stored as typ (F32 or
@@ -98,6 +118,10 @@ type Backend interface {
 	// RoPE rotates each head of each row r in place at position pos[r];
 	// rows have width a multiple of r.HeadDim.
 	RoPE(x Buffer, width int, pos []int32, r RoPE)
+	// WriteCache stores rows of keys k and values v (each a multiple of
+	// kvDim values) in a layer's cache buffers kc, vc from row at on. The
+	// cache layout is the backend's own.
+	WriteCache(kc, vc Buffer, kvDim, at int, k, v []float32)
 	// Attention stores the k and v rows of each sequence in its cache after
 	// its Past rows, then computes for each row causal attention over the
 	// cache (row i of a sequence sees cache rows [0, Past+i]) into out.

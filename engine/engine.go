@@ -134,7 +134,7 @@ func New(m *model.Model, be accel.Backend, opts Options) (*Engine, error) {
 		cacheType: cacheType,
 		be:        be,
 		opts:      opts,
-		rope:      accel.RoPE{HeadDim: cfg.HeadDim, Dims: cfg.Rope.Dims, Theta: cfg.Rope.Theta, NeoX: cfg.Rope.NeoX, FreqFactors: cfg.Rope.FreqFactors},
+		rope:      accel.NewRoPE(cfg.HeadDim, cfg.Rope.Dims, cfg.Rope.Theta, cfg.Rope.NeoX, cfg.Rope.FreqFactors),
 		attn:      accel.AttnShape{NHead: cfg.NHead, NHeadKV: cfg.NHeadKV, HeadDim: cfg.HeadDim, Scale: float32(1 / math.Sqrt(float64(cfg.HeadDim)))},
 		// Bounded so that the logits of a long prompt never need a
 		// prompt-sized × vocabulary-sized buffer.

@@ -52,8 +52,7 @@ func (s *Sequence) setPrefix(p PrefixProvider) error {
 		if len(k) != n*kvDim || len(v) != n*kvDim {
 			return fmt.Errorf("engine: prefix layer %d: %d/%d values, want %d", l, len(k), len(v), n*kvDim)
 		}
-		s.e.be.Write(s.k[l], 0, k)
-		s.e.be.Write(s.v[l], 0, v)
+		s.e.be.WriteCache(s.k[l], s.v[l], kvDim, 0, k, v)
 		s.n[l] = n
 	}
 	s.prefix = n

@@ -2,81 +2,116 @@ package cpu
 
 import (
 	"math"
+	"unsafe"
 
 	"github.com/edged/edged/accel"
 	"github.com/edged/edged/quant"
 )
 
+// The KV cache of one layer of one sequence is two buffers of capacity
+// rows: keys row-major ([row][kvDim]), so that a query reads each key
+// contiguously, and values transposed ([kvDim][capacity]), so that each
+// output dimension is one contiguous dot product with the attention
+// probabilities. Both are read sequentially by the decode step.
+
+// WriteCache implements accel.Backend.
+func (b *Backend) WriteCache(kc, vc accel.Buffer, kvDim, at int, k, v []float32) {
+	b.Write(kc, at*kvDim, k)
+	capacity := vc.Len() / kvDim
+	vb := vc.(*buffer)
+	for r := 0; r < len(v)/kvDim; r++ {
+		for d, x := range v[r*kvDim : (r+1)*kvDim] {
+			i := d*capacity + at + r
+			if vb.h != nil {
+				vb.h[i] = quant.F32ToF16(x)
+			} else {
+				vb.f[i] = x
+			}
+		}
+	}
+}
+
 // Attention implements accel.Backend.
 func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s accel.AttnShape) {
 	kvDim := s.NHeadKV * s.HeadDim
-	qDim := s.NHead * s.HeadDim
 	ks, vs := k.(*buffer).f, v.(*buffer).f
 	row := 0
 	for _, sq := range seqs {
-		b.Write(sq.K, sq.Past*kvDim, ks[row*kvDim:(row+sq.Rows)*kvDim])
-		b.Write(sq.V, sq.Past*kvDim, vs[row*kvDim:(row+sq.Rows)*kvDim])
+		b.WriteCache(sq.K, sq.V, kvDim, sq.Past, ks[row*kvDim:(row+sq.Rows)*kvDim], vs[row*kvDim:(row+sq.Rows)*kvDim])
 		row += sq.Rows
 	}
-	qs, o := q.(*buffer).f, out.(*buffer).f
-	group := s.NHead / s.NHeadKV
 	row = 0
 	for _, sq := range seqs {
-		kc, vc := sq.K.(*buffer), sq.V.(*buffer)
-		base := row
-		// One task per (row, head) of this sequence.
-		b.parallel(sq.Rows*s.NHead, func(t, lo, hi int) {
-			scores := b.scratchFor(t, sq.Past+sq.Rows+s.HeadDim)
-			for task := lo; task < hi; task++ {
-				i, h := task/s.NHead, task%s.NHead
-				n := sq.Past + i + 1
-				kvOff := (h / group) * s.HeadDim
-				qh := qs[(base+i)*qDim+h*s.HeadDim:][:s.HeadDim]
-				sc := scores[:n]
-				for j := range sc {
-					sc[j] = s.Scale * cacheDot(qh, kc, j*kvDim+kvOff, scores[n:n+s.HeadDim])
-				}
-				softmax(sc)
-				if sq.Probs != nil {
-					p := sq.Probs[(h*sq.Rows+i)*(sq.Past+sq.Rows):][:sq.Past+sq.Rows]
-					copy(p, sc)
-					clear(p[n:])
-				}
-				oh := o[(base+i)*qDim+h*s.HeadDim:][:s.HeadDim]
-				clear(oh)
-				for j, p := range sc {
-					cacheAxpy(oh, p, vc, j*kvDim+kvOff)
-				}
-			}
-		})
+		b.attn = attnTask{b: b, out: out.(*buffer).f, q: q.(*buffer).f, base: row, seq: sq, shape: s}
+		// One unit of work per (row, head) of this sequence.
+		b.pool.run(&b.attn, sq.Rows*s.NHead)
 		row += sq.Rows
 	}
 }
 
-// cacheDot is q · cache[off : off+len(q)], converting f16 entries through
-// tmp.
-func cacheDot(q []float32, c *buffer, off int, tmp []float32) float32 {
-	if c.f != nil {
-		return dot(q, c.f[off:off+len(q)])
-	}
-	for i, h := range c.h[off : off+len(q)] {
-		tmp[i] = quant.F16ToF32(h)
-	}
-	return dot(q, tmp)
+// attnTask computes the attention of one sequence's rows.
+type attnTask struct {
+	b      *Backend
+	out, q []float32
+	base   int // the sequence's first row in the batch
+	seq    accel.AttnSeq
+	shape  accel.AttnShape
 }
 
-// cacheAxpy adds p·cache[off : off+len(out)] to out.
-func cacheAxpy(out []float32, p float32, c *buffer, off int) {
-	if c.f != nil {
-		for i, v := range c.f[off : off+len(out)] {
-			out[i] += p * v
-		}
-		return
+func (a *attnTask) run(t, lo, hi int) {
+	s, sq := &a.shape, &a.seq
+	kvDim, qDim := s.NHeadKV*s.HeadDim, s.NHead*s.HeadDim
+	group := s.NHead / s.NHeadKV
+	kc, vc := cacheView(sq.K), cacheView(sq.V)
+	capacity := sq.V.Len() / kvDim
+	k := a.b.cacheF32
+	if kc.elem == 2 {
+		k = a.b.cacheF16
 	}
-	for i, h := range c.h[off : off+len(out)] {
-		out[i] += p * quant.F16ToF32(h)
+	scores := a.b.scratchFor(t, sq.Past+sq.Rows)
+	for unit := lo; unit < hi; unit++ {
+		i, h := unit/s.NHead, unit%s.NHead
+		n := sq.Past + i + 1
+		kvOff := (h / group) * s.HeadDim
+		qh := f32ToBytes(a.q[(a.base+i)*qDim+h*s.HeadDim:][:s.HeadDim])
+		sc := scores[:n]
+		// Scores: the query against n key rows of this head, kvDim apart.
+		k.MatVec(s.HeadDim, kc.from(kvOff), kvDim*kc.elem, qh, sc)
+		for j := range sc {
+			sc[j] *= s.Scale
+		}
+		softmax(sc)
+		if sq.Probs != nil {
+			p := sq.Probs[(h*sq.Rows+i)*(sq.Past+sq.Rows):][:sq.Past+sq.Rows]
+			copy(p, sc)
+			clear(p[n:])
+		}
+		oh := a.out[(a.base+i)*qDim+h*s.HeadDim:][:s.HeadDim]
+		// Output: each dimension is the probabilities against one
+		// transposed value row, capacity apart.
+		k.MatVec(n, vc.from(kvOff*capacity), capacity*vc.elem, f32ToBytes(sc), oh)
 	}
 }
+
+// cache is a cache buffer seen as bytes, elem bytes per value.
+type cache struct {
+	data []byte
+	elem int
+}
+
+func cacheView(b accel.Buffer) cache {
+	buf := b.(*buffer)
+	if buf.h != nil {
+		if len(buf.h) == 0 {
+			return cache{elem: 2}
+		}
+		return cache{unsafe.Slice((*byte)(unsafe.Pointer(&buf.h[0])), 2*len(buf.h)), 2}
+	}
+	return cache{f32ToBytes(buf.f), 4}
+}
+
+// from returns the data from value index i on.
+func (c cache) from(i int) []byte { return c.data[i*c.elem:] }
 
 // softmax normalises x in place.
 func softmax(x []float32) {
@@ -86,7 +121,7 @@ func softmax(x []float32) {
 	}
 	var sum float64
 	for i, v := range x {
-		e := float32(math.Exp(float64(v - m)))
+		e := expf(v - m)
 		x[i] = e
 		sum += float64(e)
 	}

@@ -4,9 +4,7 @@ package cpu
 
 import (
 	"fmt"
-	"math"
 	"runtime"
-	"unsafe"
 
 	"github.com/edged/edged/accel"
 	"github.com/edged/edged/quant"
@@ -22,17 +20,31 @@ func (b *buffer) Len() int { return max(len(b.f), len(b.h)) }
 
 // weight is a matrix in its storage type, read in place.
 type weight struct {
-	m      accel.Matrix
-	rowLen int       // bytes per row
-	f32    []float32 // the data itself when the type is F32
+	m         accel.Matrix
+	rowLen    int          // bytes per row
+	kernel    quant.Kernel // dot products with this type's rows
+	actRowLen int          // bytes of one activation row in kernel.Act
 }
 
 func (w *weight) Dims() (rows, cols int) { return w.m.Rows, w.m.Cols }
 
-// Backend computes on the CPU with a fixed number of threads.
+// Backend computes on the CPU with a fixed pool of worker goroutines. It
+// is not safe for concurrent use: one engine drives it.
 type Backend struct {
 	threads int
+	pool    *pool
 	scratch [][]float32 // one per worker: a dequantized row, attention scores
+	act     []byte      // the activations of the current matmul, quantized
+	// cacheF32 and cacheF16 multiply float32 queries and probabilities
+	// with f32 and f16 KV cache data.
+	cacheF32, cacheF16 quant.Kernel
+
+	// The tasks of the operations, reused so that no call allocates.
+	mm     matmulTask
+	aq     quantizeTask
+	emb    embedTask
+	attn   attnTask
+	swiglu swigluTask
 }
 
 // New returns a backend using threads workers (0: one per CPU).
@@ -40,11 +52,25 @@ func New(threads int) *Backend {
 	if threads <= 0 {
 		threads = runtime.GOMAXPROCS(0)
 	}
-	return &Backend{threads: threads, scratch: make([][]float32, threads)}
+	b := &Backend{threads: threads, pool: newPool(threads), scratch: make([][]float32, threads)}
+	// The float kernels exist on every platform: KernelFor cannot fail.
+	b.cacheF32, _ = quant.KernelFor(quant.F32)
+	b.cacheF16, _ = quant.KernelFor(quant.F16)
+
+	// The workers hold the pool, not the backend, so a forgotten backend
+	// is still collected and its workers stopped.
+	runtime.AddCleanup(b, func(p *pool) { p.close() }, b.pool)
+	return b
 }
 
 // Name implements accel.Backend.
 func (b *Backend) Name() string { return fmt.Sprintf("cpu (%d threads)", b.threads) }
+
+// Close implements accel.Backend: it stops the worker goroutines.
+func (b *Backend) Close() error {
+	b.pool.close()
+	return nil
+}
 
 // Threads is the number of workers.
 func (b *Backend) Threads() int { return b.threads }
@@ -88,29 +114,11 @@ func (b *Backend) Load(m accel.Matrix) (accel.Weight, error) {
 	if len(m.Data) != rowLen*m.Rows {
 		return nil, fmt.Errorf("cpu: load %s: %d bytes, want %d", m.Name, len(m.Data), rowLen*m.Rows)
 	}
-	w := &weight{m: m, rowLen: rowLen}
-	if m.Type == quant.F32 {
-		w.f32 = bytesToF32(m.Data)
+	k, err := quant.KernelFor(m.Type)
+	if err != nil {
+		return nil, fmt.Errorf("cpu: load %s: %w", m.Name, err)
 	}
-	return w, nil
-}
-
-// bytesToF32 views little-endian float32 data in place. Tensor data in
-// GGUF files is aligned to at least 32 bytes, and every platform edged runs
-// on is little-endian; misaligned data (never produced by a valid file) is
-// copied instead.
-func bytesToF32(b []byte) []float32 {
-	if len(b) == 0 {
-		return nil
-	}
-	if uintptr(unsafe.Pointer(&b[0]))%4 != 0 {
-		out := make([]float32, len(b)/4)
-		for i := range out {
-			out[i] = math.Float32frombits(uint32(b[4*i]) | uint32(b[4*i+1])<<8 | uint32(b[4*i+2])<<16 | uint32(b[4*i+3])<<24)
-		}
-		return out
-	}
-	return unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), len(b)/4)
+	return &weight{m: m, rowLen: rowLen, kernel: k, actRowLen: k.ActRowSize(m.Cols)}, nil
 }
 
 // Write implements accel.Backend.
@@ -137,22 +145,18 @@ func (b *Backend) Read(dst []float32, src accel.Buffer, off int) {
 	copy(dst, s.f[off:off+len(dst)])
 }
 
-// row returns row i of w as float32 values, dequantizing into tmp unless
-// the weight is stored as F32.
-func (w *weight) row(i int, tmp []float32) []float32 {
-	if w.f32 != nil {
-		return w.f32[i*w.m.Cols : (i+1)*w.m.Cols]
-	}
-	tmp = tmp[:w.m.Cols]
+// row dequantizes row i of w into out.
+func (w *weight) row(i int, out []float32) {
 	// The length and type were validated by Load, so this cannot fail.
-	_ = quant.Dequantize(w.m.Type, w.m.Data[i*w.rowLen:(i+1)*w.rowLen], tmp)
-	return tmp
+	_ = quant.Dequantize(w.m.Type, w.m.Data[i*w.rowLen:(i+1)*w.rowLen], out[:w.m.Cols])
 }
 
-// scratchFor returns worker t's scratch slice with at least n values.
+// scratchFor returns worker t's scratch slice with at least n values. It
+// grows geometrically from a few thousand values, so that attention scores
+// over a context that grows by one row per step rarely reallocate.
 func (b *Backend) scratchFor(t, n int) []float32 {
 	if cap(b.scratch[t]) < n {
-		b.scratch[t] = make([]float32, n)
+		b.scratch[t] = make([]float32, max(n, 2*cap(b.scratch[t]), 4096))
 	}
 	return b.scratch[t][:n]
 }

@@ -8,31 +8,21 @@ import (
 
 // Embed implements accel.Backend.
 func (b *Backend) Embed(dst accel.Buffer, table accel.Weight, ids []int32) {
-	d, w := dst.(*buffer).f, table.(*weight)
-	cols := w.m.Cols
-	b.parallel(len(ids), func(_, lo, hi int) {
-		for r := lo; r < hi; r++ {
-			out := d[r*cols : (r+1)*cols]
-			copy(out, w.row(int(ids[r]), out))
-		}
-	})
+	b.emb = embedTask{dst: dst.(*buffer).f, w: table.(*weight), ids: ids}
+	b.pool.run(&b.emb, len(ids))
 }
 
-// MatMul implements accel.Backend. Each worker takes a range of weight
-// rows, dequantizes each row once and multiplies it with every input row,
-// so the weights are read once per call whatever the batch size.
-func (b *Backend) MatMul(dst accel.Buffer, w accel.Weight, x accel.Buffer, rows int) {
-	d, wt, xs := dst.(*buffer).f, w.(*weight), x.(*buffer).f
-	n, k := wt.m.Rows, wt.m.Cols
-	b.parallel(n, func(t, lo, hi int) {
-		tmp := b.scratchFor(t, k)
-		for i := lo; i < hi; i++ {
-			wr := wt.row(i, tmp)
-			for r := 0; r < rows; r++ {
-				d[r*n+i] = dot(wr, xs[r*k:(r+1)*k])
-			}
-		}
-	})
+type embedTask struct {
+	dst []float32
+	w   *weight
+	ids []int32
+}
+
+func (e *embedTask) run(_, lo, hi int) {
+	cols := e.w.m.Cols
+	for r := lo; r < hi; r++ {
+		e.w.row(int(e.ids[r]), e.dst[r*cols:(r+1)*cols])
+	}
 }
 
 // dot is the float32 inner product, four partial sums for speed.
@@ -91,9 +81,16 @@ func (b *Backend) Add(dst, x accel.Buffer, n int) {
 
 // SwiGLU implements accel.Backend.
 func (b *Backend) SwiGLU(dst, gate, up accel.Buffer, n int) {
-	d, g, u := dst.(*buffer).f[:n], gate.(*buffer).f[:n], up.(*buffer).f[:n]
+	b.swiglu = swigluTask{dst.(*buffer).f[:n], gate.(*buffer).f[:n], up.(*buffer).f[:n]}
+	b.pool.runGrain(&b.swiglu, n, 64)
+}
+
+type swigluTask struct{ dst, gate, up []float32 }
+
+func (s *swigluTask) run(_, lo, hi int) {
+	d, g, u := s.dst[lo:hi], s.gate[lo:hi], s.up[lo:hi]
 	for i := range d {
-		d[i] = g[i] / (1 + float32(math.Exp(float64(-g[i])))) * u[i]
+		d[i] = g[i] / (1 + expf(-g[i])) * u[i]
 	}
 }
 
@@ -106,11 +103,7 @@ func (b *Backend) RoPE(x accel.Buffer, width int, pos []int32, r accel.RoPE) {
 		for h := 0; h+r.HeadDim <= width; h += r.HeadDim {
 			head := xs[row*width+h : row*width+h+r.HeadDim]
 			for i := 0; i < half; i++ {
-				freq := math.Pow(r.Theta, -2*float64(i)/float64(r.Dims))
-				if r.FreqFactors != nil {
-					freq /= float64(r.FreqFactors[i])
-				}
-				sin, cos := math.Sincos(float64(p) * freq)
+				sin, cos := math.Sincos(float64(p) * r.Freqs[i])
 				a, c := 2*i, 2*i+1
 				if r.NeoX {
 					a, c = i, i+half

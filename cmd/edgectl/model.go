@@ -44,7 +44,10 @@ func (l *loaded) tokenizer() (*model.Tokenizer, error) {
 	return tok, nil
 }
 
-func (l *loaded) Close() error { return l.file.Close() }
+func (l *loaded) Close() error {
+	l.engine.Backend().Close()
+	return l.file.Close()
+}
 
 // open loads the model, its tokenizer and an engine on the CPU.
 func (f *engineFlags) open() (*loaded, error) {

@@ -1,0 +1,92 @@
+package cpu
+
+import (
+	"unsafe"
+
+	"github.com/edged/edged/accel"
+	"github.com/edged/edged/quant"
+)
+
+// actTile is the number of activation rows a matmul worker multiplies with
+// each weight row before moving to the next: the tile stays in cache while
+// the worker's weight rows stream past it, so prefill reads the weights
+// rows/actTile times rather than once per token.
+const actTile = 64
+
+// MatMul implements accel.Backend. The input rows are first quantized into
+// the kernel's activation type (8-bit for quantized weights, as llama.cpp
+// does), then each worker takes a range of weight rows.
+func (b *Backend) MatMul(dst accel.Buffer, w accel.Weight, x accel.Buffer, rows int) {
+	wt := w.(*weight)
+	xs := x.(*buffer).f[:rows*wt.m.Cols]
+	b.mm = matmulTask{b: b, w: wt, dst: dst.(*buffer).f, rows: rows, act: b.activations(wt, xs, rows)}
+	b.pool.runGrain(&b.mm, wt.m.Rows, 4)
+}
+
+// activations returns x's rows in the activation type of wt's kernel.
+func (b *Backend) activations(wt *weight, xs []float32, rows int) []byte {
+	if wt.kernel.Act == quant.F32 {
+		return f32ToBytes(xs)
+	}
+	need := rows * wt.actRowLen
+	if cap(b.act) < need {
+		b.act = make([]byte, need)
+	}
+	b.aq = quantizeTask{w: wt, x: xs, act: b.act[:need]}
+	b.pool.run(&b.aq, rows)
+	return b.act[:need]
+}
+
+type quantizeTask struct {
+	w   *weight
+	x   []float32
+	act []byte
+}
+
+func (q *quantizeTask) run(_, lo, hi int) {
+	cols, al := q.w.m.Cols, q.w.actRowLen
+	for r := lo; r < hi; r++ {
+		q.w.kernel.Quantize(q.x[r*cols:(r+1)*cols], q.act[r*al:(r+1)*al])
+	}
+}
+
+type matmulTask struct {
+	b    *Backend
+	w    *weight
+	dst  []float32
+	act  []byte
+	rows int
+}
+
+func (m *matmulTask) run(t, lo, hi int) {
+	w, n := m.w, m.w.m.Rows
+	if m.rows == 1 {
+		// Decode: one activation row against a range of weight rows,
+		// several weight rows per kernel call.
+		w.kernel.MatVec(w.m.Cols, w.m.Data[lo*w.rowLen:hi*w.rowLen], w.rowLen, m.act, m.dst[lo:hi])
+		return
+	}
+	out := m.b.scratchFor(t, 4)
+	for r0 := 0; r0 < m.rows; r0 += actTile {
+		r1 := min(r0+actTile, m.rows)
+		for i := lo; i < hi; i++ {
+			row := w.m.Data[i*w.rowLen : (i+1)*w.rowLen]
+			for r := r0; r < r1; r += 4 {
+				k := min(4, r1-r)
+				w.kernel.DotRows(w.m.Cols, row, m.act[r*w.actRowLen:], w.actRowLen, out[:k])
+				for j, v := range out[:k] {
+					m.dst[(r+j)*n+i] = v
+				}
+			}
+		}
+	}
+}
+
+// f32ToBytes views float32 values as their bytes, for kernels whose
+// activations are float32.
+func f32ToBytes(v []float32) []byte {
+	if len(v) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+}
