@@ -9,7 +9,8 @@ test:
 	go test ./...
 	# The race detector on the packages that run goroutines; -short trims the
 	# fixture sweeps that the plain run above covers in full.
-	go test -race -short ./accel/... ./engine/...
+	go test -race -short ./accel/... ./engine/... ./daemon/... ./protocol/...
+	bash systemd/check.sh
 
 # Longer fuzzing of the parsers (FUZZTIME per target).
 FUZZTIME ?= 2m

@@ -25,6 +25,16 @@ var commands = map[string]command{
 	"logits":   {"write the logits of one forward pass over a prompt", runLogits},
 	"tokenize": {"print the token ids of a text", runTokenize},
 	"convert":  {"convert a model from another format to GGUF (llama2c)", runConvert},
+	"generate": {"generate text with a model of the running edged (streams)", runGenerate},
+	"chat":     {"chat interactively with a model of the running edged", runChat},
+	"status":   {"show the running edged's state, queues and memory", runStatus},
+	"models":   {"list the models registered with the running edged", runModels},
+	"load":     {"load a model (by name, or register a GGUF file) in the running edged", runLoad},
+	"unload":   {"unload a model from the running edged", runUnload},
+	"metrics":  {"print the running edged's metrics (Prometheus text)", runMetrics},
+	"synth":    {"write a random-weight model in the shape of a real one", runSynth},
+	"bench":    {"time prompt processing and generation (llama-bench's pp and tg)", runBench},
+	"pull":     {"download a model (URL or hf://) into the cache and verify it", runPull},
 }
 
 func main() {

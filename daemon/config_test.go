@@ -1,0 +1,150 @@
+package daemon
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func load(t *testing.T, file string, env map[string]string, args ...string) (Options, error) {
+	t.Helper()
+	if file != "" {
+		p := filepath.Join(t.TempDir(), "edged.toml")
+		if err := os.WriteFile(p, []byte(file), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append([]string{"--config", p}, args...)
+	}
+	src := &ConfigSource{Args: args, Getenv: func(k string) string { return env[k] }}
+	return src.Load()
+}
+
+func TestConfigDefaultsNeedNoFile(t *testing.T) {
+	o, err := load(t, "", map[string]string{"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Socket != "/run/user/1/edged/edged.sock" || o.StateDir != "/home/u/.local/state/edged" || o.Scheduler.MaxQueue != 64 {
+		t.Fatalf("defaults: %+v", o)
+	}
+	o, err = load(t, "", map[string]string{"RUNTIME_DIRECTORY": "/run/edged", "STATE_DIRECTORY": "/var/lib/edged"})
+	if err != nil || o.Socket != "/run/edged/edged.sock" || o.StateDir != "/var/lib/edged" {
+		t.Fatalf("systemd defaults: %v %s %s", err, o.Socket, o.StateDir)
+	}
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	file := `
+node = "from-file"
+[scheduler]
+max_queue = 5
+max_active = 3
+request_timeout = "1m"
+[models]
+memory_budget = "2GiB"
+
+[[model]]
+name = "a"
+path = "/m/a.gguf"
+temperature = 0.5
+top_k = 7
+`
+	env := map[string]string{"EDGED_SCHEDULER_MAX_QUEUE": "6", "EDGED_NODE": "from-env", "EDGED_MODEL": "b=/m/b.gguf"}
+	o, err := load(t, file, env, "--scheduler.max_active=4", "--node", "from-flag", "--model", "a=/m/a2.gguf", "--socket", "/tmp/x.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Node != "from-flag" || o.Scheduler.MaxQueue != 6 || o.Scheduler.MaxActive != 4 || o.Scheduler.RequestTimeout != time.Minute || o.Models.MemoryBudget != 2<<30 || o.Socket != "/tmp/x.sock" {
+		t.Fatalf("options %+v", o)
+	}
+	if len(o.Specs) != 2 || o.Specs[0].Path != "/m/a2.gguf" || o.Specs[1].Name != "b" {
+		t.Fatalf("specs %+v", o.Specs)
+	}
+}
+
+func TestConfigErrorsListedWithLines(t *testing.T) {
+	file := `node = "n"
+[scheduler]
+max_queue = "many"
+bogus = 1
+request_timeout = "soon"
+[engine]
+kv_cache = "q9"
+[[model]]
+name = "x"
+`
+	_, err := load(t, file, map[string]string{"EDGED_ENGINE_THREADS": "lots"}, "--scheduler.max_active=-1")
+	if !errors.Is(err, ErrConfig) {
+		t.Fatalf("got %v", err)
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		"edged.toml:3: scheduler.max_queue", "edged.toml:4: unknown key \"scheduler.bogus\"", "edged.toml:5: scheduler.request_timeout",
+		"edged.toml:8: [[model]] needs name and path", "EDGED_ENGINE_THREADS", "scheduler.max_active -1", "engine.kv_cache \"q9\"",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error does not mention %q:\n%s", want, msg)
+		}
+	}
+	_, err = load(t, "node = \n", nil)
+	if err == nil || !strings.Contains(err.Error(), "edged.toml:1: syntax error") {
+		t.Errorf("syntax error: %v", err)
+	}
+}
+
+func TestConfigExplicitFileMustExist(t *testing.T) {
+	if _, err := load(t, "", nil, "--config", "/nonexistent/edged.toml"); !errors.Is(err, ErrConfig) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// The example file parses, changes no default, and documents every key.
+func TestExampleConfig(t *testing.T) {
+	o, err := load(t, ExampleConfig, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := defaultOptions(func(string) string { return "" })
+	for i, s := range o.settings() {
+		if got, want := s.ptr, def.settings()[i].ptr; !sameValue(got, want) {
+			t.Errorf("example sets %s to a value other than the default", s.key)
+		}
+		section, key, ok := strings.Cut(s.key, ".")
+		if !ok {
+			key, section = section, ""
+		}
+		if section != "" && !strings.Contains(ExampleConfig, "["+section+"]") || !strings.Contains(ExampleConfig, key+" =") {
+			t.Errorf("example config does not document %s", s.key)
+		}
+	}
+}
+
+func sameValue(a, b any) bool {
+	switch a := a.(type) {
+	case *string:
+		return *a == *b.(*string)
+	case *int:
+		return *a == *b.(*int)
+	case *int64:
+		return *a == *b.(*int64)
+	case *time.Duration:
+		return *a == *b.(*time.Duration)
+	case *bool:
+		return *a == *b.(*bool)
+	}
+	return false
+}
+
+func TestParseBytes(t *testing.T) {
+	for s, want := range map[string]int64{"0": 0, "1024": 1024, "4GiB": 4 << 30, "512MiB": 512 << 20, "1.5G": 3 << 29} {
+		if got, err := parseBytes(s); err != nil || got != want {
+			t.Errorf("%s: %d %v", s, got, err)
+		}
+	}
+	if _, err := parseBytes("lots"); err == nil {
+		t.Error("lots parsed")
+	}
+}

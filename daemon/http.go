@@ -1,0 +1,380 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/edged/edged/protocol"
+)
+
+// streamWriteTimeout bounds each write of a streamed reply: a client that
+// stops reading loses its request after this long; nobody else waits.
+const streamWriteTimeout = 10 * time.Second
+
+// httpServer is the Unix-socket front end: HTTP/1.1, OpenAI-compatible.
+type httpServer struct {
+	d      *Daemon
+	svc    *Service
+	log    *slog.Logger
+	srv    *http.Server
+	ln     net.Listener
+	served chan struct{}
+}
+
+// route is one endpoint.
+type route struct {
+	method string
+	h      func(w http.ResponseWriter, r *http.Request)
+}
+
+// startHTTP creates the socket (mode 0660, group SocketGroup when set),
+// checks each peer's credentials and serves.
+func startHTTP(d *Daemon, o Options) (*httpServer, error) {
+	gid := -1
+	if o.SocketGroup != "" {
+		g, err := user.LookupGroup(o.SocketGroup)
+		if err != nil {
+			return nil, fmt.Errorf("socket.group %q: %w", o.SocketGroup, err)
+		}
+		if gid, err = strconv.Atoi(g.Gid); err != nil {
+			return nil, fmt.Errorf("socket.group %q: gid %q", o.SocketGroup, g.Gid)
+		}
+	}
+	ln, err := listenUnix(o.Socket, gid)
+	if err != nil {
+		return nil, err
+	}
+	h := &httpServer{d: d, svc: d.svc, log: d.log, served: make(chan struct{})}
+	routes := map[string]route{
+		"/v1/completions":      {http.MethodPost, h.completions},
+		"/v1/chat/completions": {http.MethodPost, h.chat},
+		"/v1/models":           {http.MethodGet, h.models},
+		"/v1/models/load":      {http.MethodPost, h.load},
+		"/v1/models/unload":    {http.MethodPost, h.unload},
+		"/v1/tokenize":         {http.MethodPost, h.tokenize},
+		"/v1/status":           {http.MethodGet, h.status},
+		"/status":              {http.MethodGet, h.status},
+		"/health":              {http.MethodGet, h.health},
+		"/metrics":             {http.MethodGet, h.metrics},
+	}
+	h.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			rt, ok := routes[r.URL.Path]
+			switch {
+			case !ok:
+				writeError(w, protocol.Errorf(protocol.CodeNotFound, "no endpoint %s", r.URL.Path))
+			case r.Method != rt.method && !(rt.method == http.MethodGet && r.Method == http.MethodHead):
+				w.Header().Set("Allow", rt.method)
+				writeError(w, protocol.Errorf(protocol.CodeMethodNotAllowed, "%s wants %s, not %s", r.URL.Path, rt.method, r.Method))
+			default:
+				rt.h(w, r)
+			}
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
+	}
+	h.ln = &peerListener{Listener: ln, gid: gid, log: d.log}
+	go func() {
+		defer close(h.served)
+		if err := h.srv.Serve(h.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("socket server", "err", err)
+		}
+	}()
+	return h, nil
+}
+
+// listenUnix creates the socket at path, replacing a stale one but not a
+// live one.
+func listenUnix(path string, gid int) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%w: %s answers; is edged already running?", ErrSocketInUse, path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing stale socket: %w", err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	if gid >= 0 {
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("socket group: %w", err)
+		}
+	}
+	return ln, nil
+}
+
+func (h *httpServer) close() {
+	h.srv.Close()
+	<-h.served
+}
+
+func (h *httpServer) shutdown(ctx context.Context) error {
+	err := h.srv.Shutdown(ctx)
+	if err != nil {
+		h.srv.Close()
+	}
+	<-h.served
+	return err
+}
+
+// peerListener serves only the daemon's user, root and members of the
+// socket group; others get a 403 and the connection closes.
+type peerListener struct {
+	net.Listener
+	gid int
+	log *slog.Logger
+}
+
+func (l *peerListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ok, who := peerAllowed(c, l.gid)
+		if ok {
+			return c, nil
+		}
+		l.log.Warn("connection refused", "peer", who)
+		go refuse(c, who)
+	}
+}
+
+func refuse(c net.Conn, who string) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	body, _ := json.Marshal(protocol.ErrorResponse{Version: protocol.Version, Error: protocol.Errorf(protocol.CodeForbidden, "%s may not use this daemon: connect as its user, root or a member of its socket group", who)})
+	fmt.Fprintf(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	e := protocol.AsError(err)
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfter))
+	}
+	writeJSON(w, e.Code.HTTPStatus(), protocol.ErrorResponse{Version: protocol.Version, Error: e})
+}
+
+func readBody(r *http.Request) ([]byte, error) {
+	return protocol.ReadBody(r.Body)
+}
+
+func (h *httpServer) completions(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req, err := protocol.DecodeCompletion(body)
+	if err != nil {
+		h.d.metrics.requests.add(1, "completions", "", string(protocol.CodeOf(err)))
+		writeError(w, err)
+		return
+	}
+	if !req.Stream {
+		res, err := h.svc.Complete(r.Context(), req, nil)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+		return
+	}
+	s := newSSE(w)
+	_, err = h.svc.Complete(r.Context(), req, func(c *protocol.CompletionChunk) error { return s.send(c) })
+	s.end(err)
+}
+
+func (h *httpServer) chat(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req, err := protocol.DecodeChat(body)
+	if err != nil {
+		h.d.metrics.requests.add(1, "chat", "", string(protocol.CodeOf(err)))
+		writeError(w, err)
+		return
+	}
+	if !req.Stream {
+		res, err := h.svc.Chat(r.Context(), req, nil)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+		return
+	}
+	s := newSSE(w)
+	_, err = h.svc.Chat(r.Context(), req, func(c *protocol.ChatChunk) error { return s.send(c) })
+	s.end(err)
+}
+
+func (h *httpServer) tokenize(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req, err := protocol.DecodeTokenize(body)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := h.svc.Tokenize(r.Context(), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (h *httpServer) models(w http.ResponseWriter, r *http.Request) {
+	res, err := h.svc.Models(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (h *httpServer) load(w http.ResponseWriter, r *http.Request) {
+	var req protocol.LoadRequest
+	body, err := readBody(r)
+	if err == nil {
+		err = protocol.Decode(body, &req)
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := h.svc.Load(r.Context(), &req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (h *httpServer) unload(w http.ResponseWriter, r *http.Request) {
+	var req protocol.UnloadRequest
+	body, err := readBody(r)
+	if err == nil {
+		err = protocol.Decode(body, &req)
+	}
+	if err == nil {
+		err = h.svc.Unload(r.Context(), &req)
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	res, _ := h.svc.Models(r.Context())
+	for _, m := range res.Data {
+		if m.ID == req.Model {
+			writeJSON(w, http.StatusOK, m)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+func (h *httpServer) status(w http.ResponseWriter, r *http.Request) {
+	res, err := h.svc.Status(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (h *httpServer) health(w http.ResponseWriter, r *http.Request) {
+	if h.d.draining.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, protocol.Health{Status: "draining"})
+		return
+	}
+	writeJSON(w, http.StatusOK, protocol.Health{Status: "ok"})
+}
+
+func (h *httpServer) metrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	h.svc.WriteMetrics(w)
+}
+
+// sse writes a server-sent event stream. The headers go out with the
+// first event, so that an error before any text is a plain JSON error
+// with its status.
+type sse struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	started bool
+}
+
+func newSSE(w http.ResponseWriter) *sse { return &sse{w: w, rc: http.NewResponseController(w)} }
+
+func (s *sse) send(v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if !s.started {
+		s.started = true
+		h := s.w.Header()
+		h.Set("Content-Type", "text/event-stream")
+		h.Set("Cache-Control", "no-cache")
+		h.Set("X-Accel-Buffering", "no")
+		s.w.WriteHeader(http.StatusOK)
+	}
+	s.rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+	if _, err := fmt.Fprintf(s.w, "data: %s\n\n", data); err != nil {
+		return err
+	}
+	return s.rc.Flush()
+}
+
+// end finishes the stream: an error event when err is set, then [DONE].
+func (s *sse) end(err error) {
+	if err != nil && !s.started {
+		writeError(s.w, err)
+		return
+	}
+	if err != nil {
+		if s.send(protocol.ErrorResponse{Version: protocol.Version, Error: protocol.AsError(err)}) != nil {
+			return
+		}
+	}
+	s.rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+	fmt.Fprint(s.w, "data: [DONE]\n\n")
+	s.rc.Flush()
+}

@@ -1,0 +1,162 @@
+package daemon
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edged/edged/accel/cpu"
+	"github.com/edged/edged/engine"
+	"github.com/edged/edged/model"
+	"github.com/edged/edged/protocol"
+)
+
+// instance is a loaded model: its file, tokenizer, engine and the
+// scheduler goroutine that owns the engine. Only run touches the engine
+// and the sequences.
+type instance struct {
+	name   string
+	spec   ModelSpec
+	file   *model.File
+	tok    *model.Tokenizer
+	tmpl   *chatTemplate
+	eng    *engine.Engine
+	ctxLen int   // tokens one sequence holds
+	mem    int64 // bytes counted against the memory budget
+	kvSeq  int64 // KV cache bytes of one sequence
+
+	sched SchedulerOptions // as when loaded
+	m     *metrics
+	queue chan *job // bounded: full ⇒ busy
+
+	mu     sync.Mutex // guards closed; held while sending on queue
+	closed bool
+	// closing is closed by close; run exits once the queue and the active
+	// sequences are empty.
+	closing chan struct{}
+	done    chan struct{} // closed when run has exited and freed the model
+
+	// Read by Status; written by run.
+	active   atomic.Int32
+	kvTokens atomic.Int64
+}
+
+// openInstance opens the model file and builds its engine. The caller has
+// reserved the memory that estimateMemory reported.
+func openInstance(name string, spec ModelSpec, path string, eo EngineOptions, so SchedulerOptions, m *metrics) (*instance, error) {
+	f, err := model.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	inst, err := buildInstance(name, spec, f, eo, so, m)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return inst, nil
+}
+
+func buildInstance(name string, spec ModelSpec, f *model.File, eo EngineOptions, so SchedulerOptions, m *metrics) (*instance, error) {
+	mdl, err := model.Load(f)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := model.NewTokenizer(f)
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer: %w", err)
+	}
+	cache, err := engine.ParseCacheType(eo.KVCache)
+	if err != nil {
+		return nil, err
+	}
+	ctx := eo.Context
+	if spec.Context > 0 {
+		ctx = spec.Context
+	}
+	eng, err := engine.New(mdl, cpu.New(eo.Threads), engine.Options{Context: ctx, BatchSize: eo.BatchSize, Cache: cache})
+	if err != nil {
+		return nil, err
+	}
+	inst := &instance{
+		name: name, spec: spec, file: f, tok: tok, eng: eng,
+		ctxLen:  eng.Options().Context,
+		sched:   so,
+		m:       m,
+		queue:   make(chan *job, so.MaxQueue),
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	inst.tmpl = newChatTemplate(f, tok)
+	cfg := eng.Config()
+	inst.kvSeq = kvBytes(cfg, inst.ctxLen, eo.KVCache)
+	inst.mem = fileSize(f) + int64(so.MaxActive)*inst.kvSeq
+	return inst, nil
+}
+
+// kvBytes is the KV cache of one sequence of ctx tokens.
+func kvBytes(cfg model.Config, ctx int, kv string) int64 {
+	per := int64(2)
+	if kv == "f32" {
+		per = 4
+	}
+	return 2 * int64(cfg.NLayer) * int64(ctx) * int64(cfg.KVDim()) * per
+}
+
+func fileSize(f *model.File) int64 {
+	var n int64
+	for _, t := range f.Tensors {
+		n += t.Size
+	}
+	return n
+}
+
+// estimateMemory is what a model of config cfg in a file of size bytes
+// will count against the budget.
+func estimateMemory(cfg model.Config, size int64, eo EngineOptions, so SchedulerOptions, specCtx int) int64 {
+	ctx := eo.Context
+	if specCtx > 0 {
+		ctx = specCtx
+	}
+	if ctx <= 0 {
+		ctx = min(cfg.NCtxTrain, engine.DefaultContext)
+	}
+	return size + int64(so.MaxActive)*kvBytes(cfg, ctx, eo.KVCache)
+}
+
+// submit queues j, or fails with busy (queue full) or errUnloading.
+func (in *instance) submit(j *job) error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.closed {
+		return errUnloading
+	}
+	select {
+	case in.queue <- j:
+		return nil
+	default:
+		e := protocol.Errorf(protocol.CodeBusy, "model %s is busy: %d requests are queued; retry later", in.name, cap(in.queue))
+		e.RetryAfter = max(1, int(in.sched.RetryAfter.Round(time.Second)/time.Second))
+		return e
+	}
+}
+
+// close stops admission; run finishes what was accepted, then frees the
+// model and closes done.
+func (in *instance) close() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !in.closed {
+		in.closed = true
+		close(in.closing)
+	}
+}
+
+// idle reports whether no request is queued or running.
+func (in *instance) idle() bool {
+	return len(in.queue) == 0 && in.active.Load() == 0
+}
+
+// errUnloading is returned by submit on an instance being unloaded; the
+// service then loads the model again.
+var errUnloading = protocol.Errorf(protocol.CodeShuttingDown, "model is being unloaded")

@@ -1,0 +1,662 @@
+package daemon
+
+// The NATS front end: a micro service named "edged" (nats micro ls, info,
+// stats) whose endpoints call the Service, as the Unix-socket API does.
+//
+// Subjects (protocol.Subject): edged.<node>.{generate,chat,tokenize,models,
+// status} reach this daemon; edged.{generate,…} reach any daemon of the
+// fleet (queue group protocol.QueueGroup). Bodies are the JSON of
+// /v1/completions, /v1/chat/completions and /v1/tokenize; models and
+// status take no body.
+//
+// Replies. Without "stream": one message, the response object. With
+// "stream": true, one message per chunk (the same chunk objects as the
+// server-sent events of the socket API), in order, each with the header
+// Edged-Stream: chunk, and last the chunk with finish_reason and usage,
+// with Edged-Stream: end. Every streamed message carries Edged-Cancel: a
+// subject to publish anything to in order to stop the generation (its
+// sequence ends at the next engine step and an error with code
+// "cancelled" ends the stream). A streaming client subscribes to an inbox
+// and publishes the request with that inbox as reply subject; a plain
+// request (nats req) sees the first chunk only.
+//
+// Errors are micro errors: headers Nats-Service-Error (the message) and
+// Nats-Service-Error-Code (the protocol code, such as "busy" or
+// "model_not_found"), and the body {"error": {...}} of the socket API. An
+// error also ends a stream.
+//
+// Published: metrics as JSON every NATSOptions.MetricsInterval on
+// edged.<node>.metrics (the Status, the counters of /metrics and the
+// service's per-endpoint statistics), lifecycle events (Event) on
+// edged.<node>.events.
+//
+// Subject tokens cannot hold '.', '*', '>' or spaces, so a node name such
+// as a host's FQDN is used with those characters replaced by '_'.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/edged/edged/protocol"
+)
+
+// Headers of streamed replies.
+const (
+	HeaderStream = "Edged-Stream" // "chunk" or "end"
+	HeaderCancel = "Edged-Cancel" // subject that cancels the generation
+)
+
+// natsMaxInFlight bounds the requests the front end serves at once; more
+// get "busy" at once (the schedulers bound generation further).
+const natsMaxInFlight = 1024
+
+// natsBackend is what the NATS front end needs of the daemon; *Service
+// implements it.
+type natsBackend interface {
+	Complete(ctx context.Context, req *protocol.CompletionRequest, emit func(*protocol.CompletionChunk) error) (*protocol.CompletionResponse, error)
+	Chat(ctx context.Context, req *protocol.ChatRequest, emit func(*protocol.ChatChunk) error) (*protocol.ChatResponse, error)
+	Tokenize(ctx context.Context, req *protocol.TokenizeRequest) (*protocol.TokenizeResponse, error)
+	Models(ctx context.Context) (*protocol.ModelList, error)
+	Status(ctx context.Context) (*protocol.Status, error)
+	WriteMetrics(w io.Writer)
+	OnEvent(fn func(Event))
+	Node() string
+}
+
+var _ natsBackend = (*Service)(nil)
+
+// NATS is the NATS front end. Add it to Options.FrontEnds; the daemon
+// starts it before READY=1 and shuts it down after the drain.
+type NATS struct {
+	opts NATSOptions
+	log  *slog.Logger
+
+	// Set by Start, read-only after it.
+	conn *natsConn
+	svc  micro.Service
+	be   natsBackend
+	node string // as a subject token
+
+	inflight chan struct{} // a slot per request being served
+	wg       sync.WaitGroup
+	ctx      context.Context // cancelled by Shutdown once the wait is over
+	cancel   context.CancelFunc
+	stopBg   chan struct{}
+
+	mu      sync.Mutex // guards the fields below
+	streams map[string]context.CancelFunc
+	closed  bool
+}
+
+// NewNATS returns the NATS front end for o; log nil means slog.Default().
+func NewNATS(o NATSOptions, log *slog.Logger) *NATS {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &NATS{opts: o, log: log.With("component", "nats")}
+}
+
+// Name implements FrontEnd.
+func (f *NATS) Name() string { return "nats" }
+
+// Start implements FrontEnd: it starts the embedded server or connects,
+// and adds the micro service.
+func (f *NATS) Start(ctx context.Context, s *Service) error { return f.start(ctx, s) }
+
+// ClientURL is the URL of the embedded server's listener ("" when it has
+// none), for other processes to connect to.
+func (f *NATS) ClientURL() string {
+	if f.conn == nil || f.conn.ns == nil || f.opts.Listen == "" {
+		return ""
+	}
+	return f.conn.ns.ClientURL()
+}
+
+// Conn is the front end's connection (in-process with the embedded
+// server), for publishing from the daemon; nil before Start.
+func (f *NATS) Conn() *nats.Conn {
+	if f.conn == nil {
+		return nil
+	}
+	return f.conn.nc
+}
+
+func (f *NATS) start(ctx context.Context, be natsBackend) error {
+	f.be = be
+	f.node = subjectToken(be.Node())
+	f.inflight = make(chan struct{}, natsMaxInFlight)
+	f.streams = map[string]context.CancelFunc{}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
+	f.stopBg = make(chan struct{})
+
+	conn, err := dialNATS(ctx, f.opts, f.node, f.log)
+	if err != nil {
+		return err
+	}
+	f.conn = conn
+	if err := f.addService(); err != nil {
+		conn.close(ctx)
+		return err
+	}
+	if _, err := conn.nc.Subscribe(f.cancelSubject("*"), f.onCancel); err != nil {
+		f.svc.Stop()
+		conn.close(ctx)
+		return fmt.Errorf("nats: subscribe: %w", err)
+	}
+	// The server has the subscriptions before READY=1 (skipped while an
+	// external server is still unreachable).
+	if conn.nc.IsConnected() {
+		if err := conn.nc.FlushTimeout(natsReadyTimeout); err != nil {
+			f.log.Warn("nats: flush", "err", err)
+		}
+	}
+	be.OnEvent(f.publishEvent)
+	if iv := f.opts.MetricsInterval; iv > 0 {
+		f.wg.Add(1)
+		go f.publishMetrics(iv)
+	}
+	f.log.Info("nats front end started", "service", protocol.ServiceName, "subjects", protocol.Subject(f.node, "*"), "embedded", conn.ns != nil)
+	return nil
+}
+
+// addService registers the micro service and its endpoints on both the
+// node's subjects and the fleet's.
+func (f *NATS) addService() error {
+	svc, err := micro.AddService(f.conn.nc, micro.Config{
+		Name:        protocol.ServiceName,
+		Version:     DaemonVersion,
+		Description: "edged on-device LLM inference",
+		Metadata:    map[string]string{"node": f.node, "protocol_version": strconv.Itoa(protocol.Version)},
+		QueueGroup:  protocol.QueueGroup,
+		ErrorHandler: func(_ micro.Service, e *micro.NATSError) {
+			f.log.Warn("nats: service error", "subject", e.Subject, "err", e.Description)
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("nats: micro service: %w", err)
+	}
+	f.svc = svc
+	handlers := []struct {
+		name string
+		h    micro.HandlerFunc
+	}{
+		{protocol.EndpointGenerate, f.handleGenerate},
+		{protocol.EndpointChat, f.handleChat},
+		{protocol.EndpointTokenize, f.handleTokenize},
+		{protocol.EndpointModels, f.handleModels},
+		{protocol.EndpointStatus, f.handleStatus},
+	}
+	for _, h := range handlers {
+		for _, scope := range []struct{ node, name string }{{f.node, "node"}, {"", "fleet"}} {
+			err := svc.AddEndpoint(h.name, h.h,
+				micro.WithEndpointSubject(protocol.Subject(scope.node, h.name)),
+				micro.WithEndpointMetadata(map[string]string{"scope": scope.name}))
+			if err != nil {
+				svc.Stop()
+				return fmt.Errorf("nats: endpoint %s: %w", protocol.Subject(scope.node, h.name), err)
+			}
+		}
+	}
+	return nil
+}
+
+// Shutdown implements FrontEnd: no new requests, then a wait (until ctx
+// ends) for those being served, whose replies are flushed; then the
+// connection and the embedded server close.
+func (f *NATS) Shutdown(ctx context.Context) error {
+	f.mu.Lock()
+	if f.closed || f.conn == nil {
+		f.mu.Unlock()
+		return nil
+	}
+	f.closed = true
+	f.mu.Unlock()
+	var err error
+	if f.svc != nil {
+		err = f.svc.Stop()
+	}
+	close(f.stopBg)
+	done := make(chan struct{})
+	go func() { f.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		f.cancel() // the rest end with "cancelled" replies
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			f.log.Warn("nats: requests still running at shutdown")
+		}
+	}
+	f.cancel()
+	f.conn.close(ctx)
+	f.log.Info("nats front end stopped")
+	return err
+}
+
+// begin takes a slot for a request, or says why not.
+func (f *NATS) begin() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		e := protocol.Errorf(protocol.CodeShuttingDown, "the daemon is shutting down")
+		e.RetryAfter = 1
+		return e
+	}
+	select {
+	case f.inflight <- struct{}{}:
+		f.wg.Add(1) // under mu: never after Shutdown's Wait began
+		return nil
+	default:
+		e := protocol.Errorf(protocol.CodeBusy, "too many NATS requests in flight (%d); retry", natsMaxInFlight)
+		e.RetryAfter = 1
+		return e
+	}
+}
+
+func (f *NATS) end() {
+	<-f.inflight
+	f.wg.Done()
+}
+
+// serve runs fn on its own goroutine (the subscription's goroutine must
+// stay free for the next request), or answers busy.
+func (f *NATS) serve(r micro.Request, fn func(ctx context.Context)) {
+	if err := f.begin(); err != nil {
+		respondError(r, err)
+		return
+	}
+	go func() {
+		defer f.end()
+		fn(f.ctx)
+	}()
+}
+
+func (f *NATS) handleGenerate(r micro.Request) {
+	req, err := protocol.DecodeCompletion(r.Data())
+	if err != nil {
+		respondError(r, err)
+		return
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		if !req.Stream {
+			res, err := f.be.Complete(ctx, req, nil)
+			f.reply(reply, res, err)
+			return
+		}
+		f.stream(ctx, reply, func(ctx context.Context, send func(v any, last bool) error) error {
+			_, err := f.be.Complete(ctx, req, func(c *protocol.CompletionChunk) error { return send(c, c.Usage != nil) })
+			return err
+		})
+	})
+}
+
+func (f *NATS) handleChat(r micro.Request) {
+	req, err := protocol.DecodeChat(r.Data())
+	if err != nil {
+		respondError(r, err)
+		return
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		if !req.Stream {
+			res, err := f.be.Chat(ctx, req, nil)
+			f.reply(reply, res, err)
+			return
+		}
+		f.stream(ctx, reply, func(ctx context.Context, send func(v any, last bool) error) error {
+			_, err := f.be.Chat(ctx, req, func(c *protocol.ChatChunk) error { return send(c, c.Usage != nil) })
+			return err
+		})
+	})
+}
+
+func (f *NATS) handleTokenize(r micro.Request) {
+	req, err := protocol.DecodeTokenize(r.Data())
+	if err != nil {
+		respondError(r, err)
+		return
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		res, err := f.be.Tokenize(ctx, req)
+		f.reply(reply, res, err)
+	})
+}
+
+func (f *NATS) handleModels(r micro.Request) {
+	if err := noBody(r.Data()); err != nil {
+		respondError(r, err)
+		return
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		res, err := f.be.Models(ctx)
+		f.reply(reply, res, err)
+	})
+}
+
+func (f *NATS) handleStatus(r micro.Request) {
+	if err := noBody(r.Data()); err != nil {
+		respondError(r, err)
+		return
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		res, err := f.be.Status(ctx)
+		f.reply(reply, res, err)
+	})
+}
+
+// noBody accepts an empty body or an empty JSON object (with an optional
+// version), for the endpoints that take no arguments.
+func noBody(data []byte) error {
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 {
+		return nil
+	}
+	var v struct {
+		Version int `json:"version"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return protocol.Errorf(protocol.CodeInvalidJSON, "this endpoint takes no body, or {}: %v", err)
+	}
+	if v.Version != 0 && v.Version != protocol.Version {
+		return protocol.ParamErrorf(protocol.CodeUnsupportedVersion, "version", "version %d is not supported (want %d)", v.Version, protocol.Version)
+	}
+	return nil
+}
+
+// reply publishes a response object or an error to the reply subject.
+func (f *NATS) reply(reply string, v any, err error) {
+	if reply == "" {
+		return
+	}
+	var msg *nats.Msg
+	if err != nil {
+		if f.ctx.Err() != nil && protocol.CodeOf(err) == protocol.CodeCancelled {
+			err = protocol.Errorf(protocol.CodeShuttingDown, "the daemon is shutting down")
+		}
+		msg = errorMsg(reply, err)
+	} else {
+		data, merr := json.Marshal(v)
+		if merr != nil {
+			msg = errorMsg(reply, merr)
+		} else {
+			msg = &nats.Msg{Subject: reply, Data: data}
+		}
+	}
+	if err := f.conn.nc.PublishMsg(msg); err != nil {
+		f.log.Debug("nats: reply not sent", "err", err)
+	}
+}
+
+// stream runs a streaming generation: gen calls send for each chunk, last
+// true for the chunk with the usage. The stream can be cancelled through
+// its Edged-Cancel subject; an error ends it with an error message.
+func (f *NATS) stream(ctx context.Context, reply string, gen func(ctx context.Context, send func(v any, last bool) error) error) {
+	if reply == "" {
+		return // nobody would read it
+	}
+	id := randomToken()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	f.mu.Lock()
+	f.streams[id] = cancel
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		delete(f.streams, id)
+		f.mu.Unlock()
+	}()
+	cancelSubj := f.cancelSubject(id)
+	send := func(v any, last bool) error {
+		data, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		kind := "chunk"
+		if last {
+			kind = "end"
+		}
+		msg := &nats.Msg{Subject: reply, Data: data, Header: nats.Header{}}
+		msg.Header.Set(HeaderStream, kind)
+		msg.Header.Set(HeaderCancel, cancelSubj)
+		return f.conn.nc.PublishMsg(msg)
+	}
+	err := gen(ctx, send)
+	if err == nil {
+		return
+	}
+	switch {
+	case f.ctx.Err() != nil:
+		err = protocol.Errorf(protocol.CodeShuttingDown, "the daemon is shutting down")
+	case ctx.Err() != nil:
+		err = protocol.Errorf(protocol.CodeCancelled, "cancelled by the client")
+	}
+	msg := errorMsg(reply, err)
+	msg.Header.Set(HeaderCancel, cancelSubj)
+	if err := f.conn.nc.PublishMsg(msg); err != nil {
+		f.log.Debug("nats: error reply not sent", "err", err)
+	}
+}
+
+func (f *NATS) cancelSubject(id string) string {
+	return protocol.ServiceName + "." + f.node + ".cancel." + id
+}
+
+// onCancel handles a message on edged.<node>.cancel.<id>.
+func (f *NATS) onCancel(m *nats.Msg) {
+	id := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	f.mu.Lock()
+	cancel := f.streams[id]
+	f.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if m.Reply != "" {
+		m.Respond(nil)
+	}
+}
+
+// errorMsg is a micro error reply carrying err's protocol code.
+func errorMsg(reply string, err error) *nats.Msg {
+	e := protocol.AsError(err)
+	body, _ := json.Marshal(protocol.ErrorResponse{Version: protocol.Version, Error: e})
+	msg := &nats.Msg{Subject: reply, Data: body, Header: nats.Header{}}
+	msg.Header.Set(micro.ErrorHeader, e.Message)
+	msg.Header.Set(micro.ErrorCodeHeader, string(e.Code))
+	return msg
+}
+
+// respondError answers through micro (so that its statistics count the
+// error).
+func respondError(r micro.Request, err error) {
+	e := protocol.AsError(err)
+	body, _ := json.Marshal(protocol.ErrorResponse{Version: protocol.Version, Error: e})
+	msg := e.Message
+	if msg == "" {
+		msg = string(e.Code)
+	}
+	_ = r.Error(string(e.Code), msg, body)
+}
+
+// publishEvent publishes a lifecycle event; it never blocks.
+func (f *NATS) publishEvent(ev Event) {
+	f.mu.Lock()
+	closed := f.closed && ev.Kind != "draining"
+	f.mu.Unlock()
+	if closed {
+		return
+	}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return
+	}
+	if err := f.conn.nc.Publish(protocol.EventsSubject(f.node), data); err != nil {
+		f.log.Debug("nats: event not published", "kind", ev.Kind, "err", err)
+	}
+}
+
+// NATSMetrics is the JSON published on edged.<node>.metrics.
+type NATSMetrics struct {
+	Version int       `json:"version"`
+	Node    string    `json:"node"`
+	Time    time.Time `json:"time"`
+	// Status is what the status endpoint answers.
+	Status *protocol.Status `json:"status"`
+	// Metrics holds every sample of the Prometheus /metrics text by
+	// metric name (histograms as their _bucket, _sum and _count series).
+	Metrics map[string][]Sample `json:"metrics"`
+	// Endpoints are the micro service's statistics per endpoint.
+	Endpoints []*micro.EndpointStats `json:"endpoints"`
+}
+
+// Sample is one labelled value of a metric.
+type Sample struct {
+	Labels map[string]string `json:"labels,omitempty"`
+	Value  float64           `json:"value"`
+}
+
+func (f *NATS) publishMetrics(every time.Duration) {
+	defer f.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.stopBg:
+			return
+		case <-t.C:
+		}
+		m, err := f.metrics()
+		if err != nil {
+			f.log.Warn("nats: metrics", "err", err)
+			continue
+		}
+		data, err := json.Marshal(m)
+		if err == nil {
+			err = f.conn.nc.Publish(protocol.MetricsSubject(f.node), data)
+		}
+		if err != nil {
+			f.log.Debug("nats: metrics not published", "err", err)
+		}
+	}
+}
+
+func (f *NATS) metrics() (*NATSMetrics, error) {
+	st, err := f.be.Status(f.ctx)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	f.be.WriteMetrics(&buf)
+	return &NATSMetrics{
+		Version: protocol.Version, Node: f.node, Time: time.Now().UTC(),
+		Status: st, Metrics: parsePromText(&buf), Endpoints: f.svc.Stats().Endpoints,
+	}, nil
+}
+
+// parsePromText reads the samples of the Prometheus text format, skipping
+// comments and lines it cannot parse.
+func parsePromText(r io.Reader) map[string][]Sample {
+	out := map[string][]Sample{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		name, labels, rest := line, "", ""
+		if i := strings.IndexByte(line, '{'); i >= 0 {
+			j := strings.LastIndexByte(line, '}')
+			if j < i {
+				continue
+			}
+			name, labels, rest = line[:i], line[i+1:j], line[j+1:]
+		} else if i := strings.IndexAny(line, " \t"); i >= 0 {
+			name, rest = line[:i], line[i:]
+		}
+		fields := strings.Fields(rest)
+		if len(fields) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			continue
+		}
+		s := Sample{Value: v}
+		if labels != "" {
+			s.Labels = parsePromLabels(labels)
+		}
+		out[name] = append(out[name], s)
+	}
+	return out
+}
+
+// parsePromLabels parses `a="x",b="y\"z"`.
+func parsePromLabels(s string) map[string]string {
+	m := map[string]string{}
+	for s != "" {
+		eq := strings.IndexByte(s, '=')
+		if eq < 0 || eq+1 >= len(s) || s[eq+1] != '"' {
+			break
+		}
+		key := strings.TrimSpace(s[:eq])
+		var val strings.Builder
+		i := eq + 2
+		for ; i < len(s) && s[i] != '"'; i++ {
+			if s[i] == '\\' && i+1 < len(s) {
+				i++
+				switch s[i] {
+				case 'n':
+					val.WriteByte('\n')
+				default:
+					val.WriteByte(s[i])
+				}
+				continue
+			}
+			val.WriteByte(s[i])
+		}
+		m[key] = val.String()
+		s = strings.TrimLeft(s[min(i+1, len(s)):], ", ")
+	}
+	return m
+}
+
+// subjectToken makes s usable as one subject token.
+func subjectToken(s string) string {
+	if s == "" {
+		return "edged"
+	}
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '.', r == '*', r == '>', r <= ' ', r == 0x7f:
+			return '_'
+		}
+		return r
+	}, s)
+}
+
+func randomToken() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,183 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/edged/edged/protocol"
+)
+
+// Options configure a Daemon. DefaultOptions returns the defaults; a config
+// file, EDGED_* variables and flags override them in that order (see
+// config.go, and edged.example.toml for every key documented).
+type Options struct {
+	// Node names this daemon in status replies and NATS subjects.
+	Node string
+	// Socket is the Unix socket path of the HTTP API.
+	Socket string
+	// SocketGroup, when set, owns the socket, and its members may connect
+	// (besides the daemon's own user and root).
+	SocketGroup string
+	// StateDir holds the bbolt database.
+	StateDir string
+	// CacheDir holds downloaded models (used by pull).
+	CacheDir string
+	// LockTimeout bounds the wait for the database lock.
+	LockTimeout time.Duration
+
+	Engine    EngineOptions
+	Scheduler SchedulerOptions
+	Models    ModelOptions
+	NATS      NATSOptions
+
+	// Specs are the models registered at start (the config file's
+	// [models.NAME] tables, then --model flags).
+	Specs []ModelSpec
+
+	// FrontEnds are started after the socket, before READY=1, and shut
+	// down before the scheduler drains. The NATS front end is one.
+	FrontEnds []FrontEnd
+	// Fetch resolves a model reference that is not a local path (an
+	// https:// or hf:// URL) to a local file, downloading it if needed.
+	// nil: such references are refused.
+	Fetch func(ctx context.Context, ref string) (path, digest string, err error)
+
+	// Logger receives the daemon's logs; nil: slog.Default().
+	Logger *slog.Logger
+	// Notify sends systemd notifications; nil: from $NOTIFY_SOCKET.
+	Notify *Notifier
+
+	// source re-reads the configuration on Reload; nil: Reload keeps
+	// these options.
+	source *ConfigSource
+}
+
+// EngineOptions configure the engines of loaded models.
+type EngineOptions struct {
+	Threads   int    // CPU threads per model; 0: one per core
+	Context   int    // tokens per sequence; 0: the model's, at most 4096
+	BatchSize int    // rows per forward pass
+	KVCache   string // f16 or f32
+}
+
+// SchedulerOptions configure the per-model schedulers.
+type SchedulerOptions struct {
+	MaxQueue       int           // requests waiting per model; more get "busy"
+	MaxActive      int           // sequences decoding at once per model
+	PrefillChunk   int           // prompt tokens per engine step, all sequences together
+	RequestTimeout time.Duration // the longest one request may run, queue included
+	DrainTimeout   time.Duration // how long SIGTERM waits for in-flight requests
+	MaxTokens      int           // default max_tokens; 0: until an end token or a full context
+	RetryAfter     time.Duration // the hint sent with "busy"
+}
+
+// ModelOptions configure the model registry.
+type ModelOptions struct {
+	IdleUnload   time.Duration // unload a model unused this long; 0: never
+	MemoryBudget int64         // bytes all loaded models may use; 0: unlimited
+}
+
+// NATSOptions configure the NATS front end (daemon/nats*.go).
+type NATSOptions struct {
+	Enabled         bool          // run the NATS front end
+	URL             string        // join this server; "": embedded server
+	Listen          string        // HOST:PORT where the embedded server listens; "": in-process only
+	Credentials     string        // credentials file for URL
+	NKey            string        // NKey seed file for URL
+	TLSCert         string        // client certificate for URL
+	TLSKey          string        // its key
+	TLSCA           string        // CA bundle for URL
+	LeafRemote      string        // leaf-node remote URL of a hub for the embedded server
+	MetricsInterval time.Duration // publish metrics this often; 0: never
+}
+
+// ModelSpec registers a model under a name.
+type ModelSpec struct {
+	Name string
+	// Path is a GGUF file, or a reference Options.Fetch resolves.
+	Path   string
+	Digest string // "sha256:…" when known
+	// Context overrides EngineOptions.Context for this model.
+	Context int
+	// Defaults apply to requests that leave a sampling field out.
+	Defaults protocol.Sampling
+	// MaxTokens overrides SchedulerOptions.MaxTokens.
+	MaxTokens int
+}
+
+// FrontEnd is an interface of the daemon to clients besides the Unix
+// socket, started and stopped with it. Start must return once the front
+// end serves (READY=1 waits for it) and must not block after that.
+type FrontEnd interface {
+	Name() string
+	Start(ctx context.Context, s *Service) error
+	Shutdown(ctx context.Context) error
+}
+
+// DefaultOptions returns the defaults, which need no config file. Paths
+// follow systemd's $RUNTIME_DIRECTORY, $STATE_DIRECTORY and
+// $CACHE_DIRECTORY when set, else the XDG directories of the user.
+func DefaultOptions() Options {
+	return defaultOptions(os.Getenv)
+}
+
+func defaultOptions(getenv func(string) string) Options {
+	node, err := os.Hostname()
+	if err != nil || node == "" {
+		node = "edged"
+	}
+	return Options{
+		Node:        node,
+		Socket:      defaultSocket(getenv),
+		StateDir:    defaultDir(getenv, "STATE_DIRECTORY", "XDG_STATE_HOME", filepath.Join(".local", "state")),
+		CacheDir:    defaultDir(getenv, "CACHE_DIRECTORY", "XDG_CACHE_HOME", ".cache"),
+		LockTimeout: time.Second,
+		Engine:      EngineOptions{BatchSize: 512, KVCache: "f16"},
+		Scheduler: SchedulerOptions{
+			MaxQueue:       64,
+			MaxActive:      16,
+			PrefillChunk:   256,
+			RequestTimeout: 10 * time.Minute,
+			DrainTimeout:   30 * time.Second,
+			RetryAfter:     time.Second,
+		},
+		Models: ModelOptions{IdleUnload: 15 * time.Minute},
+		NATS:   NATSOptions{Enabled: true, MetricsInterval: 10 * time.Second},
+	}
+}
+
+// defaultSocket is $RUNTIME_DIRECTORY/edged.sock, else
+// $XDG_RUNTIME_DIR/edged/edged.sock, else /run/edged/edged.sock.
+func defaultSocket(getenv func(string) string) string {
+	if d := firstDir(getenv("RUNTIME_DIRECTORY")); d != "" {
+		return filepath.Join(d, "edged.sock")
+	}
+	if d := getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "edged", "edged.sock")
+	}
+	return "/run/edged/edged.sock"
+}
+
+func defaultDir(getenv func(string) string, systemd, xdg, home string) string {
+	if d := firstDir(getenv(systemd)); d != "" {
+		return d
+	}
+	if d := getenv(xdg); d != "" {
+		return filepath.Join(d, "edged")
+	}
+	if h := getenv("HOME"); h != "" {
+		return filepath.Join(h, home, "edged")
+	}
+	return filepath.Join("/var/lib/edged")
+}
+
+// firstDir takes the first of systemd's colon-separated directories.
+func firstDir(s string) string {
+	if i := filepath.SplitList(s); len(i) > 0 {
+		return i[0]
+	}
+	return ""
+}

@@ -1,0 +1,66 @@
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+)
+
+var seeds = []string{
+	`{"model":"m","prompt":"hi","max_tokens":5,"temperature":0.5,"stop":["x"],"stream":true}`,
+	`{"model":"m","prompt":[1,2,3]}`,
+	`{"model":"m","messages":[{"role":"user","content":"hi"}],"top_k":4}`,
+	`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"}]}]}`,
+	`{"model":"m","content":"x","with_pieces":true}`,
+	`{"model":"m","prompt":"\ud800"}`,
+	"{\"model\":\"\xff\"}",
+	`{"model":"m","prompt":{"a":1}}`,
+	`[`, `null`, `{}`, `{"stop":null,"prompt":null}`,
+}
+
+// checkDecoded asserts the decoder contract: an error is a complete *Error;
+// a success validates again and survives an encode/decode round trip.
+func checkDecoded[T any, P interface {
+	*T
+	Validator
+}](t *testing.T, data []byte, decode func([]byte) (P, error)) {
+	v, err := decode(data)
+	if err != nil {
+		var e *Error
+		if !errors.As(err, &e) || e.Code == "" || e.Message == "" || e.Code.HTTPStatus() >= 500 {
+			t.Fatalf("%q: bad error %#v", data, err)
+		}
+		return
+	}
+	if err := v.Validate(); err != nil {
+		t.Fatalf("%q: decoded value does not validate: %v", data, err)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatalf("%q: re-encode: %v", data, err)
+	}
+	if _, err := decode(b); err != nil {
+		t.Fatalf("%q: re-encoded %s does not decode: %v", data, b, err)
+	}
+}
+
+func FuzzDecodeCompletion(f *testing.F) {
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { checkDecoded(t, data, DecodeCompletion) })
+}
+
+func FuzzDecodeChat(f *testing.F) {
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { checkDecoded(t, data, DecodeChat) })
+}
+
+func FuzzDecodeTokenize(f *testing.F) {
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { checkDecoded(t, data, DecodeTokenize) })
+}

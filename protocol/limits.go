@@ -1,0 +1,31 @@
+package protocol
+
+// Limits on request contents. They bound the memory one request can make
+// the daemon spend before any model is involved; the model's context length
+// bounds the token counts further.
+const (
+	// MaxBodyBytes is the largest request body accepted.
+	MaxBodyBytes = 4 << 20
+	// MaxTextBytes is the largest prompt, message content or tokenize text.
+	MaxTextBytes = 2 << 20
+	// MaxPromptTokens is the most token ids a prompt given as ids may hold.
+	MaxPromptTokens = 1 << 20
+	// MaxMessages is the most messages of one chat request.
+	MaxMessages = 4096
+	// MaxStops is the most stop strings; MaxStopBytes the longest.
+	MaxStops     = 16
+	MaxStopBytes = 256
+	// MaxNameBytes is the longest model name (and message name).
+	MaxNameBytes = 256
+	// MaxPathBytes is the longest model path in a load request.
+	MaxPathBytes = 4096
+	// MaxMaxTokens is the largest max_tokens.
+	MaxMaxTokens = 1 << 20
+
+	// Sampling ranges (inclusive).
+	MaxTemperature   = 5.0
+	MaxTopK          = 1 << 20
+	MaxPenalty       = 2.0 // |presence_penalty|, |frequency_penalty|, as OpenAI
+	MaxRepeatPenalty = 10.0
+	MaxRepeatLastN   = 1 << 20
+)
