@@ -190,45 +190,34 @@ func readBody(r *http.Request) ([]byte, error) {
 }
 
 func (h *httpServer) completions(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	req, err := protocol.DecodeCompletion(body)
-	if err != nil {
-		h.d.metrics.requests.add(1, "completions", "", string(protocol.CodeOf(err)))
-		writeError(w, err)
-		return
-	}
-	if !req.Stream {
-		res, err := h.svc.Complete(r.Context(), req, nil)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, res)
-		return
-	}
-	s := newSSE(w)
-	_, err = h.svc.Complete(r.Context(), req, func(c *protocol.CompletionChunk) error { return s.send(c) })
-	s.end(err)
+	serveGeneration(h, w, r, "completions", protocol.DecodeCompletion,
+		func(req *protocol.CompletionRequest) bool { return req.Stream }, h.svc.Complete)
 }
 
 func (h *httpServer) chat(w http.ResponseWriter, r *http.Request) {
+	serveGeneration(h, w, r, "chat", protocol.DecodeChat,
+		func(req *protocol.ChatRequest) bool { return req.Stream }, h.svc.Chat)
+}
+
+// serveGeneration answers a completion or chat request: decode it, then
+// reply with the whole response or, when it asks to stream, with
+// server-sent events.
+func serveGeneration[Req, Res, Chunk any](h *httpServer, w http.ResponseWriter, r *http.Request, endpoint string,
+	decode func([]byte) (Req, error), streaming func(Req) bool,
+	call func(context.Context, Req, func(Chunk) error) (Res, error)) {
 	body, err := readBody(r)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	req, err := protocol.DecodeChat(body)
+	req, err := decode(body)
 	if err != nil {
-		h.d.metrics.requests.add(1, "chat", "", string(protocol.CodeOf(err)))
+		h.d.metrics.requests.add(1, endpoint, "", string(protocol.CodeOf(err)))
 		writeError(w, err)
 		return
 	}
-	if !req.Stream {
-		res, err := h.svc.Chat(r.Context(), req, nil)
+	if !streaming(req) {
+		res, err := call(r.Context(), req, nil)
 		if err != nil {
 			writeError(w, err)
 			return
@@ -237,7 +226,7 @@ func (h *httpServer) chat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s := newSSE(w)
-	_, err = h.svc.Chat(r.Context(), req, func(c *protocol.ChatChunk) error { return s.send(c) })
+	_, err = call(r.Context(), req, func(c Chunk) error { return s.send(c) })
 	s.end(err)
 }
 
