@@ -287,40 +287,37 @@ func (f *NATS) serve(r micro.Request, fn func(ctx context.Context)) {
 }
 
 func (f *NATS) handleGenerate(r micro.Request) {
-	req, err := protocol.DecodeCompletion(r.Data())
-	if err != nil {
-		respondError(r, err)
-		return
-	}
-	reply := r.Reply()
-	f.serve(r, func(ctx context.Context) {
-		if !req.Stream {
-			res, err := f.be.Complete(ctx, req, nil)
-			f.reply(reply, res, err)
-			return
-		}
-		f.stream(ctx, reply, func(ctx context.Context, send func(v any, last bool) error) error {
-			_, err := f.be.Complete(ctx, req, func(c *protocol.CompletionChunk) error { return send(c, c.Usage != nil) })
-			return err
-		})
-	})
+	natsGeneration(f, r, protocol.DecodeCompletion,
+		func(req *protocol.CompletionRequest) bool { return req.Stream },
+		func(c *protocol.CompletionChunk) bool { return c.Usage != nil }, f.be.Complete)
 }
 
 func (f *NATS) handleChat(r micro.Request) {
-	req, err := protocol.DecodeChat(r.Data())
+	natsGeneration(f, r, protocol.DecodeChat,
+		func(req *protocol.ChatRequest) bool { return req.Stream },
+		func(c *protocol.ChatChunk) bool { return c.Usage != nil }, f.be.Chat)
+}
+
+// natsGeneration answers a completion or chat request with one message, or
+// streams its chunks when it asks to; last tells the final chunk (the one
+// with usage).
+func natsGeneration[Req, Res, Chunk any](f *NATS, r micro.Request, decode func([]byte) (Req, error),
+	streaming func(Req) bool, last func(Chunk) bool,
+	call func(context.Context, Req, func(Chunk) error) (Res, error)) {
+	req, err := decode(r.Data())
 	if err != nil {
 		respondError(r, err)
 		return
 	}
 	reply := r.Reply()
 	f.serve(r, func(ctx context.Context) {
-		if !req.Stream {
-			res, err := f.be.Chat(ctx, req, nil)
+		if !streaming(req) {
+			res, err := call(ctx, req, nil)
 			f.reply(reply, res, err)
 			return
 		}
 		f.stream(ctx, reply, func(ctx context.Context, send func(v any, last bool) error) error {
-			_, err := f.be.Chat(ctx, req, func(c *protocol.ChatChunk) error { return send(c, c.Usage != nil) })
+			_, err := call(ctx, req, func(c Chunk) error { return send(c, last(c)) })
 			return err
 		})
 	})
