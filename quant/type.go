@@ -90,6 +90,9 @@ func (t Type) String() string {
 	if l, ok := layouts[t]; ok {
 		return l.name
 	}
+	if t == Q8A {
+		return "q8a" // an activation type, never a tensor's (see dot.go)
+	}
 	return fmt.Sprintf("type(%d)", uint32(t))
 }
 
