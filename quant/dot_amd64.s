@@ -2808,7 +2808,7 @@ dotQ3_KAVX2x4_loop:
 	RET
 
 // func dotQ4_0AVX2w4(nb int, w *byte, wstride int, a *byte, out *float32)
-// Requires: AVX, AVX2, F16C, FMA3
+// Requires: AVX, AVX2, F16C, FMA3, MMX+
 TEXT ·dotQ4_0AVX2w4(SB), NOSPLIT, $0-40
 	MOVQ    nb+0(FP), AX
 	MOVQ    w+8(FP), CX
@@ -2818,6 +2818,8 @@ TEXT ·dotQ4_0AVX2w4(SB), NOSPLIT, $0-40
 	LEAQ    (SI)(DX*1), DX
 	MOVQ    a+24(FP), DI
 	MOVQ    out+32(FP), R8
+	MOVQ    wstride+16(FP), R9
+	SHLQ    $0x02, R9
 	VMOVDQU c0F<>+0(SB), Y0
 	VMOVDQU ones16<>+0(SB), Y1
 	VXORPS  Y2, Y2, Y2
@@ -2830,6 +2832,10 @@ TEXT ·dotQ4_0AVX2w4(SB), NOSPLIT, $0-40
 	VXORPS  X9, X9, X9
 
 dotQ4_0AVX2w4_loop:
+	PREFETCHT0   (CX)(R9*1)
+	PREFETCHT0   (BX)(R9*1)
+	PREFETCHT0   (SI)(R9*1)
+	PREFETCHT0   (DX)(R9*1)
 	VMOVDQU      2(CX), X10
 	VPSRLW       $0x04, X10, X11
 	VINSERTI128  $0x01, X11, Y10, Y10
@@ -2925,7 +2931,7 @@ dotQ4_0AVX2w4_loop:
 	RET
 
 // func dotQ4_1AVX2w4(nb int, w *byte, wstride int, a *byte, out *float32)
-// Requires: AVX, AVX2, F16C, FMA3
+// Requires: AVX, AVX2, F16C, FMA3, MMX+
 TEXT ·dotQ4_1AVX2w4(SB), NOSPLIT, $0-40
 	MOVQ    nb+0(FP), AX
 	MOVQ    w+8(FP), CX
@@ -2935,6 +2941,8 @@ TEXT ·dotQ4_1AVX2w4(SB), NOSPLIT, $0-40
 	LEAQ    (SI)(DX*1), DX
 	MOVQ    a+24(FP), DI
 	MOVQ    out+32(FP), R8
+	MOVQ    wstride+16(FP), R9
+	SHLQ    $0x02, R9
 	VMOVDQU c0F<>+0(SB), Y0
 	VMOVDQU ones16<>+0(SB), Y1
 	VXORPS  Y2, Y2, Y2
@@ -2947,6 +2955,10 @@ TEXT ·dotQ4_1AVX2w4(SB), NOSPLIT, $0-40
 	VXORPS  X9, X9, X9
 
 dotQ4_1AVX2w4_loop:
+	PREFETCHT0   (CX)(R9*1)
+	PREFETCHT0   (BX)(R9*1)
+	PREFETCHT0   (SI)(R9*1)
+	PREFETCHT0   (DX)(R9*1)
 	VMOVDQU      4(CX), X10
 	VPSRLW       $0x04, X10, X11
 	VINSERTI128  $0x01, X11, Y10, Y10
@@ -3042,7 +3054,7 @@ dotQ4_1AVX2w4_loop:
 	RET
 
 // func dotQ5_0AVX2w4(nb int, w *byte, wstride int, a *byte, out *float32)
-// Requires: AVX, AVX2, F16C, FMA3
+// Requires: AVX, AVX2, F16C, FMA3, MMX+
 TEXT ·dotQ5_0AVX2w4(SB), NOSPLIT, $0-40
 	MOVQ    nb+0(FP), AX
 	MOVQ    w+8(FP), CX
@@ -3052,6 +3064,8 @@ TEXT ·dotQ5_0AVX2w4(SB), NOSPLIT, $0-40
 	LEAQ    (SI)(DX*1), DX
 	MOVQ    a+24(FP), DI
 	MOVQ    out+32(FP), R8
+	MOVQ    wstride+16(FP), R9
+	SHLQ    $0x02, R9
 	VMOVDQU c0F<>+0(SB), Y0
 	VMOVDQU ones16<>+0(SB), Y1
 	VXORPS  Y2, Y2, Y2
@@ -3064,6 +3078,10 @@ TEXT ·dotQ5_0AVX2w4(SB), NOSPLIT, $0-40
 	VXORPS  X9, X9, X9
 
 dotQ5_0AVX2w4_loop:
+	PREFETCHT0   (CX)(R9*1)
+	PREFETCHT0   (BX)(R9*1)
+	PREFETCHT0   (SI)(R9*1)
+	PREFETCHT0   (DX)(R9*1)
 	VMOVDQU      6(CX), X10
 	VPSRLW       $0x04, X10, X11
 	VINSERTI128  $0x01, X11, Y10, Y10
@@ -3183,7 +3201,7 @@ dotQ5_0AVX2w4_loop:
 	RET
 
 // func dotQ5_1AVX2w4(nb int, w *byte, wstride int, a *byte, out *float32)
-// Requires: AVX, AVX2, F16C, FMA3
+// Requires: AVX, AVX2, F16C, FMA3, MMX+
 TEXT ·dotQ5_1AVX2w4(SB), NOSPLIT, $0-40
 	MOVQ    nb+0(FP), AX
 	MOVQ    w+8(FP), CX
@@ -3193,6 +3211,8 @@ TEXT ·dotQ5_1AVX2w4(SB), NOSPLIT, $0-40
 	LEAQ    (SI)(DX*1), DX
 	MOVQ    a+24(FP), DI
 	MOVQ    out+32(FP), R8
+	MOVQ    wstride+16(FP), R9
+	SHLQ    $0x02, R9
 	VMOVDQU c0F<>+0(SB), Y0
 	VMOVDQU ones16<>+0(SB), Y1
 	VXORPS  Y2, Y2, Y2
@@ -3205,6 +3225,10 @@ TEXT ·dotQ5_1AVX2w4(SB), NOSPLIT, $0-40
 	VXORPS  X9, X9, X9
 
 dotQ5_1AVX2w4_loop:
+	PREFETCHT0   (CX)(R9*1)
+	PREFETCHT0   (BX)(R9*1)
+	PREFETCHT0   (SI)(R9*1)
+	PREFETCHT0   (DX)(R9*1)
 	VMOVDQU      8(CX), X10
 	VPSRLW       $0x04, X10, X11
 	VINSERTI128  $0x01, X11, Y10, Y10
@@ -3324,7 +3348,7 @@ dotQ5_1AVX2w4_loop:
 	RET
 
 // func dotQ8_0AVX2w4(nb int, w *byte, wstride int, a *byte, out *float32)
-// Requires: AVX, AVX2, F16C, FMA3
+// Requires: AVX, AVX2, F16C, FMA3, MMX+
 TEXT ·dotQ8_0AVX2w4(SB), NOSPLIT, $0-40
 	MOVQ    nb+0(FP), AX
 	MOVQ    w+8(FP), CX
@@ -3334,6 +3358,8 @@ TEXT ·dotQ8_0AVX2w4(SB), NOSPLIT, $0-40
 	LEAQ    (SI)(DX*1), DX
 	MOVQ    a+24(FP), DI
 	MOVQ    out+32(FP), R8
+	MOVQ    wstride+16(FP), R9
+	SHLQ    $0x02, R9
 	VMOVDQU ones16<>+0(SB), Y0
 	VXORPS  Y1, Y1, Y1
 	VXORPS  Y2, Y2, Y2
@@ -3341,6 +3367,10 @@ TEXT ·dotQ8_0AVX2w4(SB), NOSPLIT, $0-40
 	VXORPS  Y4, Y4, Y4
 
 dotQ8_0AVX2w4_loop:
+	PREFETCHT0   (CX)(R9*1)
+	PREFETCHT0   (BX)(R9*1)
+	PREFETCHT0   (SI)(R9*1)
+	PREFETCHT0   (DX)(R9*1)
 	VMOVDQU      2(CX), Y5
 	VPSIGNB      Y5, Y5, Y6
 	VCVTPH2PS    (CX), X7
