@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // task is a parallel loop body: run covers [lo, hi) on worker t, whose
@@ -13,12 +14,15 @@ type task interface {
 	run(t, lo, hi int)
 }
 
-// spinChecks is how many times an idle worker polls for the next loop
-// before it parks. A decode step runs a few hundred short loops back to
-// back; waking a parked thread costs tens of microseconds each time, which
-// left a core idle a third of the time, while this much polling lasts about
-// as long as the gaps between the loops of one step.
-const spinChecks = 1 << 14
+// spinFor is how long a worker polls for the next loop, and the caller for
+// the end of one, before sleeping. A decode step runs a few hundred short
+// loops back to back; waking a parked thread costs tens of microseconds
+// each time, which left a core idle a third of the time, while the gaps
+// between the loops of one step are shorter than this. It is a time, not a
+// count of polls, so that polling stays short where polls are slow (the
+// race detector) or where the thread polled for is not running (more busy
+// threads than cores).
+const spinFor = 50 * time.Microsecond
 
 // pool is a fixed set of worker goroutines that split loops with the
 // calling goroutine, which acts as worker 0. One loop runs at a time: the
@@ -33,8 +37,12 @@ type pool struct {
 	pending atomic.Int32
 	parked  []atomic.Bool
 	wake    []chan struct{}
-	closing atomic.Bool
-	closed  sync.Once
+	// waiting is set while the caller sleeps on finished for the last
+	// worker of a loop (after polling pending for a while).
+	waiting  atomic.Bool
+	finished chan struct{}
+	closing  atomic.Bool
+	closed   sync.Once
 }
 
 type job struct {
@@ -44,7 +52,7 @@ type job struct {
 }
 
 func newPool(n int) *pool {
-	p := &pool{n: n, parked: make([]atomic.Bool, n), wake: make([]chan struct{}, n)}
+	p := &pool{n: n, parked: make([]atomic.Bool, n), wake: make([]chan struct{}, n), finished: make(chan struct{}, 1)}
 	for w := 1; w < n; w++ {
 		p.wake[w] = make(chan struct{}, 1)
 		go p.worker(w)
@@ -66,18 +74,23 @@ func (p *pool) worker(w int) {
 		if j := p.job; w < j.workers {
 			j.t.run(w, min(w*j.per, j.n), min((w+1)*j.per, j.n))
 		}
-		p.pending.Add(-1)
+		if p.pending.Add(-1) == 0 && p.waiting.CompareAndSwap(true, false) {
+			p.finished <- struct{}{}
+		}
 	}
 }
 
-// await returns the generation of the next loop after seen, polling first
-// and parking after spinChecks polls.
+// await returns the generation of the next loop after seen, polling for
+// up to spinFor, then parking.
 func (p *pool) await(w int, seen uint64) uint64 {
-	for i := 1; i <= spinChecks; i++ {
+	start := time.Now()
+	for i := 1; ; i++ {
 		if g := p.gen.Load(); g != seen {
 			return g
 		}
-		yieldSometimes(i)
+		if !pollLonger(i, start) {
+			break
+		}
 	}
 	p.parked[w].Store(true)
 	if g := p.gen.Load(); g != seen && p.parked[w].CompareAndSwap(true, false) {
@@ -111,18 +124,41 @@ func (p *pool) runGrain(t task, n, grain int) {
 	p.gen.Add(1)
 	p.wakeParked()
 	t.run(0, 0, min(per, n))
-	for i := 1; p.pending.Load() != 0; i++ {
-		yieldSometimes(i)
-	}
+	p.awaitWorkers()
 	p.job = job{} // drop the task's references
 }
 
-// yieldSometimes lets other goroutines run every so often in a polling
-// loop: the goroutine polled for may be waiting for this processor.
-func yieldSometimes(i int) {
-	if i%256 == 0 {
-		runtime.Gosched()
+// awaitWorkers returns when every worker has reported back on the current
+// loop: it polls for a while, then sleeps until the last worker signals, so
+// that an oversubscribed machine (more busy threads than cores) does not
+// spend whole time slices polling for a worker that is not running.
+func (p *pool) awaitWorkers() {
+	start := time.Now()
+	for i := 1; ; i++ {
+		if p.pending.Load() == 0 {
+			return
+		}
+		if !pollLonger(i, start) {
+			break
+		}
 	}
+	p.waiting.Store(true)
+	if p.pending.Load() == 0 && p.waiting.CompareAndSwap(true, false) {
+		return
+	}
+	// Sleeping, or the last worker already claimed the signal: take it.
+	<-p.finished
+}
+
+// pollLonger reports whether a polling loop begun at start, now at poll
+// i, should go on. Every so often it lets other goroutines run (the one
+// polled for may be waiting for this processor) and looks at the clock.
+func pollLonger(i int, start time.Time) bool {
+	if i%256 != 0 {
+		return true
+	}
+	runtime.Gosched()
+	return time.Since(start) < spinFor
 }
 
 func (p *pool) wakeParked() {
