@@ -35,6 +35,10 @@ var commands = map[string]command{
 	"synth":    {"write a random-weight model in the shape of a real one", runSynth},
 	"bench":    {"time prompt processing and generation (llama-bench's pp and tg)", runBench},
 	"pull":     {"download a model (URL or hf://) into the cache and verify it", runPull},
+	"adapt":    {"train a LoRA or prefix adapter with MeZO (forward passes only)", runAdapt},
+	"lora":     {"merge LoRA adapters into a model (lora merge)", runLoRA},
+
+	"eval-sparsity": {"measure token sparsity: quality, prefill time, KV bytes", runEvalSparsity},
 }
 
 func main() {

@@ -1,0 +1,58 @@
+package adapt
+
+import (
+	"errors"
+
+	"github.com/edged/edged/engine"
+)
+
+// Param is one trainable tensor of an adapter: its name in the adapter
+// file and its float32 values, which an optimizer updates in place.
+type Param struct {
+	Name string
+	Data []float32
+}
+
+// Trainable is an adapter MeZO can train: *LoRA or *Prefix.
+type Trainable interface {
+	// Params lists the tensors in a fixed order (the order defines the
+	// tensor index of the perturbation generator).
+	Params() []Param
+	// attach returns a new sequence of e that runs with the adapter.
+	attach(e *engine.Engine) (*engine.Sequence, error)
+	// detach undoes attach and frees s.
+	detach(e *engine.Engine, s *engine.Sequence)
+	// live reports whether attached sequences see later changes of the
+	// tensors (LoRA) rather than a copy made by attach (prefix).
+	live() bool
+	// offset is the position of a sequence's first token.
+	offset() int
+}
+
+func (lo *LoRA) attach(e *engine.Engine) (*engine.Sequence, error) {
+	set, ok := e.Options().Hooks.Delta.(*Set)
+	if !ok {
+		return nil, errors.New("adapt: training a LoRA needs an engine with an adapt.Set as Hooks.Delta")
+	}
+	s, err := e.NewSequence(nil)
+	if err != nil {
+		return nil, err
+	}
+	set.Use(s, Applied{LoRA: lo, Scale: 1})
+	return s, nil
+}
+
+func (lo *LoRA) detach(e *engine.Engine, s *engine.Sequence) {
+	if set, ok := e.Options().Hooks.Delta.(*Set); ok {
+		set.Forget(s)
+	}
+	s.Free()
+}
+
+func (lo *LoRA) live() bool  { return true }
+func (lo *LoRA) offset() int { return 0 }
+
+func (p *Prefix) attach(e *engine.Engine) (*engine.Sequence, error) { return e.NewSequence(p) }
+func (p *Prefix) detach(_ *engine.Engine, s *engine.Sequence)       { s.Free() }
+func (p *Prefix) live() bool                                        { return false }
+func (p *Prefix) offset() int                                       { return p.Len }

@@ -1,0 +1,76 @@
+package adapt
+
+import (
+	"sync"
+
+	"github.com/edged/edged/accel"
+	"github.com/edged/edged/engine"
+)
+
+// Applied is a LoRA attached to a sequence with a user scale (llama.cpp's
+// adapter scale; 1 applies the adapter as trained).
+type Applied struct {
+	LoRA  *LoRA
+	Scale float32
+}
+
+// Set chooses the LoRA adapters of each sequence, so that one batch can mix
+// sequences with different adapters and with none. Give it to the engine
+// as Hooks.Delta. Adapters attach and detach between Steps without
+// reloading the base model. A Set serves one engine.
+type Set struct {
+	mu    sync.RWMutex // guards bySeq; Apply holds it for reading
+	bySeq map[*engine.Sequence][]Applied
+	s     scratch // used only inside Apply, which the engine never runs concurrently
+}
+
+// NewSet returns an empty Set: every sequence runs the base model.
+func NewSet() *Set {
+	return &Set{bySeq: map[*engine.Sequence][]Applied{}}
+}
+
+// Use attaches adapters to seq, replacing any attached before; none
+// detaches all.
+func (s *Set) Use(seq *engine.Sequence, adapters ...Applied) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(adapters) == 0 {
+		delete(s.bySeq, seq)
+		return
+	}
+	s.bySeq[seq] = append([]Applied(nil), adapters...)
+}
+
+// Forget detaches seq's adapters (call it before freeing seq).
+func (s *Set) Forget(seq *engine.Sequence) { s.Use(seq) }
+
+// Adapters returns the adapters attached to seq.
+func (s *Set) Adapters(seq *engine.Sequence) []Applied {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.bySeq[seq]
+}
+
+// Apply implements engine.DeltaProvider: each run of consecutive rows of
+// one sequence gets that sequence's adapters.
+func (s *Set) Apply(b accel.Backend, layer int, p engine.Proj, x, y accel.Buffer, rows []engine.Row) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for from := 0; from < len(rows); {
+		to := from + 1
+		for to < len(rows) && rows[to].Seq == rows[from].Seq {
+			to++
+		}
+		for _, a := range s.bySeq[rows[from].Seq] {
+			pr := a.LoRA.Pair(layer, p)
+			if pr == nil {
+				continue
+			}
+			if err := s.s.apply(b, pr, a.Scale*a.LoRA.Scale(pr), x, y, from, to); err != nil {
+				return err
+			}
+		}
+		from = to
+	}
+	return nil
+}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/edged/edged/accel/cpu"
+	"github.com/edged/edged/engine"
+	"github.com/edged/edged/model"
+	"github.com/edged/edged/prune"
+)
+
+// sparsityMethods are the policies eval-sparsity knows; the baselines are
+// measured beside the chosen method on the same sequences.
+var sparsityMethods = []string{"zerotprune", "recent", "random"}
+
+// runEvalSparsity measures what token sparsity costs in quality and saves
+// in prefill time and KV cache. For each sequence (drawn from the model
+// itself, seeded) it prefills the first --len tokens densely and with the
+// policy, then feeds the next --cont tokens one decode step at a time
+// (teacher forcing) and compares the next-token distributions of the two
+// runs: negative log-likelihood of the sequence's actual tokens, top-1
+// agreement and KL(dense ‖ sparse).
+func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("eval-sparsity", "--model M --method zerotprune|recent|random --keep R [--self-sample N --len L --cont C] [--json]", stderr)
+	var ef engineFlags
+	ef.register(fs, "f32")
+	method := fs.String("method", "zerotprune", "sparsity `policy`: "+strings.Join(sparsityMethods, ", "))
+	keep := fs.Float64("keep", prune.DefaultKeep, "share of the prefix rows kept after the last pruning layer, in (0, 1]")
+	layers := fs.String("layers", "1", "comma-separated `layers` after which rows are dropped")
+	window := fs.Int("window", prune.DefaultWindow, "last prefix rows always kept")
+	iters := fs.Int("iterations", prune.DefaultIterations, "weighted PageRank iterations (zerotprune)")
+	samples := fs.Int("self-sample", 8, "evaluation sequences sampled from the model itself")
+	length := fs.Int("len", 400, "prefix tokens (BOS included) prefilled with sparsity")
+	cont := fs.Int("cont", 100, "continuation tokens scored after the prefix")
+	seed := fs.Uint64("seed", 1, "seed of the self-sampling and of the random baseline")
+	temp := fs.Float64("temp", 1, "temperature of the self-sampling")
+	baselines := fs.Bool("baselines", true, "also measure the other methods on the same sequences")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ls, err := parseLayers(*layers)
+	switch {
+	case ef.model == "":
+		return usageError(fs, "--model is required")
+	case !slices.Contains(sparsityMethods, *method):
+		return usageError(fs, "--method %q: want one of %s", *method, strings.Join(sparsityMethods, ", "))
+	case err != nil:
+		return usageError(fs, "%v", err)
+	case *samples < 1 || *length < 2 || *cont < 1:
+		return usageError(fs, "--self-sample and --cont must be at least 1, --len at least 2")
+	}
+	cfg := prune.Config{Keep: *keep, Layers: ls, Window: *window, Iterations: *iters}
+	names := []string{*method}
+	if *baselines {
+		for _, m := range sparsityMethods {
+			if m != *method {
+				names = append(names, m)
+			}
+		}
+	}
+	methods := make([]*sparsityMethod, len(names))
+	for i, n := range names {
+		if methods[i], err = newSparsityMethod(n, cfg, *seed); err != nil {
+			return usageError(fs, "%v", err)
+		}
+	}
+
+	hook := &switchHook{}
+	l, err := ef.openWithHooks(engine.Hooks{Observer: hook, Selector: hook})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	if n := *length + *cont; n > l.engine.Options().Context {
+		return usageError(fs, "--len + --cont = %d exceeds the context of %d", n, l.engine.Options().Context)
+	}
+	ev := &sparsityEval{ctx: ctx, e: l.engine, hook: hook, prefix: *length, cont: *cont, bos: 1}
+	if tok, err := l.tokenizer(); err == nil && tok.BOS() >= 0 {
+		ev.bos = tok.BOS()
+	}
+	report, err := ev.run(methods, *samples, *seed, float32(*temp))
+	if err != nil {
+		return err
+	}
+	report.Model, report.Keep, report.Layers, report.Window, report.Iterations = l.path, *keep, ls, *window, *iters
+	report.Threads = l.engine.Backend().(interface{ Threads() int }).Threads()
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(report)
+	}
+	report.print(stdout)
+	return nil
+}
+
+func parseLayers(s string) ([]int, error) {
+	var ls []int
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return nil, fmt.Errorf("--layers: %q is not a layer", f)
+		}
+		ls = append(ls, v)
+	}
+	return ls, nil
+}
+
+// openWithHooks is open with the sparsity hooks installed.
+func (f *engineFlags) openWithHooks(hooks engine.Hooks) (*loaded, error) {
+	cache, err := engine.ParseCacheType(f.kvType)
+	if err != nil {
+		return nil, err
+	}
+	file, err := model.Open(f.model)
+	if err != nil {
+		return nil, err
+	}
+	l := &loaded{path: f.model, file: file}
+	if l.model, err = model.Load(file); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("%s: %w", f.model, err)
+	}
+	opts := engine.Options{Context: f.context, Cache: cache, Hooks: hooks}
+	if l.engine, err = engine.New(l.model, cpu.New(f.threads), opts); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("%s: %w", f.model, err)
+	}
+	return l, nil
+}
+
+// sparsityPolicy is what every prune policy offers.
+type sparsityPolicy interface {
+	engine.TokenSelector
+	Enable(*engine.Sequence)
+	Disable(*engine.Sequence)
+}
+
+// sparsityMethod is one policy under evaluation.
+type sparsityMethod struct {
+	name   string
+	policy sparsityPolicy
+	obs    engine.AttentionObserver // nil for the baselines
+}
+
+func newSparsityMethod(name string, cfg prune.Config, seed uint64) (*sparsityMethod, error) {
+	m := &sparsityMethod{name: name}
+	switch name {
+	case "zerotprune":
+		z, err := prune.NewZeroTPrune(cfg)
+		if err != nil {
+			return nil, err
+		}
+		m.policy, m.obs = z, z
+	case "recent":
+		r, err := prune.NewRecent(cfg)
+		if err != nil {
+			return nil, err
+		}
+		m.policy = r
+	case "random":
+		r, err := prune.NewRandom(cfg, seed)
+		if err != nil {
+			return nil, err
+		}
+		m.policy = r
+	default:
+		return nil, fmt.Errorf("unknown method %q", name)
+	}
+	return m, nil
+}
+
+// switchHook forwards the engine's hooks to the method being measured, or
+// to nothing for the dense runs, so that one engine serves every method.
+type switchHook struct{ m *sparsityMethod }
+
+func (h *switchHook) Wants(layer int) bool {
+	return h.m != nil && h.m.obs != nil && h.m.obs.Wants(layer)
+}
+
+func (h *switchHook) Observe(layer int, seq *engine.Sequence, past, rows, heads int, probs []float32) {
+	h.m.obs.Observe(layer, seq, past, rows, heads, probs)
+}
+
+func (h *switchHook) Select(layer int, rows []engine.Row) []int32 {
+	if h.m == nil {
+		return nil
+	}
+	return h.m.policy.Select(layer, rows)
+}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edged/edged/internal/fixture"
+)
+
+func TestEvalSparsity(t *testing.T) {
+	path := fixture.Path(t, "gguf", "tiny-llama-q8_0.gguf")
+	run := func(keep string) sparsityReport {
+		out := mustEdgectl(t, "eval-sparsity", "--model", path, "-t", "2", "--keep", keep,
+			"--self-sample", "2", "--len", "48", "--cont", "8", "--window", "4", "--json")
+		var r sparsityReport
+		require.NoError(t, json.Unmarshal([]byte(out), &r))
+		return r
+	}
+	r := run("1")
+	assert.Equal(t, "zerotprune", r.Method)
+	assert.Equal(t, 2, r.Sequences)
+	assert.Zero(t, r.NLLIncreasePct, "keep 1 is dense")
+	assert.Zero(t, r.KL)
+	assert.Equal(t, 1.0, r.Top1Agreement)
+	assert.Equal(t, 1.0, r.KVBytesRatio)
+	require.Contains(t, r.Baselines, "recent")
+	require.Contains(t, r.Baselines, "random")
+	assert.Equal(t, 1.0, r.Baselines["random"].Top1Agreement)
+
+	r = run("0.5")
+	// 4 layers, pruning after layer 1: layers 2 and 3 hold 24 of 48 rows.
+	assert.InDelta(t, float64(2*48+2*24)/(4*48), r.KVBytesRatio, 1e-9)
+	assert.Positive(t, r.KL)
+	assert.Equal(t, r.KVBytesRatio, r.Baselines["recent"].KVBytesRatio)
+
+	code, _, _ := edgectl(t, "eval-sparsity", "--model", path, "--method", "lemo")
+	assert.Equal(t, 2, code)
+	code, _, _ = edgectl(t, "eval-sparsity", "--model", path, "--len", "300", "--cont", "8", "--self-sample", "1")
+	assert.Equal(t, 2, code, "longer than the context")
+}
