@@ -47,7 +47,9 @@ type Backend struct {
 	swiglu swigluTask
 }
 
-// New returns a backend using threads workers (0: one per CPU).
+// New returns a backend using threads workers (0: one per CPU). Close
+// stops the workers; a backend that is dropped without Close leaves them
+// parked.
 func New(threads int) *Backend {
 	if threads <= 0 {
 		threads = runtime.GOMAXPROCS(0)
@@ -57,9 +59,6 @@ func New(threads int) *Backend {
 	b.cacheF32, _ = quant.KernelFor(quant.F32)
 	b.cacheF16, _ = quant.KernelFor(quant.F16)
 
-	// The workers hold the pool, not the backend, so a forgotten backend
-	// is still collected and its workers stopped.
-	runtime.AddCleanup(b, func(p *pool) { p.close() }, b.pool)
 	return b
 }
 
