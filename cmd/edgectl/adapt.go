@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edged/edged/accel/cpu"
 	"github.com/edged/edged/adapt"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
@@ -74,7 +73,7 @@ func runAdapt(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError(fs, "%v", err)
 	}
 	set := adapt.NewSet()
-	l, err := openAdaptEngine(&ef, engine.Hooks{Delta: set})
+	l, err := ef.open(engine.Hooks{Delta: set})
 	if err != nil {
 		return err
 	}
@@ -245,27 +244,4 @@ func readExamplesFile(path string, tok *model.Tokenizer) ([]adapt.Example, error
 	}
 	defer f.Close()
 	return adapt.ReadExamples(f, path, tok)
-}
-
-// openAdaptEngine is engineFlags.open with hooks installed.
-func openAdaptEngine(f *engineFlags, hooks engine.Hooks) (*loaded, error) {
-	cache, err := engine.ParseCacheType(f.kvType)
-	if err != nil {
-		return nil, err
-	}
-	file, err := model.Open(f.model)
-	if err != nil {
-		return nil, err
-	}
-	l := &loaded{path: f.model, file: file}
-	if l.model, err = model.Load(file); err != nil {
-		file.Close()
-		return nil, fmt.Errorf("%s: %w", f.model, err)
-	}
-	opts := engine.Options{Context: f.context, Cache: cache, Hooks: hooks}
-	if l.engine, err = engine.New(l.model, cpu.New(f.threads), opts); err != nil {
-		file.Close()
-		return nil, fmt.Errorf("%s: %w", f.model, err)
-	}
-	return l, nil
 }

@@ -9,9 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/edged/edged/accel/cpu"
 	"github.com/edged/edged/engine"
-	"github.com/edged/edged/model"
 	"github.com/edged/edged/prune"
 )
 
@@ -73,7 +71,7 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 
 	hook := &switchHook{}
-	l, err := ef.openWithHooks(engine.Hooks{Observer: hook, Selector: hook})
+	l, err := ef.open(engine.Hooks{Observer: hook, Selector: hook})
 	if err != nil {
 		return err
 	}
@@ -108,29 +106,6 @@ func parseLayers(s string) ([]int, error) {
 		ls = append(ls, v)
 	}
 	return ls, nil
-}
-
-// openWithHooks is open with the sparsity hooks installed.
-func (f *engineFlags) openWithHooks(hooks engine.Hooks) (*loaded, error) {
-	cache, err := engine.ParseCacheType(f.kvType)
-	if err != nil {
-		return nil, err
-	}
-	file, err := model.Open(f.model)
-	if err != nil {
-		return nil, err
-	}
-	l := &loaded{path: f.model, file: file}
-	if l.model, err = model.Load(file); err != nil {
-		file.Close()
-		return nil, fmt.Errorf("%s: %w", f.model, err)
-	}
-	opts := engine.Options{Context: f.context, Cache: cache, Hooks: hooks}
-	if l.engine, err = engine.New(l.model, cpu.New(f.threads), opts); err != nil {
-		file.Close()
-		return nil, fmt.Errorf("%s: %w", f.model, err)
-	}
-	return l, nil
 }
 
 // sparsityPolicy is what every prune policy offers.

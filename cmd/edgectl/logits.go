@@ -31,7 +31,7 @@ func runLogits(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case isSet(fs, "prompt") == isSet(fs, "ids"):
 		return usageError(fs, "give exactly one of --prompt and --ids")
 	}
-	l, err := ef.open()
+	l, err := ef.open(engine.Hooks{})
 	if err != nil {
 		return err
 	}

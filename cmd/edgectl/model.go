@@ -49,8 +49,9 @@ func (l *loaded) Close() error {
 	return l.file.Close()
 }
 
-// open loads the model, its tokenizer and an engine on the CPU.
-func (f *engineFlags) open() (*loaded, error) {
+// open loads the model and an engine on the CPU with hooks installed (the
+// zero Hooks for plain inference).
+func (f *engineFlags) open(hooks engine.Hooks) (*loaded, error) {
 	cache, err := engine.ParseCacheType(f.kvType)
 	if err != nil {
 		return nil, err
@@ -64,7 +65,7 @@ func (f *engineFlags) open() (*loaded, error) {
 		file.Close()
 		return nil, fmt.Errorf("%s: %w", f.model, err)
 	}
-	opts := engine.Options{Context: f.context, Cache: cache}
+	opts := engine.Options{Context: f.context, Cache: cache, Hooks: hooks}
 	if l.engine, err = engine.New(l.model, cpu.New(f.threads), opts); err != nil {
 		file.Close()
 		return nil, fmt.Errorf("%s: %w", f.model, err)

@@ -49,7 +49,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *seed < 0 {
 		sc.Seed = rand.Uint64()
 	}
-	l, err := ef.open()
+	l, err := ef.open(engine.Hooks{})
 	if err != nil {
 		return err
 	}
