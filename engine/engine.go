@@ -104,20 +104,18 @@ type layerWeights struct {
 // activations are the scratch buffers of one forward pass of BatchSize
 // rows, allocated once.
 type activations struct {
-	x, xn      accel.Buffer // [rows × NEmbd]
-	q, att     accel.Buffer // [rows × QDim]
-	k, v       accel.Buffer // [rows × KVDim]
-	gate, up   accel.Buffer // [rows × NFF]
-	outX       accel.Buffer // [logitN × NEmbd]
-	logits     accel.Buffer // [logitN × NVocab]
-	probs      []float32    // attention probabilities for an observer
-	ids, pos   []int32
-	rows       []Row
-	seqs       []accel.AttnSeq
-	seqOf      []*Sequence // the sequence of each entry of seqs
-	keep       []int32
-	logitRows  []int32
-	vocabSlice []float32
+	x, xn     accel.Buffer // [rows × NEmbd]
+	q, att    accel.Buffer // [rows × QDim]
+	k, v      accel.Buffer // [rows × KVDim]
+	gate, up  accel.Buffer // [rows × NFF]
+	outX      accel.Buffer // [logitN × NEmbd]
+	logits    accel.Buffer // [logitN × NVocab]
+	probs     []float32    // attention probabilities for an observer
+	ids, pos  []int32
+	rows      []Row
+	seqs      []accel.AttnSeq
+	seqOf     []*Sequence // the sequence of each entry of seqs
+	logitRows []int32
 }
 
 // New places m's weights on be and allocates the scratch memory of one
@@ -227,7 +225,7 @@ func (e *Engine) allocActivations() error {
 	a.gate, a.up = alloc(n*c.NFF), alloc(n*c.NFF)
 	a.outX, a.logits = alloc(e.logitN*c.NEmbd), alloc(e.logitN*c.NVocab)
 	a.ids, a.pos = make([]int32, n), make([]int32, n)
-	a.rows, a.keep = make([]Row, n), make([]int32, n)
+	a.rows = make([]Row, n)
 	a.logitRows = make([]int32, 0, n)
 	return errors.Join(errs...)
 }
