@@ -374,6 +374,9 @@ func (o *Options) validate() []string {
 		if err := m.Defaults.Validate(); err != nil {
 			bad("model %q: %v", m.Name, protocol.AsError(err).Message)
 		}
+		if err := validSparsity(m.Sparsity); err != nil {
+			bad("model %q: default %v", m.Name, protocol.AsError(err).Message)
+		}
 		if m.Context < 0 || m.MaxTokens < 0 {
 			bad("model %q: context and max_tokens must not be negative", m.Name)
 		}
@@ -489,25 +492,17 @@ func keyOf(it unstable.Iterator) []string {
 // setTOML sets one key of a [[model]] table.
 func (m *ModelSpec) setTOML(key string, v *unstable.Node) error {
 	str := func(p *string) error {
-		if v.Kind != unstable.String {
-			return fmt.Errorf("want a string, got %s", kindName(v.Kind))
-		}
-		*p = string(v.Data)
-		return nil
+		var err error
+		*p, err = tomlString(v)
+		return err
 	}
 	integer := func(p *int) error {
-		if v.Kind != unstable.Integer {
-			return fmt.Errorf("want an integer, got %s", kindName(v.Kind))
-		}
-		n, err := strconv.ParseInt(strings.ReplaceAll(string(v.Data), "_", ""), 0, 32)
-		*p = int(n)
+		n, err := tomlInt(v)
+		*p = n
 		return err
 	}
 	number := func(p **float64) error {
-		if v.Kind != unstable.Float && v.Kind != unstable.Integer {
-			return fmt.Errorf("want a number, got %s", kindName(v.Kind))
-		}
-		f, err := strconv.ParseFloat(strings.ReplaceAll(string(v.Data), "_", ""), 64)
+		f, err := tomlNumber(v)
 		*p = &f
 		return err
 	}
@@ -545,6 +540,95 @@ func (m *ModelSpec) setTOML(key string, v *unstable.Node) error {
 		return optInt(&d.TopK)
 	case "repeat_last_n":
 		return optInt(&d.RepeatLastN)
+	case "sparsity":
+		return m.setSparsityTable(v)
+	}
+	if k, ok := strings.CutPrefix(key, "sparsity."); ok {
+		return m.setSparsity(k, v)
 	}
 	return fmt.Errorf("unknown key")
+}
+
+// setSparsityTable sets the sparsity default from an inline table:
+// sparsity = {method = "zerotprune", keep = 0.5}.
+func (m *ModelSpec) setSparsityTable(v *unstable.Node) error {
+	if v.Kind != unstable.InlineTable {
+		return fmt.Errorf("want a table such as {method = \"zerotprune\", keep = 0.5}, got %s", kindName(v.Kind))
+	}
+	for it := v.Children(); it.Next(); {
+		kv := it.Node()
+		if kv.Kind != unstable.KeyValue {
+			return fmt.Errorf("want key = value pairs in the table")
+		}
+		k := strings.Join(keyOf(kv.Key()), ".")
+		if err := m.setSparsity(k, kv.Value()); err != nil {
+			return fmt.Errorf("%s: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// setSparsity sets one key of the sparsity default.
+func (m *ModelSpec) setSparsity(key string, v *unstable.Node) error {
+	if m.Sparsity == nil {
+		m.Sparsity = &protocol.Sparsity{}
+	}
+	s := m.Sparsity
+	switch key {
+	case "method":
+		var err error
+		s.Method, err = tomlString(v)
+		return err
+	case "keep":
+		f, err := tomlNumber(v)
+		if err == nil {
+			s.Keep = &f
+		}
+		return err
+	case "window":
+		n, err := tomlInt(v)
+		if err == nil {
+			s.Window = &n
+		}
+		return err
+	case "layers":
+		if v.Kind != unstable.Array {
+			return fmt.Errorf("want an array of layers such as [1, 3], got %s", kindName(v.Kind))
+		}
+		s.Layers = []int{}
+		for it := v.Children(); it.Next(); {
+			n, err := tomlInt(it.Node())
+			if err != nil {
+				return fmt.Errorf("layers: %w", err)
+			}
+			s.Layers = append(s.Layers, n)
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown key sparsity.%s (want method, keep, layers or window)", key)
+}
+
+// tomlString reads a string value.
+func tomlString(v *unstable.Node) (string, error) {
+	if v.Kind != unstable.String {
+		return "", fmt.Errorf("want a string, got %s", kindName(v.Kind))
+	}
+	return string(v.Data), nil
+}
+
+// tomlInt reads an integer value that fits 32 bits.
+func tomlInt(v *unstable.Node) (int, error) {
+	if v.Kind != unstable.Integer {
+		return 0, fmt.Errorf("want an integer, got %s", kindName(v.Kind))
+	}
+	n, err := strconv.ParseInt(strings.ReplaceAll(string(v.Data), "_", ""), 0, 32)
+	return int(n), err
+}
+
+// tomlNumber reads a float or an integer value.
+func tomlNumber(v *unstable.Node) (float64, error) {
+	if v.Kind != unstable.Float && v.Kind != unstable.Integer {
+		return 0, fmt.Errorf("want a number, got %s", kindName(v.Kind))
+	}
+	return strconv.ParseFloat(strings.ReplaceAll(string(v.Data), "_", ""), 64)
 }

@@ -25,6 +25,8 @@ type instance struct {
 	ctxLen int   // tokens one sequence holds
 	mem    int64 // bytes counted against the memory budget
 	kvSeq  int64 // KV cache bytes of one sequence
+	kvRow  int64 // KV cache bytes of one token at one layer
+	sparse *sparsity
 
 	sched SchedulerOptions // as when loaded
 	m     *metrics
@@ -74,12 +76,19 @@ func buildInstance(name string, spec ModelSpec, f *model.File, eo EngineOptions,
 	if spec.Context > 0 {
 		ctx = spec.Context
 	}
-	eng, err := engine.New(mdl, cpu.New(eo.Threads), engine.Options{Context: ctx, BatchSize: eo.BatchSize, Cache: cache})
+	// The model's default is checked against its layers before anything
+	// is allocated: a bad default fails the load, not every request.
+	if _, err := resolveSparsity(nil, spec.Sparsity, mdl.Config.NLayer); err != nil {
+		return nil, fmt.Errorf("model %s: default %s", name, protocol.AsError(err).Message)
+	}
+	sparse := newSparsity(mdl.Config.NLayer)
+	hooks := engine.Hooks{Observer: sparse, Selector: sparse}
+	eng, err := engine.New(mdl, cpu.New(eo.Threads), engine.Options{Context: ctx, BatchSize: eo.BatchSize, Cache: cache, Hooks: hooks})
 	if err != nil {
 		return nil, err
 	}
 	inst := &instance{
-		name: name, spec: spec, file: f, tok: tok, eng: eng,
+		name: name, spec: spec, file: f, tok: tok, eng: eng, sparse: sparse,
 		ctxLen:  eng.Options().Context,
 		sched:   so,
 		m:       m,
@@ -90,17 +99,23 @@ func buildInstance(name string, spec ModelSpec, f *model.File, eo EngineOptions,
 	inst.tmpl = newChatTemplate(f, tok)
 	cfg := eng.Config()
 	inst.kvSeq = kvBytes(cfg, inst.ctxLen, eo.KVCache)
+	inst.kvRow = kvRowBytes(cfg, eo.KVCache)
 	inst.mem = fileSize(f) + int64(so.MaxActive)*inst.kvSeq
 	return inst, nil
 }
 
 // kvBytes is the KV cache of one sequence of ctx tokens.
 func kvBytes(cfg model.Config, ctx int, kv string) int64 {
+	return int64(cfg.NLayer) * int64(ctx) * kvRowBytes(cfg, kv)
+}
+
+// kvRowBytes is the KV cache of one token at one layer: its key and value.
+func kvRowBytes(cfg model.Config, kv string) int64 {
 	per := int64(2)
 	if kv == "f32" {
 		per = 4
 	}
-	return 2 * int64(cfg.NLayer) * int64(ctx) * int64(cfg.KVDim()) * per
+	return 2 * int64(cfg.KVDim()) * per
 }
 
 func fileSize(f *model.File) int64 {

@@ -20,6 +20,13 @@ type metrics struct {
 	tokenLatency *histVec    // model
 	queueWait    *histVec    // model
 	loadSeconds  *histVec    // model
+
+	// Token sparsity (sparsity.go).
+	sparseRequests     *counterVec // model, method
+	sparsePromptTokens *counterVec // model
+	sparseKeptTokens   *counterVec // model, layer
+	sparseSecondsSaved *counterVec // model
+	sparseKVBytesSaved *counterVec // model
 }
 
 func newMetrics() *metrics {
@@ -32,6 +39,12 @@ func newMetrics() *metrics {
 		tokenLatency: newHistVec("edged_token_latency_seconds", "Time between consecutive generated tokens of one sequence.", []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}, "model"),
 		queueWait:    newHistVec("edged_queue_wait_seconds", "Time a request waited in its model's queue.", lat, "model"),
 		loadSeconds:  newHistVec("edged_model_load_seconds", "Time to load a model.", []float64{.01, .1, .5, 1, 5, 10, 30, 60}, "model"),
+
+		sparseRequests:     newCounterVec("edged_sparsity_requests_total", "Requests whose prompt was read with token sparsity, by model and method.", "model", "method"),
+		sparsePromptTokens: newCounterVec("edged_sparsity_prompt_tokens_total", "Prompt tokens read with token sparsity: what each layer would have computed without it.", "model"),
+		sparseKeptTokens:   newCounterVec("edged_sparsity_kept_tokens_total", "Of the prompt tokens read with token sparsity, those each layer computed and cached (the others were dropped after an earlier layer), by model and layer.", "model", "layer"),
+		sparseSecondsSaved: newCounterVec("edged_sparsity_prefill_seconds_saved_total", "Estimated prefill time saved by token sparsity: in each engine step, the time per (token, layer) computed times the (token, layer) pairs dropped tokens did not compute. A linear estimate: it undercounts attention's quadratic share, and the step time it divides already includes ranking the tokens.", "model"),
+		sparseKVBytesSaved: newCounterVec("edged_sparsity_kv_bytes_saved_total", "KV cache bytes not written because of token sparsity: (token, layer) pairs dropped times one token's keys and values at one layer.", "model"),
 	}
 }
 
@@ -44,6 +57,11 @@ func (m *metrics) write(w io.Writer) {
 	m.tokenLatency.write(w)
 	m.queueWait.write(w)
 	m.loadSeconds.write(w)
+	m.sparseRequests.write(w)
+	m.sparsePromptTokens.write(w)
+	m.sparseKeptTokens.write(w)
+	m.sparseSecondsSaved.write(w)
+	m.sparseKVBytesSaved.write(w)
 }
 
 // counterVec is a counter with labels.

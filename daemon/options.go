@@ -106,6 +106,8 @@ type ModelSpec struct {
 	Defaults protocol.Sampling
 	// MaxTokens overrides SchedulerOptions.MaxTokens.
 	MaxTokens int
+	// Sparsity applies to requests that give none; nil: dense.
+	Sparsity *protocol.Sparsity
 }
 
 // FrontEnd is an interface of the daemon to clients besides the Unix

@@ -12,6 +12,7 @@ import (
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
 	"github.com/edged/edged/protocol"
+	"github.com/edged/edged/prune"
 )
 
 // job is one generation request as the scheduler sees it.
@@ -20,7 +21,8 @@ type job struct {
 	prompt    []int32
 	sampler   engine.SamplerConfig
 	stops     []string
-	maxTokens int // 0: until an end token or a full context
+	maxTokens int         // 0: until an end token or a full context
+	sparsity  *prune.Spec // token sparsity of the prompt; nil: dense
 	enqueued  time.Time
 	out       *output
 }
@@ -166,7 +168,7 @@ func (in *instance) run(free func()) {
 			tokens += int64(st.seq.Len())
 		}
 		in.kvTokens.Store(tokens)
-		if err := in.step(batch, logits[:len(owners)*nv]); err != nil {
+		if err := in.stepMeasured(batch, logits[:len(owners)*nv]); err != nil {
 			for _, st := range active {
 				in.end(st, "", protocol.Errorf(protocol.CodeInternal, "model %s: %v", in.name, err))
 			}
@@ -209,6 +211,14 @@ func (in *instance) start(j *job) *seqState {
 	if err != nil {
 		j.out.finish("", protocol.Errorf(protocol.CodeInsufficientMemory, "model %s: %v", in.name, err))
 		return nil
+	}
+	if j.sparsity != nil {
+		if err := in.sparse.enable(seq, *j.sparsity); err != nil {
+			seq.Free()
+			j.out.finish("", protocol.Errorf(protocol.CodeInternal, "model %s: %v", in.name, err))
+			return nil
+		}
+		in.m.sparseRequests.add(1, in.name, j.sparsity.Method)
 	}
 	for _, id := range j.prompt {
 		sampler.Accept(id)
@@ -263,6 +273,9 @@ func (in *instance) sample(st *seqState, logits []float32) bool {
 		in.m.tokenLatency.observe(in.name, now.Sub(st.lastTok).Seconds())
 	} else {
 		in.m.ttft.observe(in.name, now.Sub(st.j.enqueued).Seconds())
+		// The prompt is read: generated tokens are never dropped, and
+		// off its policy the sequence costs the others' steps nothing.
+		in.sparse.disable(st.seq)
 	}
 	st.decode, st.lastTok = true, now
 	if in.tok.IsEOG(id) || id == in.tok.BOS() {
@@ -296,6 +309,7 @@ func (in *instance) end(st *seqState, reason string, err error) {
 		}
 		st.j.out.push(text, 0)
 	}
+	in.sparse.disable(st.seq)
 	st.seq.Free()
 	st.j.out.finish(reason, err)
 }

@@ -49,7 +49,7 @@ func (s *Service) Complete(ctx context.Context, req *protocol.CompletionRequest,
 			Choices: []protocol.CompletionChoice{{Text: text, FinishReason: finish}}, Usage: usage,
 		}
 	}
-	g := genRequest{endpoint: "completions", model: req.Model, sampling: req.Sampling, maxTokens: req.MaxTokens, stop: req.Stop}
+	g := genRequest{endpoint: "completions", model: req.Model, sampling: req.Sampling, maxTokens: req.MaxTokens, stop: req.Stop, sparsity: req.Sparsity}
 	if req.Prompt.IsTokens {
 		g.ids = req.Prompt.Tokens
 	} else {
@@ -81,7 +81,7 @@ func (s *Service) Chat(ctx context.Context, req *protocol.ChatRequest, emit func
 			Choices: []protocol.ChatChunkChoice{{Delta: d, FinishReason: finish}}, Usage: usage,
 		}
 	}
-	g := genRequest{endpoint: "chat", model: req.Model, sampling: req.Sampling, maxTokens: req.Limit(), stop: req.Stop, messages: req.Messages}
+	g := genRequest{endpoint: "chat", model: req.Model, sampling: req.Sampling, maxTokens: req.Limit(), stop: req.Stop, messages: req.Messages, sparsity: req.Sparsity}
 	var onText func(string) error
 	if emit != nil {
 		first := true
@@ -270,6 +270,7 @@ type genRequest struct {
 	sampling  protocol.Sampling
 	maxTokens *int
 	stop      []string
+	sparsity  *protocol.Sparsity
 }
 
 type genResult struct {
@@ -387,6 +388,10 @@ func (s *Service) prepare(inst *instance, g *genRequest) (*job, error) {
 		j.maxTokens = s.d.options().Scheduler.MaxTokens
 	}
 	j.sampler = samplerConfig(g.sampling, inst.spec.Defaults)
+	var err error
+	if j.sparsity, err = resolveSparsity(g.sparsity, inst.spec.Sparsity, inst.eng.Config().NLayer); err != nil {
+		return nil, err
+	}
 	return j, nil
 }
 

@@ -225,6 +225,26 @@ func checkStop(p *problems, stop Stop) {
 	}
 }
 
+// checkSparsity bounds a sparsity request's size; the method and the
+// ranges depend on the daemon's policies and the model, and the daemon
+// checks them.
+func checkSparsity(p *problems, s *Sparsity) {
+	if s == nil {
+		return
+	}
+	switch {
+	case s.Method == "":
+		p.add(CodeInvalidValue, "sparsity", "sparsity.method is required (\"none\" for no sparsity)")
+	case len(s.Method) > MaxMethodBytes:
+		p.add(CodeTooLarge, "sparsity", "sparsity.method of %d bytes exceeds %d", len(s.Method), MaxMethodBytes)
+	case strings.ContainsFunc(s.Method, isControl):
+		p.add(CodeInvalidValue, "sparsity", "sparsity.method contains control characters")
+	}
+	if len(s.Layers) > MaxSparsityLayers {
+		p.add(CodeTooLarge, "sparsity", "sparsity.layers holds %d layers, more than %d", len(s.Layers), MaxSparsityLayers)
+	}
+}
+
 func checkN(p *problems, n *int) {
 	if n != nil && *n != 1 {
 		p.add(CodeInvalidValue, "n", "n must be 1: one choice per request")
@@ -254,6 +274,7 @@ func (r *CompletionRequest) Validate() error {
 	checkInt(&p, "max_tokens", r.MaxTokens, 1, MaxMaxTokens)
 	checkStop(&p, r.Stop)
 	checkN(&p, r.N)
+	checkSparsity(&p, r.Sparsity)
 	return p.err()
 }
 
@@ -289,6 +310,7 @@ func (r *ChatRequest) Validate() error {
 	}
 	checkStop(&p, r.Stop)
 	checkN(&p, r.N)
+	checkSparsity(&p, r.Sparsity)
 	return p.err()
 }
 
@@ -348,6 +370,14 @@ func ValidateName(name string) error {
 		return fmt.Errorf("model name %q: %w", name, err)
 	}
 	return nil
+}
+
+// Validate checks a sparsity request's size on its own (for the default
+// an operator configures per model).
+func (s *Sparsity) Validate() error {
+	var p problems
+	checkSparsity(&p, s)
+	return p.err()
 }
 
 // Validate checks the sampling ranges on their own (for the defaults an

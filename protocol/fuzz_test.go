@@ -15,6 +15,9 @@ var seeds = []string{
 	`{"model":"m","prompt":"\ud800"}`,
 	"{\"model\":\"\xff\"}",
 	`{"model":"m","prompt":{"a":1}}`,
+	`{"model":"m","prompt":"hi","sparsity":{"method":"zerotprune","keep":0.5,"layers":[1,2],"window":8}}`,
+	`{"model":"m","messages":[{"role":"user","content":"hi"}],"sparsity":{"method":"none"}}`,
+	`{"model":"m","prompt":"hi","sparsity":{"keep":2,"layers":[]}}`,
 	`[`, `null`, `{}`, `{"stop":null,"prompt":null}`,
 }
 

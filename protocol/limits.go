@@ -21,6 +21,10 @@ const (
 	MaxPathBytes = 4096
 	// MaxMaxTokens is the largest max_tokens.
 	MaxMaxTokens = 1 << 20
+	// MaxSparsityLayers is the most layers a sparsity request names;
+	// MaxMethodBytes the longest method name.
+	MaxSparsityLayers = 1024
+	MaxMethodBytes    = 64
 
 	// Sampling ranges (inclusive).
 	MaxTemperature   = 5.0

@@ -22,6 +22,13 @@ func TestDecodeCompletion(t *testing.T) {
 	if !r.Prompt.IsTokens || len(r.Prompt.Tokens) != 3 || len(r.Stop) != 2 {
 		t.Fatalf("decoded %+v", r)
 	}
+	r, err = DecodeCompletion([]byte(`{"model":"m","prompt":"x","sparsity":{"method":"recent","keep":0.25,"layers":[0,2],"window":4}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := r.Sparsity; s == nil || s.Method != "recent" || *s.Keep != 0.25 || len(s.Layers) != 2 || *s.Window != 4 {
+		t.Fatalf("decoded sparsity %+v", r.Sparsity)
+	}
 	r, err = DecodeCompletion([]byte(`{"model":"m","prompt":["one"]}`))
 	if err != nil || r.Prompt.Text != "one" {
 		t.Fatalf("%+v %v", r, err)
@@ -59,6 +66,12 @@ func TestDecodeErrors(t *testing.T) {
 		{`{"model":"m","prompt":[1,-2]}`, CodeInvalidValue, "prompt"},
 		{`{"model":"m","prompt":[1,1e20]}`, CodeInvalidValue, "prompt"},
 		{`{"model":"m","prompt":{}}`, CodeInvalidValue, "prompt"},
+		{`{"model":"m","prompt":"x","sparsity":{}}`, CodeInvalidValue, "sparsity"},
+		{`{"model":"m","prompt":"x","sparsity":5}`, CodeInvalidValue, "sparsity"},
+		{`{"model":"m","prompt":"x","sparsity":{"method":"recent","keep":"most"}}`, CodeInvalidValue, "sparsity.keep"},
+		{`{"model":"m","prompt":"x","sparsity":{"method":"recent","depth":3}}`, CodeUnknownField, "depth"},
+		{`{"model":"m","prompt":"x","sparsity":{"method":"` + strings.Repeat("m", MaxMethodBytes+1) + `"}}`, CodeTooLarge, "sparsity"},
+		{`{"model":"m","prompt":"x","sparsity":{"method":"recent","layers":[` + strings.Repeat("1,", MaxSparsityLayers) + `1]}}`, CodeTooLarge, "sparsity"},
 		{"{\"model\":\"m\",\"prompt\":\"\xff\"}", CodeInvalidUTF8, ""},
 		{`{"model":"m","prompt":"` + big + `"}`, CodeTooLarge, "prompt"},
 		{`{"model":"m","prompt":"` + strings.Repeat("a", MaxBodyBytes) + `"}`, CodeTooLarge, ""},
@@ -105,6 +118,7 @@ func TestDecodeChat(t *testing.T) {
 		{`{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]}`, CodeInvalidValue},
 		{`{"model":"m","messages":[{"role":"user","content":"x","extra":1}]}`, CodeUnknownField},
 		{`{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":1,"max_completion_tokens":1}`, CodeInvalidValue},
+		{`{"model":"m","messages":[{"role":"user","content":"x"}],"sparsity":{"keep":0.5}}`, CodeInvalidValue},
 	} {
 		_, err := DecodeChat([]byte(c.body))
 		if CodeOf(err) != c.code {

@@ -43,6 +43,9 @@ type CompletionRequest struct {
 	N *int `json:"n,omitempty"`
 	// User is accepted for OpenAI compatibility and otherwise ignored.
 	User string `json:"user,omitempty"`
+	// Sparsity asks for token sparsity on the prompt; nil: the model's
+	// default (none unless configured).
+	Sparsity *Sparsity `json:"sparsity,omitempty"`
 }
 
 // ChatRequest is the body of POST /v1/chat/completions and of the NATS
@@ -61,6 +64,25 @@ type ChatRequest struct {
 	StreamOptions       *StreamOptions `json:"stream_options,omitempty"`
 	N                   *int           `json:"n,omitempty"`
 	User                string         `json:"user,omitempty"`
+	Sparsity            *Sparsity      `json:"sparsity,omitempty"`
+}
+
+// Sparsity asks for token sparsity while the prompt is read (prefill):
+// after the given layers, the less important prompt tokens are dropped, so
+// that later layers compute on, and cache, fewer of them. Generated tokens
+// are never dropped. The daemon checks Method and the ranges against the
+// model (package prune); nil fields take prune's defaults.
+type Sparsity struct {
+	// Method names the policy ("zerotprune", "recent", "random", …), or
+	// "none" for a dense prefill whatever the model's default.
+	Method string `json:"method"`
+	// Keep is the share of the prompt tokens of one engine step kept
+	// after the last layer of Layers, in (0, 1].
+	Keep *float64 `json:"keep,omitempty"`
+	// Layers are the layers after which tokens are dropped, increasing.
+	Layers []int `json:"layers,omitempty"`
+	// Window is how many of the last prompt tokens are always kept.
+	Window *int `json:"window,omitempty"`
 }
 
 // Message is one chat message.

@@ -1,0 +1,259 @@
+package daemon
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/edged/edged/engine"
+	"github.com/edged/edged/protocol"
+	"github.com/edged/edged/prune"
+)
+
+// resolveSparsity picks the sparsity of a request: the request's own, else
+// the model's default. It returns nil for a dense prefill (neither asks, or
+// the method is "none") and a CodeInvalidValue error naming the field when
+// the method or a setting is not valid for a model of nLayer layers
+// (nLayer < 1: not checked against the model).
+func resolveSparsity(req, def *protocol.Sparsity, nLayer int) (*prune.Spec, error) {
+	s := req
+	if s == nil {
+		s = def
+	}
+	if s == nil {
+		return nil, nil
+	}
+	spec := prune.Spec{Method: s.Method, Layers: s.Layers}
+	if spec.Off() {
+		return nil, nil
+	}
+	// A zero given explicitly would read as "the default" in a prune.Spec.
+	if (s.Keep != nil && *s.Keep == 0) || (s.Window != nil && *s.Window == 0) {
+		return nil, protocol.ParamErrorf(protocol.CodeInvalidValue, "sparsity", "sparsity: keep and window must be positive when given")
+	}
+	if s.Keep != nil {
+		spec.Keep = *s.Keep
+	}
+	if s.Window != nil {
+		spec.Window = *s.Window
+	}
+	if err := spec.Validate(nLayer); err != nil {
+		// prune joins its problems with newlines; a wire message is one line.
+		return nil, protocol.ParamErrorf(protocol.CodeInvalidValue, "sparsity", "sparsity: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	return &spec, nil
+}
+
+// validSparsity checks a model's configured default as far as it can be
+// checked without the model (its layers are checked when it loads).
+func validSparsity(s *protocol.Sparsity) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	_, err := resolveSparsity(nil, s, 0)
+	return err
+}
+
+// sparsity is the engine hook of one model that routes each sequence to
+// the token-sparsity policy its request asked for. An engine takes its
+// hooks once, when it is built, while every request may ask for another
+// method, keep ratio or set of layers; so the instance installs one
+// sparsity, which holds one prune.Policy per distinct Spec among the
+// sequences reading a prompt (made when the first asks for it, dropped
+// with the last) and enables each sequence on its own.
+//
+// A sequence on no policy runs dense, bit for bit: with no policy in use
+// every hook answers "nothing", and a policy keeps every row of the
+// sequences it was not enabled on.
+//
+// A sparsity belongs to the scheduler goroutine: the engine calls the
+// hooks from Step, the scheduler enables sequences between steps.
+type sparsity struct {
+	nLayer int
+	byKey  map[string]*sparsePolicy // by prune.Spec.String()
+	bySeq  map[*engine.Sequence]*sparsePolicy
+	step   []stepSeq // the sequences on a policy in the step being run
+}
+
+// sparsePolicy is one policy in use.
+type sparsePolicy struct {
+	key  string
+	p    prune.Policy
+	obs  engine.AttentionObserver // nil when the policy does not observe
+	seqs int                      // sequences enabled on it
+}
+
+func newSparsity(nLayer int) *sparsity {
+	return &sparsity{nLayer: nLayer, byKey: map[string]*sparsePolicy{}, bySeq: map[*engine.Sequence]*sparsePolicy{}}
+}
+
+// enable puts seq on the policy of spec, making the policy if no running
+// sequence uses it yet.
+func (s *sparsity) enable(seq *engine.Sequence, spec prune.Spec) error {
+	key := spec.String()
+	sp := s.byKey[key]
+	if sp == nil {
+		p, err := spec.New()
+		if err != nil {
+			return fmt.Errorf("sparsity %s: %w", key, err)
+		}
+		sp = &sparsePolicy{key: key, p: p}
+		sp.obs, _ = p.(engine.AttentionObserver)
+		s.byKey[key] = sp
+	}
+	sp.p.Enable(seq)
+	sp.seqs++
+	s.bySeq[seq] = sp
+	return nil
+}
+
+// disable takes seq off its policy, if it is on one, and drops the policy
+// when no sequence uses it any more. Call it before freeing seq.
+func (s *sparsity) disable(seq *engine.Sequence) {
+	sp := s.bySeq[seq]
+	if sp == nil {
+		return
+	}
+	sp.p.Disable(seq)
+	delete(s.bySeq, seq)
+	if sp.seqs--; sp.seqs == 0 {
+		delete(s.byKey, sp.key)
+	}
+}
+
+// Wants implements engine.AttentionObserver: the layers any policy in use
+// ranks rows at. With none in use the attention kernel writes no
+// probabilities.
+func (s *sparsity) Wants(layer int) bool {
+	for _, sp := range s.byKey {
+		if sp.obs != nil && sp.obs.Wants(layer) {
+			return true
+		}
+	}
+	return false
+}
+
+// Observe implements engine.AttentionObserver: seq's probabilities go to
+// its own policy only, at the layers that policy wants.
+func (s *sparsity) Observe(layer int, seq *engine.Sequence, past, rows, heads int, probs []float32) {
+	if sp := s.bySeq[seq]; sp != nil && sp.obs != nil && sp.obs.Wants(layer) {
+		sp.obs.Observe(layer, seq, past, rows, heads, probs)
+	}
+}
+
+// Select implements engine.TokenSelector. Each policy drops rows of its
+// own sequences only, so the rows kept are those every policy keeps.
+func (s *sparsity) Select(layer int, rows []engine.Row) []int32 {
+	var keep []int32 // nil: every row so far
+	for _, sp := range s.byKey {
+		k := sp.p.Select(layer, rows)
+		switch {
+		case k == nil:
+		case keep == nil:
+			keep = k
+		default:
+			keep = intersectSorted(keep, k)
+		}
+	}
+	return keep
+}
+
+// intersectSorted returns the values in both increasing lists, in a.
+func intersectSorted(a, b []int32) []int32 {
+	out, j := a[:0], 0
+	for _, v := range a {
+		for j < len(b) && b[j] < v {
+			j++
+		}
+		if j < len(b) && b[j] == v {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// stepSeq is a sequence on a policy with rows in the step being run.
+type stepSeq struct {
+	seq    *engine.Sequence
+	rows   int   // its rows in the batch
+	cached []int // per layer: its cache rows before the step
+}
+
+// sparseStats is what token sparsity did in one step.
+type sparseStats struct {
+	promptRows int   // rows of the sequences on a policy
+	kept       []int // per layer: of those, the rows the layer computed
+	computed   int   // (row, layer) pairs computed, all sequences together
+	skipped    int   // (row, layer) pairs dropped rows did not compute
+}
+
+// mark records, before a step, the rows and cache lengths of the
+// sequences of batch that are on a policy.
+func (s *sparsity) mark(batch []engine.Entry) {
+	s.step = s.step[:0]
+	for _, e := range batch {
+		if s.bySeq[e.Seq] == nil {
+			continue
+		}
+		if n := len(s.step); n > 0 && s.step[n-1].seq == e.Seq {
+			s.step[n-1].rows++
+			continue
+		}
+		cached := make([]int, s.nLayer)
+		for l := range cached {
+			cached[l] = e.Seq.CacheLen(l)
+		}
+		s.step = append(s.step, stepSeq{seq: e.Seq, rows: 1, cached: cached})
+	}
+}
+
+// measure compares, after a step of batchRows rows, the marked sequences'
+// cache lengths with those before: a layer caches exactly the rows it
+// computed.
+func (s *sparsity) measure(batchRows int) sparseStats {
+	if len(s.step) == 0 {
+		return sparseStats{} // the usual step: nothing to count, nothing allocated
+	}
+	st := sparseStats{kept: make([]int, s.nLayer)}
+	for _, q := range s.step {
+		st.promptRows += q.rows
+		for l, before := range q.cached {
+			k := q.seq.CacheLen(l) - before
+			st.kept[l] += k
+			st.computed += k
+			st.skipped += q.rows - k
+		}
+	}
+	st.computed += (batchRows - st.promptRows) * s.nLayer
+	return st
+}
+
+// stepMeasured runs one step and counts what token sparsity saved in it.
+func (in *instance) stepMeasured(batch []engine.Entry, logits []float32) error {
+	in.sparse.mark(batch)
+	start := time.Now()
+	if err := in.step(batch, logits); err != nil {
+		return err
+	}
+	in.countSparsity(in.sparse.measure(len(batch)), time.Since(start))
+	return nil
+}
+
+// countSparsity adds one step's figures to the metrics. The time saved is
+// an estimate, linear in rows: the step's time per (row, layer) computed,
+// times the pairs skipped.
+func (in *instance) countSparsity(st sparseStats, elapsed time.Duration) {
+	if st.promptRows == 0 {
+		return
+	}
+	m := in.m
+	m.sparsePromptTokens.add(float64(st.promptRows), in.name)
+	for l, k := range st.kept {
+		m.sparseKeptTokens.add(float64(k), in.name, strconv.Itoa(l))
+	}
+	if st.computed > 0 {
+		m.sparseSecondsSaved.add(elapsed.Seconds()*float64(st.skipped)/float64(st.computed), in.name)
+	}
+	m.sparseKVBytesSaved.add(float64(int64(st.skipped)*in.kvRow), in.name)
+}

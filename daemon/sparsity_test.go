@@ -1,0 +1,361 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edged/edged/accel/cpu"
+	"github.com/edged/edged/engine"
+	"github.com/edged/edged/model"
+	"github.com/edged/edged/protocol"
+	"github.com/edged/edged/prune"
+)
+
+// longPrompt is about 60 tokens of the aidreams model: long enough that
+// keeping half of it after layer 1 changes what later layers see.
+const longPrompt = "Once upon a time there was a robot who dreamed of the sea. Every night it dreamed of waves and of fish and of a small boat, and in the morning it told the other machines"
+
+func sparse(method string, keep float64, layers ...int) *protocol.Sparsity {
+	return &protocol.Sparsity{Method: method, Keep: &keep, Layers: layers, Window: ptr(4)}
+}
+
+func completeText(t *testing.T, d *Daemon, req *protocol.CompletionRequest) string {
+	t.Helper()
+	res, err := d.Service().Complete(context.Background(), req, nil)
+	require.NoError(t, err)
+	return res.Choices[0].Text
+}
+
+// metricValue sums the samples of name whose labels include want.
+func metricValue(d *Daemon, name string, want map[string]string) float64 {
+	var buf bytes.Buffer
+	d.Service().WriteMetrics(&buf)
+	var sum float64
+	for _, s := range parsePromText(&buf)[name] {
+		match := true
+		for k, v := range want {
+			match = match && s.Labels[k] == v
+		}
+		if match {
+			sum += s.Value
+		}
+	}
+	return sum
+}
+
+// Sparsity off, whether left out, "none" or keeping every token, gives the
+// text of a request without the field; a model's default applies when the
+// request says nothing and "none" turns it off.
+func TestSparsityOffIsDense(t *testing.T) {
+	o := testOptions(t)
+	d := startDaemon(t, o)
+	req := func(s *protocol.Sparsity) *protocol.CompletionRequest {
+		r := greedy("aid", longPrompt, 30)
+		r.Sparsity = s
+		return r
+	}
+	dense := completeText(t, d, req(nil))
+	assert.Equal(t, dense, completeText(t, d, req(&protocol.Sparsity{Method: "none"})))
+	assert.Equal(t, dense, completeText(t, d, req(sparse("zerotprune", 1, 0, 1, 2))))
+	assert.Zero(t, metricValue(d, "edged_sparsity_kv_bytes_saved_total", nil))
+
+	o2 := testOptions(t)
+	o2.Specs[0].Sparsity = sparse("recent", 0.25, 0)
+	d2 := startDaemon(t, o2)
+	assert.Equal(t, dense, completeText(t, d2, req(&protocol.Sparsity{Method: "none"})))
+	assert.Zero(t, metricValue(d2, "edged_sparsity_requests_total", nil))
+	completeText(t, d2, req(nil))
+	assert.Equal(t, 1.0, metricValue(d2, "edged_sparsity_requests_total", map[string]string{"model": "aid", "method": "recent"}))
+	assert.Positive(t, metricValue(d2, "edged_sparsity_kv_bytes_saved_total", nil))
+}
+
+// A sparse and a dense request read their prompts in the same engine step;
+// the dense one gets the text it gets alone, the sparse one's later layers
+// compute on fewer tokens, and the metrics say how many.
+func TestSparseBesideDenseInOneBatch(t *testing.T) {
+	o := testOptions(t)
+	m := newMetrics()
+	inst, err := openInstance("aid", o.Specs[0], o.Specs[0].Path, o.Engine, o.Scheduler, m)
+	require.NoError(t, err)
+	spec, err := resolveSparsity(sparse("zerotprune", 0.5, 1), nil, inst.eng.Config().NLayer)
+	require.NoError(t, err)
+	mk := func(s *prune.Spec) *job {
+		return &job{
+			ctx: context.Background(), out: newOutput(), enqueued: time.Now(), maxTokens: 30, sparsity: s,
+			prompt:  inst.tok.Encode(longPrompt, true, true),
+			sampler: samplerConfig(protocol.Sampling{Temperature: ptr(0.0)}, protocol.Sampling{}),
+		}
+	}
+	// Both are queued before the scheduler starts: it admits both before
+	// its first step, and both prompts fit one step's prefill chunk.
+	sparseJob, denseJob := mk(spec), mk(nil)
+	require.Less(t, 2*len(denseJob.prompt), o.Scheduler.PrefillChunk)
+	require.NoError(t, inst.submit(sparseJob))
+	require.NoError(t, inst.submit(denseJob))
+	go inst.run(func() {})
+	t.Cleanup(func() { inst.close(); <-inst.done })
+
+	assert.Equal(t, reference(t, o.Specs[0].Path, longPrompt, 30), wait(t, denseJob.out))
+	wait(t, sparseJob.out)
+	n := float64(len(sparseJob.prompt))
+	val := func(c *counterVec, labels ...string) float64 {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.values[labelSet(c.labels, labels)]
+	}
+	kept := func(layer string) float64 { return val(m.sparseKeptTokens, "aid", layer) }
+	assert.Equal(t, n, val(m.sparsePromptTokens, "aid"))
+	assert.Equal(t, n, kept("0"))
+	assert.Equal(t, n, kept("1"))
+	assert.Equal(t, float64(int(n+1)/2), kept("2"), "half the prompt after layer 1")
+	assert.Equal(t, kept("2"), kept("3"))
+	assert.Equal(t, 2*(n-kept("2"))*float64(inst.kvRow), val(m.sparseKVBytesSaved, "aid"), "two layers skip the dropped tokens")
+	assert.Positive(t, val(m.sparseSecondsSaved, "aid"))
+	assert.Empty(t, inst.sparse.bySeq, "sequences leave their policy when the prompt is read")
+	assert.Empty(t, inst.sparse.byKey)
+}
+
+// wait returns a job's text once it has finished.
+func wait(t *testing.T, o *output) string {
+	t.Helper()
+	var text strings.Builder
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case <-o.wake:
+		case <-timeout:
+			t.Fatal("the job did not finish")
+		}
+		pieces, done := o.take()
+		for _, p := range pieces {
+			text.WriteString(p)
+		}
+		if done {
+			require.NoError(t, o.err)
+			return text.String()
+		}
+	}
+}
+
+// Requests of different settings share the engine, each on its own
+// policy; each gets what it gets alone.
+func TestSparsitySettingsPerRequest(t *testing.T) {
+	o := testOptions(t)
+	o.Scheduler.MaxActive = 4
+	d := startDaemon(t, o)
+	specs := []*protocol.Sparsity{nil, sparse("zerotprune", 0.5, 1), sparse("zerotprune", 0.3, 0, 2), sparse("random", 0.6, 1)}
+	alone := make([]string, len(specs))
+	for i, s := range specs {
+		r := greedy("aid", longPrompt, 20)
+		r.Sparsity = s
+		alone[i] = completeText(t, d, r)
+	}
+	got := make([]string, len(specs))
+	done := make(chan struct{})
+	for i, s := range specs {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			r := greedy("aid", longPrompt, 20)
+			r.Sparsity = s
+			res, err := d.Service().Complete(context.Background(), r, nil)
+			if assert.NoError(t, err) {
+				got[i] = res.Choices[0].Text
+			}
+		}()
+	}
+	for range specs {
+		<-done
+	}
+	assert.Equal(t, alone[0], got[0], "dense")
+	// A sparse prompt read in one step alone may be read in slices beside
+	// the others (prefill_chunk is shared), and each slice is pruned on
+	// its own: only the dense text must match exactly.
+	assert.Equal(t, 4.0, metricValue(d, "edged_sparsity_requests_total", map[string]string{"method": "zerotprune"}))
+}
+
+// Bad specs are refused with invalid_value naming the field, over the
+// socket and over NATS; the model's layer count is checked.
+func TestSparsityBadSpecs(t *testing.T) {
+	o := testOptions(t)
+	d := startDaemon(t, o)
+	c := socketClient(o.Socket)
+	_, nc := startNATS(t, d.Service(), NATSOptions{})
+	for _, tc := range []struct{ sparsity, want string }{
+		{`{"method":"magic"}`, `method "magic": want one of none, random, recent, zerotprune`},
+		{`{"method":"zerotprune","keep":1.5}`, "keep 1.5"},
+		{`{"method":"zerotprune","keep":0}`, "keep and window must be positive"},
+		{`{"method":"recent","layers":[4]}`, "the model has layers 0 to 3"},
+		{`{"method":"recent","layers":[2,1]}`, "increasing"},
+		{`{"method":"random","window":-3}`, "window -3"},
+		{`{"keep":0.5}`, "sparsity.method is required"},
+	} {
+		body := `{"model":"aid","prompt":"x","max_tokens":2,"sparsity":` + tc.sparsity + `}`
+		resp, data := post(t, c, "/v1/completions", body)
+		var er protocol.ErrorResponse
+		require.NoError(t, json.Unmarshal(data, &er), "%s", data)
+		assert.Equal(t, 400, resp.StatusCode, tc.sparsity)
+		if assert.NotNil(t, er.Error, tc.sparsity) {
+			assert.Equal(t, protocol.CodeInvalidValue, er.Error.Code)
+			assert.Equal(t, "sparsity", er.Error.Param)
+			assert.Contains(t, er.Error.Message, tc.want)
+		}
+		msg := request(t, nc, "edged.test.generate", body)
+		assert.Equal(t, string(protocol.CodeInvalidValue), errorCode(t, msg), tc.sparsity)
+		require.NoError(t, json.Unmarshal(msg.Data, &er))
+		assert.Contains(t, er.Error.Message, tc.want)
+	}
+	chat := `{"model":"aid","messages":[{"role":"user","content":"hi"}],"sparsity":{"method":"magic"}}`
+	resp, data := post(t, c, "/v1/chat/completions", chat)
+	assert.Equal(t, 400, resp.StatusCode, "%s", data)
+	assert.Equal(t, string(protocol.CodeInvalidValue), errorCode(t, request(t, nc, "edged.test.chat", chat)))
+}
+
+// A sparse request over NATS works, and the metrics published on NATS
+// carry the sparsity counters.
+func TestSparsityNATSAndMetrics(t *testing.T) {
+	o := testOptions(t)
+	d := startDaemon(t, o)
+	f, nc := startNATS(t, d.Service(), NATSOptions{})
+	msg := request(t, nc, "edged.test.chat", `{"model":"aid","messages":[{"role":"user","content":"Once upon a time there was a robot who dreamed of the sea."}],"max_tokens":5,"sparsity":{"method":"zerotprune","keep":0.5,"layers":[1],"window":4}}`)
+	require.Empty(t, errorCode(t, msg), "%s", msg.Data)
+	pub, err := f.metrics()
+	require.NoError(t, err)
+	for _, name := range []string{
+		"edged_sparsity_requests_total", "edged_sparsity_prompt_tokens_total", "edged_sparsity_kept_tokens_total",
+		"edged_sparsity_prefill_seconds_saved_total", "edged_sparsity_kv_bytes_saved_total",
+	} {
+		assert.NotEmpty(t, pub.Metrics[name], name)
+	}
+	assert.Len(t, pub.Metrics["edged_sparsity_kept_tokens_total"], 4, "one series per layer")
+}
+
+func TestSparsityConfig(t *testing.T) {
+	file := `[[model]]
+name = "a"
+path = "/m/a.gguf"
+sparsity = { method = "zerotprune", keep = 0.7, layers = [1, 2] }
+[[model]]
+name = "b"
+path = "/m/b.gguf"
+sparsity.method = "recent"
+sparsity.window = 8
+`
+	o, err := load(t, file, nil)
+	require.NoError(t, err)
+	assert.Equal(t, &protocol.Sparsity{Method: "zerotprune", Keep: ptr(0.7), Layers: []int{1, 2}}, o.Specs[0].Sparsity)
+	assert.Equal(t, &protocol.Sparsity{Method: "recent", Window: ptr(8)}, o.Specs[1].Sparsity)
+
+	bad := `[[model]]
+name = "a"
+path = "/m/a.gguf"
+sparsity = { method = "magic", keep = "most" }
+[[model]]
+name = "b"
+path = "/m/b.gguf"
+sparsity.method = "recent"
+sparsity.keep = 3
+sparsity.depth = 1
+`
+	_, err = load(t, bad, nil)
+	require.ErrorIs(t, err, ErrConfig)
+	for _, want := range []string{"edged.toml:4: model.sparsity: keep: want a number", "edged.toml:10: model.sparsity.depth: unknown key", `model "b": default sparsity: prune: invalid config: keep 3`} {
+		assert.Contains(t, err.Error(), want)
+	}
+
+	// Layers are checked against the model when it loads.
+	so := testOptions(t)
+	so.Specs[0].Sparsity = sparse("recent", 0.5, 9)
+	_, err = openInstance("aid", so.Specs[0], so.Specs[0].Path, so.Engine, so.Scheduler, newMetrics())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "model aid: default sparsity")
+	assert.Contains(t, err.Error(), "layers 0 to 3")
+}
+
+// In one engine step, sequences on different settings each get the logits
+// they get alone on their own policy, and a dense one the dense engine's,
+// bit for bit: the dispatcher hands each policy its own sequences only.
+func TestSparsityDispatchPerSequence(t *testing.T) {
+	f, err := model.Open(aidreams(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	mdl, err := model.Load(f)
+	require.NoError(t, err)
+	newEngine := func(h engine.Hooks) *engine.Engine {
+		e, err := engine.New(mdl, cpu.New(1), engine.Options{Cache: engine.CacheF32, Hooks: h})
+		require.NoError(t, err)
+		return e
+	}
+	specs := []*prune.Spec{
+		{Method: "zerotprune", Keep: 0.5, Layers: []int{1}, Window: 4},
+		{Method: "recent", Keep: 0.3, Layers: []int{0, 2}, Window: 4},
+		nil,
+		{Method: "zerotprune", Keep: 0.5, Layers: []int{1}, Window: 4}, // shares the first's policy
+	}
+	prompts := make([][]int32, len(specs))
+	for i := range prompts {
+		prompts[i] = []int32{1}
+		for k := 1; k < 70-9*i; k++ {
+			prompts[i] = append(prompts[i], int32(3+(k*37+i*11)%500))
+		}
+	}
+	disp := newSparsity(mdl.Config.NLayer)
+	together, seqs := stepSeqs(t, newEngine(engine.Hooks{Observer: disp, Selector: disp}), prompts, func(i int, s *engine.Sequence) {
+		if specs[i] != nil {
+			require.NoError(t, disp.enable(s, *specs[i]))
+		}
+	})
+	assert.Len(t, disp.byKey, 2, "one policy per distinct spec")
+	for i, spec := range specs {
+		hooks, enable := engine.Hooks{}, func(*engine.Sequence) {}
+		if spec != nil {
+			p, err := spec.New()
+			require.NoError(t, err)
+			obs, _ := p.(engine.AttentionObserver)
+			hooks, enable = engine.Hooks{Observer: obs, Selector: p}, p.Enable
+		}
+		alone, _ := stepSeqs(t, newEngine(hooks), prompts[i:i+1], func(_ int, s *engine.Sequence) { enable(s) })
+		assert.Equal(t, alone[0], together[i], "sequence %d (%v)", i, spec)
+	}
+	dense, _ := stepSeqs(t, newEngine(engine.Hooks{}), prompts[:1], func(int, *engine.Sequence) {})
+	assert.NotEqual(t, dense[0], together[0], "the first sequence is pruned")
+	assert.Equal(t, (len(prompts[0])+1)/2, seqs[0].CacheLen(2), "zerotprune keeps half after layer 1")
+	assert.Equal(t, len(prompts[2]), seqs[2].CacheLen(3), "the dense sequence caches every row")
+	for _, s := range seqs {
+		disp.disable(s)
+	}
+	assert.Empty(t, disp.byKey)
+	assert.Empty(t, disp.bySeq)
+}
+
+// stepSeqs prefills one new sequence per prompt in a single step, calling
+// setup on each first, and returns each prompt's last-row logits.
+func stepSeqs(t *testing.T, e *engine.Engine, prompts [][]int32, setup func(int, *engine.Sequence)) ([][]float32, []*engine.Sequence) {
+	t.Helper()
+	nv := e.Config().NVocab
+	var batch []engine.Entry
+	seqs := make([]*engine.Sequence, len(prompts))
+	for i, ids := range prompts {
+		s, err := e.NewSequence(nil)
+		require.NoError(t, err)
+		t.Cleanup(s.Free)
+		setup(i, s)
+		seqs[i] = s
+		for k, id := range ids {
+			batch = append(batch, engine.Entry{Seq: s, Token: id, Pos: int32(k), Logits: k == len(ids)-1})
+		}
+	}
+	logits := make([]float32, len(prompts)*nv)
+	require.NoError(t, e.Step(batch, logits))
+	out := make([][]float32, len(prompts))
+	for i := range out {
+		out[i] = logits[i*nv : (i+1)*nv]
+	}
+	return out, seqs
+}
