@@ -18,8 +18,10 @@ type task interface {
 // Backend is not used concurrently).
 //
 // A decode step runs a few hundred loops of a few microseconds each, and
-// waking a parked thread costs tens of microseconds, so workers poll for
-// the next loop for a while before they park. The protocol:
+// waking a parked thread costs tens of microseconds, so the workers poll
+// for the next loop, and the caller for the end of the current one, for a
+// while before they park (polling longer would steal the processor from
+// a thread that has work when the machine is busy). The protocol:
 //
 //   - The caller writes the loop into p.job, sets p.pending to the number
 //     of workers, then increments p.gen. Every worker takes part in every
@@ -27,22 +29,18 @@ type task interface {
 //     again until all of them have read it and reported done; a worker can
 //     therefore never see a newer job than the generation it woke for, nor
 //     report for a loop it did not run.
-//   - A worker that has polled long enough announces it is parking
-//     (parked[w] = 1), checks p.gen once more, and blocks on its wake
-//     channel. Whoever moves parked[w] from 1 to 0 decides: the caller, and
-//     then it sends one token, or the worker itself when the generation
-//     moved after all, and then no token is sent. A token is never left
-//     behind, but it can be late: the caller may be descheduled between
-//     moving the generation and claiming the worker, which meanwhile ran
-//     the loop and parked again; so a woken worker checks the generation
-//     and parks again if it has not moved.
+//   - The worker that brings p.pending to zero wakes the caller if it
+//     parked; the caller wakes the workers that parked when it moves
+//     p.gen. Parking and waking follow parker's rules.
 type pool struct {
 	n       int
 	gen     atomic.Uint64
 	pending atomic.Int32
 	closed  atomic.Bool
+	shared  bool // fewer processors than threads: pollers must yield
 	job     job
-	workers []worker // 1..n-1; index 0 unused
+	caller  parker
+	workers []parker // 1..n-1; index 0 unused
 }
 
 type job struct {
@@ -51,23 +49,64 @@ type job struct {
 	workers int
 }
 
-// worker is padded so that one worker's flag does not share a cache line
-// with another's.
-type worker struct {
+// parker lets a goroutine block until another wakes it. The sleeper
+// announces it is parking (parked = 1), checks its condition once more and
+// blocks on wake; whoever moves parked from 1 to 0 decides: the waker, and
+// then it sends one token, or the sleeper itself when the condition held
+// after all, and then no token is sent. So a token is never lost or left
+// behind, but it can be late: a waker descheduled between changing the
+// condition and waking can wake the sleeper's next park, so a woken
+// sleeper checks its condition and parks again if it does not hold.
+//
+// It is padded so that two parkers do not share a cache line.
+type parker struct {
 	parked atomic.Int32
 	wake   chan struct{}
-	_      [48]byte
+	poll   time.Duration // how long the owner polls before it parks
+	_      [40]byte
 }
 
-// pollFor is how long a worker polls for the next loop before it parks:
-// longer than the gaps inside a decode step, far shorter than the gap
-// between requests.
-const pollFor = 200 * time.Microsecond
+func (k *parker) park(ready func() bool) {
+	for {
+		k.parked.Store(1)
+		if ready() {
+			if !k.parked.CompareAndSwap(1, 0) {
+				<-k.wake // the waker claimed us first: take its token
+			}
+			return
+		}
+		<-k.wake
+		if ready() {
+			return
+		}
+	}
+}
+
+func (k *parker) unpark() {
+	if k.parked.CompareAndSwap(1, 0) {
+		k.wake <- struct{}{}
+	}
+}
+
+// A goroutine polls for up to maxPoll before it parks: longer than the
+// gaps inside a decode step, far shorter than the gap between requests.
+// When a poll runs out, the time it spent was wasted and, on a machine
+// busier than the pool's threads, was taken from the thread it waited for
+// (a spinning thread also loses the scheduler's preference for threads
+// that slept); so each goroutine halves its polling time when a poll runs
+// out and grows it back by pollStep when one succeeds. On a quiet machine
+// nearly every poll succeeds and polling stays near maxPoll; on a busy one
+// the pool falls back to parking.
+const (
+	maxPoll  = 100 * time.Microsecond
+	pollStep = 2 * time.Microsecond
+)
 
 func newPool(n int) *pool {
-	p := &pool{n: n, workers: make([]worker, n)}
+	p := &pool{n: n, workers: make([]parker, n), shared: runtime.GOMAXPROCS(0) < n}
+	p.caller = parker{wake: make(chan struct{}, 1), poll: maxPoll}
 	for w := 1; w < n; w++ {
-		p.workers[w].wake = make(chan struct{}, 1)
+		p.workers[w] = parker{wake: make(chan struct{}, 1), poll: maxPoll}
 		go p.work(w)
 	}
 	return p
@@ -77,7 +116,8 @@ func newPool(n int) *pool {
 func (p *pool) work(w int) {
 	var seen uint64 // the generation newPool left, not whatever it is when this goroutine starts
 	for {
-		seen = p.next(w, seen)
+		p.wait(&p.workers[w], func() bool { return p.gen.Load() != seen })
+		seen++ // the caller moves p.gen once per loop and waits for us
 		if p.closed.Load() {
 			return
 		}
@@ -85,42 +125,36 @@ func (p *pool) work(w int) {
 		if w < j.workers {
 			j.t.run(w, min(w*j.per, j.n), min((w+1)*j.per, j.n))
 		}
-		p.pending.Add(-1)
+		if p.pending.Add(-1) == 0 {
+			p.caller.unpark()
+		}
 	}
 }
 
-// next waits until the generation moves past seen and returns it: polling
-// first, yielding the processor between looks, then parked.
-func (p *pool) next(w int, seen uint64) uint64 {
+// wait returns when ready does: it polls for up to k.poll, then parks on
+// k, adapting k.poll to how the poll went.
+func (p *pool) wait(k *parker, ready func() bool) {
 	start := time.Now()
-	for i := 0; ; i++ {
-		if g := p.gen.Load(); g != seen {
-			return g
-		}
-		if i < 64 {
-			continue
-		}
-		runtime.Gosched()
-		if i%64 == 0 && time.Since(start) > pollFor {
-			break
+	for i := 1; !ready(); i++ {
+		if i%256 == 0 {
+			p.yield()
+			if time.Since(start) > k.poll {
+				k.poll /= 2
+				k.park(ready)
+				return
+			}
 		}
 	}
-	me := &p.workers[w]
-	for {
-		me.parked.Store(1)
-		if g := p.gen.Load(); g != seen {
-			if !me.parked.CompareAndSwap(1, 0) {
-				<-me.wake // the caller claimed us first and sent a token
-			}
-			return g
-		}
-		<-me.wake
-		// The token may be late: a caller that was descheduled between
-		// moving the generation and waking us can wake us after we ran
-		// that generation's loop and parked again.
-		if g := p.gen.Load(); g != seen {
-			return g
-		}
+	k.poll = min(k.poll+pollStep, maxPoll)
+}
+
+// yield lets another goroutine run while this one polls, when the pool has
+// more threads than the Go scheduler has processors; otherwise polling
+// keeps the processor, since a trip through the scheduler costs about as
+// much as the loops it waits for.
+func (p *pool) yield() {
+	if p.shared {
+		runtime.Gosched()
 	}
 }
 
@@ -146,20 +180,14 @@ func (p *pool) runGrain(t task, n, grain int) {
 	p.pending.Store(int32(p.n - 1))
 	p.publish()
 	t.run(0, 0, min(per, n))
-	for i := 0; p.pending.Load() != 0; i++ {
-		if i >= 64 {
-			runtime.Gosched()
-		}
-	}
+	p.wait(&p.caller, func() bool { return p.pending.Load() == 0 })
 }
 
 // publish starts the next generation and wakes the workers that parked.
 func (p *pool) publish() {
 	p.gen.Add(1)
 	for w := 1; w < p.n; w++ {
-		if p.workers[w].parked.CompareAndSwap(1, 0) {
-			p.workers[w].wake <- struct{}{}
-		}
+		p.workers[w].unpark()
 	}
 }
 

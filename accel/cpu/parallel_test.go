@@ -50,7 +50,7 @@ func TestPoolRunsEveryIndexOnce(t *testing.T) {
 			require.Zero(t, c.bad.Load())
 			require.Zero(t, p.pending.Load(), "a worker reported twice or not at all")
 			if rng.IntN(50) == 0 {
-				time.Sleep(pollFor + pollFor/2) // let the workers park
+				time.Sleep(maxPoll + maxPoll/2) // let the workers park
 			}
 		}
 		p.close()
@@ -79,7 +79,7 @@ func TestPoolOversubscribed(t *testing.T) {
 				}
 			}
 			if l%100 == 0 {
-				time.Sleep(pollFor + pollFor/2)
+				time.Sleep(maxPoll + maxPoll/2)
 			}
 		}
 	}()
@@ -98,7 +98,7 @@ func TestPoolCloseStopsWorkers(t *testing.T) {
 		p := newPool(4)
 		p.run(&countTask{hits: make([]atomic.Int32, 8), busy: make([]atomic.Int32, 4)}, 8)
 		if park {
-			time.Sleep(2 * pollFor)
+			time.Sleep(2 * maxPoll)
 		}
 		p.close()
 	}
