@@ -72,8 +72,19 @@ type Kernel struct {
 	// take the weight rows of the 32-element block types four at a time,
 	// which hides the latency of short rows and the cost of a call (1.4×
 	// faster for q4_0 rows of 576), and call their one-row kernel directly
-	// for the others. Each out[r] is exactly what Dot returns for that row.
+	// for the others. For block types each out[r] is exactly what Dot
+	// returns for that row. The amd64 F32 and F16 kernels take four rows
+	// at a time too, summing in another order than Dot: their results
+	// agree with Dot's within float32 rounding, not bit for bit.
 	MatVec func(n int, w []byte, wStride int, a []byte, out []float32)
+	// Tile, where it is not nil, computes a 4×4 tile of a matrix product:
+	// out[4r+c] = w_c · a_r for the weight rows w_c = w[c*wStride:] and the
+	// activation rows a_r = a[r*aStride:] (strides ≥ 0, in bytes), n
+	// values each. The amd64 q4_0 and q8_0 kernels have one: it folds the
+	// four weight rows' sums into one register, and so spends a third of
+	// the instructions of four DotRows calls. Its results agree with Dot's
+	// within float32 rounding, not bit for bit.
+	Tile func(n int, w []byte, wStride int, a []byte, aStride int, out *[16]float32)
 
 	quantize func(x []float32, dst []byte)
 }
@@ -113,6 +124,9 @@ type tier struct {
 	dot     func(t Type) func(n int, w, a []byte) float32
 	dotRows func(t Type) func(n int, w, a []byte, aStride int, out []float32)
 	matVec  func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32)
+	// tile returns the tier's 4×4 tile kernel for a weight type, or nil
+	// (nil tile: none).
+	tile func(t Type) func(n int, w []byte, wStride int, a []byte, aStride int, out *[16]float32)
 	// quantize returns the tier's activation quantizer for act, or nil.
 	quantize func(act Type) func(x []float32, dst []byte)
 }
@@ -167,6 +181,9 @@ func kernelFor(tr tier, t Type) (Kernel, error) {
 				out[r] = dot(n, w, a[r*aStride:])
 			}
 		}
+	}
+	if tr.tile != nil {
+		k.Tile = tr.tile(t)
 	}
 	k.MatVec = tr.matVec(t)
 	if k.MatVec == nil {

@@ -7,7 +7,8 @@ import "golang.org/x/sys/cpu"
 // The amd64 tiers. AVX2 (with FMA and F16C, as on every AVX2 CPU since
 // Haswell and Zen) has kernels for every type, with tiles of four
 // activation rows (DotRows) and of four weight rows (MatVec) for the block
-// types, and both activation quantizers.
+// types, tiles of four weight rows for F32 and F16 (MatVec; attention runs
+// them over its keys and values), and both activation quantizers.
 // There is no AVX-512 or VNNI tier yet: the machines these kernels were
 // written and measured on have neither, and an untested kernel is not
 // shipped.
@@ -54,8 +55,23 @@ var avx2Tier = tier{
 		return nil
 	},
 	matVec: func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32) {
+		switch t {
+		case F32:
+			return floatMatVec(dotF32AVX2w4, 4, floatDot(dotF32AVX2, 4, 8, dotF32), dotF32)
+		case F16:
+			return floatMatVec(dotF16AVX2w4, 2, floatDot(dotF16AVX2, 2, 8, dotF16), dotF16)
+		}
 		if b, ok := avx2Blocks[t]; ok {
 			return b.matVec
+		}
+		return nil
+	},
+	tile: func(t Type) func(n int, w []byte, wStride int, a []byte, aStride int, out *[16]float32) {
+		switch t {
+		case Q4_0:
+			return tile32(dotQ4_0AVX2t4, 18)
+		case Q8_0:
+			return tile32(dotQ8_0AVX2t4, 34)
 		}
 		return nil
 	},
@@ -86,4 +102,21 @@ func quantQ8KAsm(x []float32, dst []byte) {
 	}
 	_ = dst[nb*292-1]
 	quantQ8KAVX2(nb, &x[0], &dst[0])
+}
+
+// tile32 wraps a 4×4 tile kernel of a 32-element block type of wsize
+// bytes per block: it checks the lengths, which the assembly trusts.
+func tile32(t4 func(nb int, w *byte, wstride int, a *byte, astride int, out *float32), wsize int) func(n int, w []byte, wStride int, a []byte, aStride int, out *[16]float32) {
+	return func(n int, w []byte, wStride int, a []byte, aStride int, out *[16]float32) {
+		nb := n / 32
+		if wStride < 0 || aStride < 0 {
+			panic("quant: negative stride")
+		}
+		if nb <= 0 {
+			*out = [16]float32{}
+			return
+		}
+		_, _ = w[3*wStride+nb*wsize-1], a[3*aStride+nb*q8aBlock-1]
+		t4(nb, &w[0], wStride, &a[0], aStride, &out[0])
+	}
 }

@@ -91,3 +91,27 @@ func floatDot(kernel func(n int, w, a *byte) float32, wsize, chunk int, tail fun
 		return s
 	}
 }
+
+// floatMatVec runs an assembly four-row float kernel (w4) on tiles of four
+// weight rows over the largest multiple of 8 values, the portable tail
+// over the rest of those rows' values, and dot on the rows left over.
+func floatMatVec(w4 func(n int, w *byte, wstride int, a *byte, out *float32), wsize int, dot, tail func(n int, w, a []byte) float32) func(n int, w []byte, wStride int, a []byte, out []float32) {
+	return func(n int, w []byte, wStride int, a []byte, out []float32) {
+		m, r := n-n%8, 0
+		if m > 0 && wStride >= 0 && len(out) >= 4 {
+			_, _ = a[:4*n], w[:(len(out)-1)*wStride+n*wsize]
+			for ; r+4 <= len(out); r += 4 {
+				w4(m, &w[r*wStride], wStride, &a[0], &out[r])
+				if m == n {
+					continue
+				}
+				for j := r; j < r+4; j++ {
+					out[j] += tail(n-m, w[j*wStride+m*wsize:], a[4*m:])
+				}
+			}
+		}
+		for ; r < len(out); r++ {
+			out[r] = dot(n, w[r*wStride:], a)
+		}
+	}
+}

@@ -139,6 +139,26 @@ func dotF32AVX2(n int, w *byte, a *byte) float32
 //go:noescape
 func dotF16AVX2(n int, w *byte, a *byte) float32
 
+// dotQ4_0AVX2t4 is the Q4_0 × Q8A kernel for a tile of four weight rows wstride bytes apart by four activation rows astride bytes apart, nb blocks long: out[4r+c] = w_c · a_r.
+//
+//go:noescape
+func dotQ4_0AVX2t4(nb int, w *byte, wstride int, a *byte, astride int, out *float32)
+
+// dotQ8_0AVX2t4 is the Q8_0 × Q8A kernel for a tile of four weight rows wstride bytes apart by four activation rows astride bytes apart, nb blocks long: out[4r+c] = w_c · a_r.
+//
+//go:noescape
+func dotQ8_0AVX2t4(nb int, w *byte, wstride int, a *byte, astride int, out *float32)
+
+// dotF32AVX2w4 is the float × float32 kernel for four weight rows wstride bytes apart and one activation row of n values, n a positive multiple of 8.
+//
+//go:noescape
+func dotF32AVX2w4(n int, w *byte, wstride int, a *byte, out *float32)
+
+// dotF16AVX2w4 is the float × float32 kernel for four weight rows wstride bytes apart and one activation row of n values, n a positive multiple of 8.
+//
+//go:noescape
+func dotF16AVX2w4(n int, w *byte, wstride int, a *byte, out *float32)
+
 // dotBF16AVX2 is the float × float32 kernel for n values, n a positive multiple of 8.
 //
 //go:noescape

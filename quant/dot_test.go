@@ -238,13 +238,14 @@ func TestDotRows(t *testing.T) {
 }
 
 // TestMatVec checks MatVec against Dot on every tier: the same results, bit
-// for bit (a tile of weight rows runs each row's one-row instructions),
-// for tile remainders of every size and weight rows that are not adjacent.
+// for bit for block types (a tile of weight rows runs each row's one-row
+// instructions), within rounding for float types, for tile remainders of
+// every size and weight rows that are not adjacent.
 func TestMatVec(t *testing.T) {
 	for _, typ := range kernelTypes {
 		t.Run(typ.String(), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(typ), 4))
-			for _, blocks := range []int{1, 3, 9} {
+			for _, blocks := range []int{1, 3, 4, 9} {
 				c := makeDotCase(t, rng, typ, blocks)
 				for _, tr := range availableTiers() {
 					k := tierKernel(t, tr, typ)
@@ -257,12 +258,65 @@ func TestMatVec(t *testing.T) {
 						out := make([]float32, rows)
 						k.MatVec(c.n, w, stride, c.a, out)
 						for r := range rows {
-							assert.Equal(t, k.Dot(c.n, w[r*stride:r*stride+len(c.w)], c.a), out[r], "%s tier %s rows=%d r=%d", typ, tr.name, rows, r)
+							want := k.Dot(c.n, w[r*stride:r*stride+len(c.w)], c.a)
+							if typ == F32 || typ == F16 || typ == BF16 {
+								// Values of about 1: rounding stays far below this.
+								assert.InDelta(t, want, out[r], 1e-5*float64(c.n), "%s tier %s rows=%d r=%d", typ, tr.name, rows, r)
+								continue
+							}
+							assert.Equal(t, want, out[r], "%s tier %s rows=%d r=%d", typ, tr.name, rows, r)
 						}
 					}
 				}
 			}
 		})
+	}
+}
+
+// TestTile checks the 4×4 tile kernels against Dot for every pair of the
+// tile, with weight and activation rows that are not adjacent: within
+// float32 rounding of the sum of the products' magnitudes.
+func TestTile(t *testing.T) {
+	tested := 0
+	defer func() {
+		for _, tr := range archTiers() {
+			if tr.name == "avx2" && !t.Failed() {
+				assert.Positive(t, tested, "the avx2 tier has no tile kernel")
+			}
+		}
+	}()
+	for _, typ := range kernelTypes {
+		for _, tr := range availableTiers() {
+			k := tierKernel(t, tr, typ)
+			if k.Tile == nil {
+				continue
+			}
+			rng := rand.New(rand.NewPCG(uint64(typ), 5))
+			for _, blocks := range []int{1, 2, 7} {
+				var ws, as [4]dotCase
+				for i := range 4 {
+					ws[i] = makeDotCase(t, rng, typ, blocks)
+					as[i] = makeDotCase(t, rng, typ, blocks)
+				}
+				wStride, aStride := len(ws[0].w)+3, len(as[0].a)+5
+				w := make([]byte, 4*wStride)
+				a := make([]byte, 4*aStride)
+				for i := range 4 {
+					copy(w[i*wStride:], ws[i].w)
+					copy(a[i*aStride:], as[i].a)
+				}
+				var out [16]float32
+				k.Tile(ws[0].n, w, wStride, a, aStride, &out)
+				tested++
+				for r := range 4 {
+					for c := range 4 {
+						want := k.Dot(ws[0].n, ws[c].w, as[r].a)
+						assert.InDelta(t, want, out[4*r+c], 1e-5*(1+math.Abs(float64(want)))*float64(ws[0].n),
+							"%s tier %s blocks %d r %d c %d", typ, tr.name, blocks, r, c)
+					}
+				}
+			}
+		}
 	}
 }
 
@@ -461,5 +515,46 @@ func BenchmarkQuantizeActivations(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// BenchmarkTile: a 64×576 weight block by 64 activation rows (a prefill
+// tile), four activation rows per DotRows call ("rows") against 4×4
+// tiles ("tile").
+func BenchmarkTile(b *testing.B) {
+	for _, typ := range []Type{Q4_0, Q8_0} {
+		rng := rand.New(rand.NewPCG(1, 2))
+		k, _ := KernelFor(typ)
+		n, rows, acts := 576, 64, 64
+		rs, _ := typ.RowSize(n)
+		w := make([]byte, rows*rs)
+		if err := Quantize(typ, testRow(rng, rows*n), w); err != nil {
+			b.Fatal(err)
+		}
+		al := k.ActRowSize(n)
+		a := make([]byte, acts*al)
+		for r := 0; r < acts; r++ {
+			k.Quantize(testRow(rng, n), a[r*al:])
+		}
+		out := make([]float32, 4)
+		b.Run(typ.String()+"/rows", func(b *testing.B) {
+			for b.Loop() {
+				for i := 0; i < rows; i++ {
+					for r := 0; r < acts; r += 4 {
+						k.DotRows(n, w[i*rs:], a[r*al:], al, out)
+					}
+				}
+			}
+		})
+		var o16 [16]float32
+		b.Run(typ.String()+"/tile", func(b *testing.B) {
+			for b.Loop() {
+				for i := 0; i < rows; i += 4 {
+					for r := 0; r < acts; r += 4 {
+						k.Tile(n, w[i*rs:], rs, a[r*al:], al, &o16)
+					}
+				}
+			}
+		})
 	}
 }

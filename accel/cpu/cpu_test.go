@@ -86,6 +86,34 @@ func TestMatMul(t *testing.T) {
 	}
 }
 
+// TestMatMulRowIndependent checks that a row's product does not depend on
+// the rows batched with it (prefill pads the batch so that every row runs
+// the same kernel), which keeps a sequence's results the same whatever
+// else the scheduler batches it with.
+func TestMatMulRowIndependent(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, typ := range []quant.Type{quant.Q4_0, quant.Q8_0, quant.Q4_K} {
+		rows, cols := 12, 256
+		data := make([]byte, rows*mustRowSize(t, typ, cols))
+		require.NoError(t, quant.Quantize(typ, randVec(r, rows*cols), data))
+		b := New(2)
+		wt, err := b.Load(accel.Matrix{Name: "w", Type: typ, Rows: rows, Cols: cols, Data: data})
+		require.NoError(t, err)
+		xs := randVec(r, 7*cols)
+		product := func(from, to int) []float32 {
+			dst, _ := b.Alloc((to - from) * rows)
+			b.MatMul(dst, wt, buf(t, b, xs[from*cols:to*cols]), to-from)
+			return read(b, dst)
+		}
+		all := product(0, 7)
+		for _, span := range [][2]int{{5, 7}, {2, 5}, {0, 3}} { // one row would be a decode step: another kernel
+			part := product(span[0], span[1])
+			require.Equal(t, all[span[0]*rows:span[1]*rows], part, "%s rows %v", typ, span)
+		}
+		b.Close()
+	}
+}
+
 func mustRowSize(t *testing.T, typ quant.Type, n int) int {
 	s, err := typ.RowSize(n)
 	require.NoError(t, err)

@@ -24,17 +24,29 @@ func (b *Backend) MatMul(dst accel.Buffer, w accel.Weight, x accel.Buffer, rows 
 }
 
 // activations returns x's rows in the activation type of wt's kernel.
+// Where the kernel has a 4×4 tile, the rows are followed by copies of the
+// last one up to a multiple of four, so that every row goes through the
+// tile kernel and its results do not depend on where it falls in the
+// batch.
 func (b *Backend) activations(wt *weight, xs []float32, rows int) []byte {
 	if wt.kernel.Act == quant.F32 {
 		return f32ToBytes(xs)
 	}
-	need := rows * wt.actRowLen
-	if cap(b.act) < need {
-		b.act = make([]byte, need)
+	al := wt.actRowLen
+	padded := rows
+	if wt.kernel.Tile != nil && rows > 1 {
+		padded = (rows + 3) &^ 3
 	}
-	b.aq = quantizeTask{w: wt, x: xs, act: b.act[:need]}
+	if cap(b.act) < padded*al {
+		b.act = make([]byte, padded*al)
+	}
+	act := b.act[:padded*al]
+	b.aq = quantizeTask{w: wt, x: xs, act: act}
 	b.pool.run(&b.aq, rows)
-	return b.act[:need]
+	for r := rows; r < padded; r++ {
+		copy(act[r*al:(r+1)*al], act[(rows-1)*al:rows*al])
+	}
+	return act
 }
 
 type quantizeTask struct {
@@ -59,24 +71,55 @@ type matmulTask struct {
 }
 
 func (m *matmulTask) run(t, lo, hi int) {
-	w, n := m.w, m.w.m.Rows
+	w := m.w
 	if m.rows == 1 {
 		// Decode: one activation row against a range of weight rows,
 		// several weight rows per kernel call.
 		w.kernel.MatVec(w.m.Cols, w.m.Data[lo*w.rowLen:hi*w.rowLen], w.rowLen, m.act, m.dst[lo:hi])
 		return
 	}
-	out := m.b.scratchFor(t, 4)
 	for r0 := 0; r0 < m.rows; r0 += actTile {
 		r1 := min(r0+actTile, m.rows)
-		for i := lo; i < hi; i++ {
-			row := w.m.Data[i*w.rowLen : (i+1)*w.rowLen]
-			for r := r0; r < r1; r += 4 {
-				k := min(4, r1-r)
-				w.kernel.DotRows(w.m.Cols, row, m.act[r*w.actRowLen:], w.actRowLen, out[:k])
-				for j, v := range out[:k] {
-					m.dst[(r+j)*n+i] = v
-				}
+		i := lo
+		if w.kernel.Tile != nil {
+			i = m.tiles(lo, hi, r0, r1)
+		}
+		m.dotRows(t, i, hi, r0, r1)
+	}
+}
+
+// tiles computes weight rows [lo, hi) by activation rows [r0, r1) in 4×4
+// tiles as far as whole tiles of weight rows go, and returns the first
+// weight row it did not compute. The activation rows are padded to a
+// multiple of four (see activations).
+func (m *matmulTask) tiles(lo, hi, r0, r1 int) int {
+	w, n, al := m.w, m.w.m.Rows, m.w.actRowLen
+	var out [16]float32
+	i := lo
+	for ; i+4 <= hi; i += 4 {
+		wr := w.m.Data[i*w.rowLen:]
+		for r := r0; r < r1; r += 4 {
+			w.kernel.Tile(w.m.Cols, wr, w.rowLen, m.act[r*al:], al, &out)
+			for j := range min(4, r1-r) {
+				copy(m.dst[(r+j)*n+i:][:4], out[4*j:4*j+4])
+			}
+		}
+	}
+	return i
+}
+
+// dotRows computes weight rows [lo, hi) by activation rows [r0, r1), one
+// weight row by up to four activation rows at a time.
+func (m *matmulTask) dotRows(t, lo, hi, r0, r1 int) {
+	w, n := m.w, m.w.m.Rows
+	out := m.b.scratchFor(t, 4)
+	for i := lo; i < hi; i++ {
+		row := w.m.Data[i*w.rowLen : (i+1)*w.rowLen]
+		for r := r0; r < r1; r += 4 {
+			k := min(4, r1-r)
+			w.kernel.DotRows(w.m.Cols, row, m.act[r*w.actRowLen:], w.actRowLen, out[:k])
+			for j, v := range out[:k] {
+				m.dst[(r+j)*n+i] = v
 			}
 		}
 	}

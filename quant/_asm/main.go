@@ -118,6 +118,13 @@ func main() {
 	}
 	dotFloat("dotF32AVX2", kF32)
 	dotFloat("dotF16AVX2", kF16)
+	for _, k := range blocks32 {
+		if k.name == "Q4_0" || k.name == "Q8_0" {
+			tile32(k)
+		}
+	}
+	dotFloatW4("dotF32AVX2w4", kF32)
+	dotFloatW4("dotF16AVX2w4", kF16)
 	dotFloat("dotBF16AVX2", kBF16)
 	quantQ8A()
 	quantQ8K()
@@ -398,6 +405,127 @@ func dot32(k block32, sh shape) {
 	}.emit(sh)
 }
 
+// tile32 is the kernel of a 4×4 tile of a matrix product (prefill): four
+// weight rows wstride bytes apart by four activation rows astride bytes
+// apart, out[4r+c] = w_c · a_r. Where dot32's tiles spend a conversion, a
+// scale and a fused multiply-add on every (weight, activation) block pair,
+// here the integer sums of the four weight rows' blocks against one
+// activation block are folded (VPHADDD, exact) into one register, lane c
+// and c+4 holding halves of pair c, so that one conversion and one
+// multiply-add serve four pairs, with the four weight scales side by side
+// in dw. The offset of q4_0 goes in through the activation block sums, on
+// the lower lanes only. q8_0's weights are signed: each pair multiplies
+// |a| by w·sign(a). Results agree with dot32's within float32 rounding
+// (they sum in another order).
+func tile32(k block32) {
+	name := fmt.Sprintf("dot%sAVX2t4", k.name)
+	TEXT(name, NOSPLIT, "func(nb int, w *byte, wstride int, a *byte, astride int, out *float32)")
+	Pragma("noescape")
+	Doc(name + " is the " + k.name + " × Q8A kernel for a tile of four weight rows wstride bytes apart by four activation rows astride bytes apart, nb blocks long: out[4r+c] = w_c · a_r.")
+	nb := Load(Param("nb"), GP64())
+	rowsOf := func(first Register, strideParam string) []Register {
+		ps := []Register{first}
+		stride := Load(Param(strideParam), GP64())
+		for r := 1; r < 4; r++ {
+			p := GP64()
+			LEAQ(Mem{Base: ps[r-1], Index: stride, Scale: 1}, p)
+			ps = append(ps, p)
+		}
+		return ps
+	}
+	ws := rowsOf(Load(Param("w"), GP64()), "wstride")
+	as := rowsOf(Load(Param("a"), GP64()), "astride")
+	var acc [4]VecVirtual
+	for r := range acc {
+		acc[r] = YMM()
+		zero(acc[r])
+	}
+	offset := k.corr != 0
+	Label(name + "_loop")
+	// The four weight scales, (dw0..dw3, dw0..dw3) in dw; -8·(dw0..dw3, 0..)
+	// in dcorr for q4_0.
+	g := GP32()
+	x := XMM()
+	MOVWLZX(Mem{Base: ws[0]}, g)
+	VMOVD(g, x)
+	for c := 1; c < 4; c++ {
+		VPINSRW(U8(c), Mem{Base: ws[c]}, x, x)
+	}
+	lo := YMM()
+	VCVTPH2PS(x, lo.AsX()) // the upper lanes are zeroed
+	dw := YMM()
+	VINSERTF128(Imm(1), lo.AsX(), lo, dw)
+	var dcorr VecVirtual
+	if offset {
+		dcorr = lo
+		f := YMM()
+		VBROADCASTSS(f32Const(k.corr), f)
+		VMULPS(f, dcorr, dcorr)
+	}
+	var wq [4]VecVirtual
+	for c, wr := range ws {
+		wq[c] = YMM()
+		if k.signed {
+			VMOVDQU(Mem{Base: wr, Disp: k.qs}, wq[c])
+			continue
+		}
+		VMOVDQU(Mem{Base: wr, Disp: k.qs}, wq[c].AsX())
+		hi := XMM()
+		VPSRLW(Imm(4), wq[c].AsX(), hi)
+		VINSERTI128(Imm(1), hi, wq[c], wq[c])
+		VPAND(c0F, wq[c], wq[c])
+	}
+	for r, ar := range as {
+		var p [4]VecVirtual
+		var aq, aabs VecVirtual
+		if k.signed {
+			aq, aabs = YMM(), YMM()
+			VMOVDQU(Mem{Base: ar, Disp: q8aQs}, aq)
+			VPSIGNB(aq, aq, aabs)
+		}
+		for c := range p {
+			p[c] = YMM()
+			if k.signed {
+				VPSIGNB(aq, wq[c], p[c])
+				VPMADDUBSW(p[c], aabs, p[c])
+			} else {
+				VPMADDUBSW(Mem{Base: ar, Disp: q8aQs}, wq[c], p[c])
+			}
+			VPMADDWD(ones16, p[c], p[c])
+		}
+		VPHADDD(p[1], p[0], p[0])
+		VPHADDD(p[3], p[2], p[2])
+		VPHADDD(p[2], p[0], p[0])
+		VCVTDQ2PS(p[0], p[0])
+		sc := YMM()
+		VBROADCASTSS(Mem{Base: ar}, sc)
+		VMULPS(dw, sc, sc)
+		VFMADD231PS(sc, p[0], acc[r])
+		if offset {
+			sa := YMM()
+			VBROADCASTSS(Mem{Base: ar, Disp: 4}, sa)
+			VFMADD231PS(sa, dcorr, acc[r])
+		}
+	}
+	for _, wr := range ws {
+		ADDQ(U32(k.size), wr)
+	}
+	for _, ar := range as {
+		ADDQ(U32(q8aSize), ar)
+	}
+	DECQ(nb)
+	JNZ(LabelRef(name + "_loop"))
+	out := Load(Param("out"), GP64())
+	for r := range acc {
+		h := XMM()
+		VEXTRACTF128(Imm(1), acc[r], h)
+		VADDPS(acc[r].AsX(), h, h)
+		VMOVUPS(h, Mem{Base: out, Disp: 16 * r})
+	}
+	VZEROUPPER()
+	RET()
+}
+
 // dotQ4K is the q4_K (q5K false) or q5_K × Q8_K kernel. Per super-block:
 // the 6-bit scales and minimums unpacked in general registers; the minimum
 // term dmin·da·Σ m_j·(sum of sub-block j's activations) from the Q8_K block
@@ -607,6 +735,74 @@ const (
 	kBF16
 )
 
+// size is the size in bytes of one weight of kind ft.
+func (ft floatKind) size() int {
+	if ft == kF32 {
+		return 4
+	}
+	return 2
+}
+
+// load converts the 8 weights at m to float32 in a new register.
+func (ft floatKind) load(m Mem) VecVirtual {
+	y := YMM()
+	switch ft {
+	case kF32:
+		VMOVUPS(m, y)
+	case kF16:
+		VCVTPH2PS(m, y)
+	case kBF16:
+		VPMOVZXWD(m, y)
+		VPSLLD(Imm(16), y, y)
+	}
+	return y
+}
+
+// dotFloatW4 is dotFloat for four weight rows wstride bytes apart against
+// one activation row, n a positive multiple of 8: each step loads 8
+// activations once for the four rows. Attention runs it over keys (rows
+// of one head, 64 or 128 values) and over transposed values, where one
+// row's call costs as much as its arithmetic.
+func dotFloatW4(name string, ft floatKind) {
+	TEXT(name, NOSPLIT, "func(n int, w *byte, wstride int, a *byte, out *float32)")
+	Pragma("noescape")
+	Doc(name + " is the float × float32 kernel for four weight rows wstride bytes apart and one activation row of n values, n a positive multiple of 8.")
+	n := Load(Param("n"), GP64())
+	w := Load(Param("w"), GP64())
+	stride := Load(Param("wstride"), GP64())
+	a := Load(Param("a"), GP64())
+	out := Load(Param("out"), GP64())
+	ws := []Register{w}
+	for r := 1; r < 4; r++ {
+		p := GP64()
+		LEAQ(Mem{Base: ws[r-1], Index: stride, Scale: 1}, p)
+		ws = append(ws, p)
+	}
+	var acc [4]VecVirtual
+	for i := range acc {
+		acc[i] = YMM()
+		zero(acc[i])
+	}
+	SHRQ(U8(3), n)
+	Label(name + "_loop")
+	x := YMM()
+	VMOVUPS(Mem{Base: a}, x)
+	for r, wr := range ws {
+		VFMADD231PS(x, ft.load(Mem{Base: wr}), acc[r])
+	}
+	for _, wr := range ws {
+		ADDQ(U32(8*ft.size()), wr)
+	}
+	ADDQ(U32(32), a)
+	DECQ(n)
+	JNZ(LabelRef(name + "_loop"))
+	for r := range acc {
+		VMOVSS(hsum(acc[r]), Mem{Base: out, Disp: 4 * r})
+	}
+	VZEROUPPER()
+	RET()
+}
+
 // dotFloat is the float32/float16/bfloat16 × float32 kernel over n values,
 // n a positive multiple of 8: four accumulators over 32 values at a time,
 // then 8 at a time.
@@ -617,24 +813,8 @@ func dotFloat(name string, ft floatKind) {
 	n := Load(Param("n"), GP64())
 	w := Load(Param("w"), GP64())
 	a := Load(Param("a"), GP64())
-	wsize := 2
-	if ft == kF32 {
-		wsize = 4
-	}
-	load := func(disp int) VecVirtual {
-		y := YMM()
-		m := Mem{Base: w, Disp: disp}
-		switch ft {
-		case kF32:
-			VMOVUPS(m, y)
-		case kF16:
-			VCVTPH2PS(m, y)
-		case kBF16:
-			VPMOVZXWD(m, y)
-			VPSLLD(Imm(16), y, y)
-		}
-		return y
-	}
+	wsize := ft.size()
+	load := func(disp int) VecVirtual { return ft.load(Mem{Base: w, Disp: disp}) }
 	var acc [4]VecVirtual
 	for i := range acc {
 		acc[i] = YMM()
