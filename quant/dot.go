@@ -155,6 +155,12 @@ func pickTier() tier {
 	return ts[len(ts)-1]
 }
 
+// Assembly reports whether KernelFor returns assembly kernels: false with
+// the purego build tag, with EDGED_NOASM=1, or on a CPU without the
+// features. Other packages' assembly (accel/cpu's vector math) follows the
+// same switch, so that one setting forces the whole portable path.
+func Assembly() bool { return bestTier.name != portableTier.name }
+
 // availableTiers lists the tiers this CPU can run, portable first and the
 // best last.
 func availableTiers() []tier { return append([]tier{portableTier}, archTiers()...) }

@@ -119,13 +119,7 @@ func softmax(x []float32) {
 	for _, v := range x {
 		m = max(m, v)
 	}
-	var sum float64
-	for i, v := range x {
-		e := expf(v - m)
-		x[i] = e
-		sum += float64(e)
-	}
-	inv := float32(1 / sum)
+	inv := 1 / expSub(x, m)
 	for i := range x {
 		x[i] *= inv
 	}

@@ -88,10 +88,7 @@ func (b *Backend) SwiGLU(dst, gate, up accel.Buffer, n int) {
 type swigluTask struct{ dst, gate, up []float32 }
 
 func (s *swigluTask) run(_, lo, hi int) {
-	d, g, u := s.dst[lo:hi], s.gate[lo:hi], s.up[lo:hi]
-	for i := range d {
-		d[i] = g[i] / (1 + expf(-g[i])) * u[i]
-	}
+	siluMul(s.dst[lo:hi], s.gate[lo:hi], s.up[lo:hi])
 }
 
 // RoPE implements accel.Backend. Angles are computed in float64: pos·θ_i

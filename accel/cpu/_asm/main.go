@@ -1,0 +1,140 @@
+// Command _asm generates accel/cpu's AVX2 vector-math kernels with avo:
+// e^x over the attention scores of one row (softmax) and SiLU(gate)·up
+// (SwiGLU). They run once per score and per activation, where the scalar
+// Go expf costs more than the arithmetic around it.
+//
+//	go generate ./accel/cpu
+package main
+
+import (
+	"math"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+func main() {
+	ConstraintExpr("!purego")
+	expSub()
+	siluMul()
+	Generate()
+}
+
+var consts = map[float32]Mem{}
+
+// bcast returns a new register with v in every lane.
+func bcast(v float32) VecVirtual {
+	m, ok := consts[v]
+	if !ok {
+		m = ConstData("f32_"+itoa(len(consts)), U32(math.Float32bits(v)))
+		consts[v] = m
+	}
+	y := YMM()
+	VBROADCASTSS(m, y)
+	return y
+}
+
+func itoa(i int) string {
+	if i < 10 {
+		return string(rune('0' + i))
+	}
+	return itoa(i/10) + string(rune('0'+i%10))
+}
+
+// exp emits e^v for the 8 lanes of v, as accel/cpu's expf computes it
+// (v = n·ln2 + r, e^r by a degree-6 Taylor polynomial, 2^n in the
+// exponent bits; fused multiply-adds here, so within a few ulps of it),
+// with v first clamped to [-87.3, 88] so that 2^n stays a normal float32:
+// below, e^v < 1.2e-38 stands for 0; above, e^88 for +Inf. NaN stays NaN.
+func exp(v VecVirtual) VecVirtual {
+	// VMAXPS/VMINPS return their second source when either is NaN: v.
+	VMAXPS(v, bcast(-87.3), v)
+	VMINPS(v, bcast(88), v)
+	magic := bcast(12582912) // 1.5·2^23: adding it rounds to an integer
+	t := bcast(1.44269504088896341)
+	VFMADD213PS(magic, v, t) // t = v·log2e + magic
+	n := YMM()
+	VSUBPS(magic, t, n)
+	r := YMM()
+	VMOVAPS(v, r)
+	VFNMADD231PS(bcast(0.693359375), n, r)
+	VFNMADD231PS(bcast(-2.12194440e-4), n, r)
+	p := bcast(1.0 / 720)
+	for _, c := range []float32{1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1, 1} {
+		VFMADD213PS(bcast(c), r, p) // p = p·r + c
+	}
+	// 2^n: t's low bits hold n + 0x400000 (the magic's mantissa).
+	VPSUBD(bcast(math.Float32frombits(0x4B400000-127)), t, t)
+	VPSLLD(Imm(23), t, t)
+	VMULPS(t, p, p)
+	return p
+}
+
+// expSub sets x[i] = e^(x[i]-m) for n values, n a positive multiple of 8,
+// and returns their sum (float32, eight lanes summed at the end).
+func expSub() {
+	TEXT("expSubAVX2", NOSPLIT, "func(n int, x *float32, m float32) float32")
+	Pragma("noescape")
+	Doc("expSubAVX2 sets x[i] = e^(x[i]-m) for n values, n a positive multiple of 8, and returns their sum.")
+	n := Load(Param("n"), GP64())
+	x := Load(Param("x"), GP64())
+	mx := Load(Param("m"), XMM())
+	m := YMM()
+	VBROADCASTSS(mx, m)
+	sum := YMM()
+	VXORPS(sum, sum, sum)
+	SHRQ(U8(3), n)
+	Label("expsub_loop")
+	v := YMM()
+	VMOVUPS(Mem{Base: x}, v)
+	VSUBPS(m, v, v)
+	e := exp(v)
+	VMOVUPS(e, Mem{Base: x})
+	VADDPS(e, sum, sum)
+	ADDQ(U32(32), x)
+	DECQ(n)
+	JNZ(LabelRef("expsub_loop"))
+	h := XMM()
+	VEXTRACTF128(Imm(1), sum, h)
+	VADDPS(sum.AsX(), h, h)
+	s := XMM()
+	VMOVHLPS(h, h, s)
+	VADDPS(s, h, h)
+	VMOVSHDUP(h, s)
+	VADDSS(s, h, h)
+	VZEROUPPER()
+	Store(h, ReturnIndex(0))
+	RET()
+}
+
+// siluMul sets dst[i] = g/(1+e^-g)·up[i], g = gate[i], for n values, n a
+// positive multiple of 8.
+func siluMul() {
+	TEXT("siluMulAVX2", NOSPLIT, "func(n int, dst, gate, up *float32)")
+	Pragma("noescape")
+	Doc("siluMulAVX2 sets dst[i] = g/(1+e^-g)·up[i], g = gate[i], for n values, n a positive multiple of 8.")
+	n := Load(Param("n"), GP64())
+	dst := Load(Param("dst"), GP64())
+	gate := Load(Param("gate"), GP64())
+	up := Load(Param("up"), GP64())
+	SHRQ(U8(3), n)
+	Label("silu_loop")
+	g := YMM()
+	VMOVUPS(Mem{Base: gate}, g)
+	v := YMM()
+	VXORPS(v, v, v)
+	VSUBPS(g, v, v) // -g
+	e := exp(v)
+	VADDPS(bcast(1), e, e)
+	VDIVPS(e, g, g)
+	VMULPS(Mem{Base: up}, g, g)
+	VMOVUPS(g, Mem{Base: dst})
+	ADDQ(U32(32), dst)
+	ADDQ(U32(32), gate)
+	ADDQ(U32(32), up)
+	DECQ(n)
+	JNZ(LabelRef("silu_loop"))
+	VZEROUPPER()
+	RET()
+}

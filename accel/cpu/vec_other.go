@@ -1,0 +1,10 @@
+//go:build purego || !amd64
+
+package cpu
+
+// expSub sets x[i] = e^(x[i]-m) and returns their sum.
+func expSub(x []float32, m float32) float32 { return expSubGo(x, m) }
+
+// siluMul sets dst[i] = SiLU(gate[i])·up[i]; gate and up are at least as
+// long as dst.
+func siluMul(dst, gate, up []float32) { siluMulGo(dst, gate, up) }
