@@ -38,6 +38,7 @@ func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s a
 	row := 0
 	for _, sq := range seqs {
 		b.WriteCache(sq.K, sq.V, kvDim, sq.Past, ks[row*kvDim:(row+sq.Rows)*kvDim], vs[row*kvDim:(row+sq.Rows)*kvDim])
+		padValues(sq.V, kvDim, sq.Past+sq.Rows)
 		row += sq.Rows
 	}
 	row = 0
@@ -68,12 +69,14 @@ func (a *attnTask) run(t, lo, hi int) {
 	if kc.elem == 2 {
 		k = a.b.cacheF16
 	}
-	scores := a.b.scratchFor(t, sq.Past+sq.Rows)
+	scores := a.b.scratchFor(t, sq.Past+sq.Rows+8)
 	for unit := lo; unit < hi; unit++ {
 		i, h := unit/s.NHead, unit%s.NHead
 		n := sq.Past + i + 1
 		kvOff := (h / group) * s.HeadDim
 		qh := f32ToBytes(a.q[(a.base+i)*qDim+h*s.HeadDim:][:s.HeadDim])
+		// The value rows are read in whole steps of 8 (see padValues).
+		nv := min((n+7)&^7, capacity)
 		sc := scores[:n]
 		// Scores: the query against n key rows of this head, kvDim apart.
 		k.MatVec(s.HeadDim, kc.from(kvOff), kvDim*kc.elem, qh, sc)
@@ -89,7 +92,32 @@ func (a *attnTask) run(t, lo, hi int) {
 		oh := a.out[(a.base+i)*qDim+h*s.HeadDim:][:s.HeadDim]
 		// Output: each dimension is the probabilities against one
 		// transposed value row, capacity apart.
-		k.MatVec(n, vc.from(kvOff*capacity), capacity*vc.elem, f32ToBytes(sc), oh)
+		clear(scores[n:nv])
+		k.MatVec(nv, vc.from(kvOff*capacity), capacity*vc.elem, f32ToBytes(scores[:nv]), oh)
+	}
+}
+
+// padValues zeroes the transposed value rows of a cache from end, the
+// sequence's length, up to the next multiple of 8 (within the capacity).
+// Each query row then multiplies its probabilities, padded with zeros, by
+// whole 8-value steps of the value rows, instead of finishing every row
+// with a scalar tail; the padding must hold zeros, not stale values, since
+// a zero probability times a stale Inf would be NaN. Values between a row's
+// own length and end are the batch's later rows: finite, like every value
+// the row can see.
+func padValues(vc accel.Buffer, kvDim, end int) {
+	buf := vc.(*buffer)
+	capacity := vc.Len() / kvDim
+	pad := min((end+7)&^7, capacity)
+	if pad <= end {
+		return
+	}
+	for d := range kvDim {
+		if buf.h != nil {
+			clear(buf.h[d*capacity+end : d*capacity+pad])
+		} else {
+			clear(buf.f[d*capacity+end : d*capacity+pad])
+		}
 	}
 }
 
