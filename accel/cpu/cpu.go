@@ -34,6 +34,7 @@ type Backend struct {
 	threads int
 	pool    *pool
 	scratch [][]float32 // one per worker: a dequantized row, attention scores
+	angles  [][]float64 // one per worker: RoPE's cos and sin of one position
 	act     []byte      // the activations of the current matmul, quantized
 	// cacheF32 and cacheF16 multiply float32 queries and probabilities
 	// with f32 and f16 KV cache data.
@@ -45,6 +46,7 @@ type Backend struct {
 	emb    embedTask
 	attn   attnTask
 	swiglu swigluTask
+	rope   ropeTask
 }
 
 // New returns a backend using threads workers (0: one per CPU). Close
@@ -54,7 +56,7 @@ func New(threads int) *Backend {
 	if threads <= 0 {
 		threads = runtime.GOMAXPROCS(0)
 	}
-	b := &Backend{threads: threads, pool: newPool(threads), scratch: make([][]float32, threads)}
+	b := &Backend{threads: threads, pool: newPool(threads), scratch: make([][]float32, threads), angles: make([][]float64, threads)}
 	// The float kernels exist on every platform: KernelFor cannot fail.
 	b.cacheF32, _ = quant.KernelFor(quant.F32)
 	b.cacheF16, _ = quant.KernelFor(quant.F16)

@@ -92,15 +92,35 @@ func (s *swigluTask) run(_, lo, hi int) {
 }
 
 // RoPE implements accel.Backend. Angles are computed in float64: pos·θ_i
-// grows with the context and float32 would lose its low bits.
+// grows with the context and float32 would lose its low bits. Each row's
+// cosines and sines are computed once and serve all its heads.
 func (b *Backend) RoPE(x accel.Buffer, width int, pos []int32, r accel.RoPE) {
-	xs := x.(*buffer).f
-	half := r.Dims / 2
-	for row, p := range pos {
-		for h := 0; h+r.HeadDim <= width; h += r.HeadDim {
-			head := xs[row*width+h : row*width+h+r.HeadDim]
-			for i := 0; i < half; i++ {
-				sin, cos := math.Sincos(float64(p) * r.Freqs[i])
+	b.rope = ropeTask{b: b, x: x.(*buffer).f, width: width, pos: pos, r: r}
+	b.pool.run(&b.rope, len(pos))
+}
+
+type ropeTask struct {
+	b     *Backend
+	x     []float32
+	width int
+	pos   []int32
+	r     accel.RoPE
+}
+
+func (t *ropeTask) run(w, lo, hi int) {
+	r, half := &t.r, t.r.Dims/2
+	if cap(t.b.angles[w]) < 2*half {
+		t.b.angles[w] = make([]float64, 2*half)
+	}
+	cs := t.b.angles[w][:2*half]
+	for row := lo; row < hi; row++ {
+		for i := range half {
+			cs[2*i+1], cs[2*i] = math.Sincos(float64(t.pos[row]) * r.Freqs[i])
+		}
+		for h := 0; h+r.HeadDim <= t.width; h += r.HeadDim {
+			head := t.x[row*t.width+h : row*t.width+h+r.HeadDim]
+			for i := range half {
+				cos, sin := cs[2*i], cs[2*i+1]
 				a, c := 2*i, 2*i+1
 				if r.NeoX {
 					a, c = i, i+half
