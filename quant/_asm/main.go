@@ -488,14 +488,23 @@ func tile32(k block32) {
 			if k.signed {
 				VPSIGNB(aq, wq[c], p[c])
 				VPMADDUBSW(p[c], aabs, p[c])
+				VPMADDWD(ones16, p[c], p[c])
 			} else {
 				VPMADDUBSW(Mem{Base: ar, Disp: q8aQs}, wq[c], p[c])
 			}
-			VPMADDWD(ones16, p[c], p[c])
 		}
-		VPHADDD(p[1], p[0], p[0])
-		VPHADDD(p[3], p[2], p[2])
-		VPHADDD(p[2], p[0], p[0])
+		if k.signed {
+			VPHADDD(p[1], p[0], p[0])
+			VPHADDD(p[3], p[2], p[2])
+			VPHADDD(p[2], p[0], p[0])
+		} else {
+			// Nibbles: a 16-bit pair sum is at most 2·15·127, so four of
+			// them still fit in 16 bits; fold in 16 bits, widen once.
+			VPHADDW(p[1], p[0], p[0])
+			VPHADDW(p[3], p[2], p[2])
+			VPHADDW(p[2], p[0], p[0])
+			VPMADDWD(ones16, p[0], p[0])
+		}
 		VCVTDQ2PS(p[0], p[0])
 		sc := YMM()
 		VBROADCASTSS(Mem{Base: ar}, sc)
