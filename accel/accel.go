@@ -77,6 +77,10 @@ type AttnSeq struct {
 	// Attention observers (token pruning) read them from here, so they
 	// cost no second attention pass.
 	Probs []float32
+	// Scores, when non-nil, receives the pre-softmax scores q·k·Scale of
+	// these rows in the layout of Probs, masked entries zero (LeMo's
+	// informativeness needs them; softmax loses each row's offset).
+	Scores []float32
 }
 
 // Backend runs the operations of a transformer forward pass. Row counts

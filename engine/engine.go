@@ -110,7 +110,9 @@ type activations struct {
 	gate, up  accel.Buffer // [rows × NFF]
 	outX      accel.Buffer // [logitN × NEmbd]
 	logits    accel.Buffer // [logitN × NVocab]
-	probs     []float32    // attention probabilities for an observer
+	probs     []float32    // attention probabilities (or scores) for an observer
+	hidden    []float32    // the residual stream read back for a HiddenObserver
+	keys      []float32    // key rows read back for a KeyObserver
 	ids, pos  []int32
 	rows      []Row
 	seqs      []accel.AttnSeq

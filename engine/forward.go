@@ -16,7 +16,11 @@ func (e *Engine) forward(batch []Entry, logits []float32) error {
 		rows[i] = Row{Seq: en.Seq, Pos: en.Pos, Logits: en.Logits}
 	}
 	be.Embed(a.x, e.w.tokEmbd, ids)
+	hidden, _ := e.opts.Hooks.Observer.(HiddenObserver)
 	for l := range e.w.layers {
+		if hidden != nil && hidden.WantsHidden(l) {
+			e.observeHidden(hidden, l, rows)
+		}
 		if err := e.layer(l, rows, pos); err != nil {
 			return err
 		}
@@ -46,6 +50,9 @@ func (e *Engine) layer(l int, rows []Row, pos []int32) error {
 	}
 	if err := e.project(l, ProjV, a.v, w.wv, w.bv, a.xn, rows); err != nil {
 		return err
+	}
+	if ko, ok := e.opts.Hooks.Observer.(KeyObserver); ok && ko.WantsKeys(l) {
+		e.observeKeys(ko, l, rows)
 	}
 	be.RoPE(a.q, c.QDim(), pos, e.rope)
 	be.RoPE(a.k, c.KVDim(), pos, e.rope)
@@ -103,6 +110,8 @@ func (e *Engine) attnSeqs(l int, rows []Row) []accel.AttnSeq {
 		a.seqOf = append(a.seqOf, r.Seq)
 	}
 	if obs := e.opts.Hooks.Observer; obs != nil && obs.Wants(l) {
+		so, _ := obs.(ScoreObserver)
+		scores := so != nil && so.WantsScores(l)
 		total := 0
 		for _, s := range a.seqs {
 			total += e.cfg.NHead * s.Rows * (s.Past + s.Rows)
@@ -114,7 +123,11 @@ func (e *Engine) attnSeqs(l int, rows []Row) []accel.AttnSeq {
 		for i := range a.seqs {
 			s := &a.seqs[i]
 			need := e.cfg.NHead * s.Rows * (s.Past + s.Rows)
-			s.Probs, off = a.probs[off:off+need], off+need
+			if scores {
+				s.Scores, off = a.probs[off:off+need], off+need
+			} else {
+				s.Probs, off = a.probs[off:off+need], off+need
+			}
 		}
 	}
 	return a.seqs
@@ -126,8 +139,36 @@ func (e *Engine) observe(l int, seqs []accel.AttnSeq) {
 		return
 	}
 	for i, s := range seqs {
-		obs.Observe(l, e.act.seqOf[i], s.Past, s.Rows, e.cfg.NHead, s.Probs)
+		m := s.Probs
+		if s.Scores != nil {
+			m = s.Scores
+		}
+		obs.Observe(l, e.act.seqOf[i], s.Past, s.Rows, e.cfg.NHead, m)
 	}
+}
+
+// observeHidden reads back the residual stream of rows entering layer l
+// for a hidden-state observer.
+func (e *Engine) observeHidden(h HiddenObserver, l int, rows []Row) {
+	a := &e.act
+	n := len(rows) * e.cfg.NEmbd
+	if cap(a.hidden) < n {
+		a.hidden = make([]float32, n)
+	}
+	e.be.Read(a.hidden[:n], a.x, 0)
+	h.ObserveHidden(l, rows, a.hidden[:n])
+}
+
+// observeKeys reads back the keys of rows at layer l, before RoPE, for a
+// key observer.
+func (e *Engine) observeKeys(k KeyObserver, l int, rows []Row) {
+	a := &e.act
+	n := len(rows) * e.cfg.KVDim()
+	if cap(a.keys) < n {
+		a.keys = make([]float32, n)
+	}
+	e.be.Read(a.keys[:n], a.k, 0)
+	k.ObserveKeys(l, rows, a.keys[:n])
 }
 
 // selectRows applies the token selector after layer l, compacting the

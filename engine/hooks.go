@@ -5,7 +5,8 @@ import "github.com/edged/edged/accel"
 // Hooks are the seams through which token pruning (package prune) and
 // adaptation (package adapt) reach into the forward pass without the
 // engine knowing about either. Every hook is optional; a nil hook costs
-// nothing.
+// nothing. Observer may also implement ScoreObserver, HiddenObserver or
+// KeyObserver.
 type Hooks struct {
 	Observer AttentionObserver
 	Selector TokenSelector
@@ -30,6 +31,44 @@ type AttentionObserver interface {
 	// laid out [head][row][past+rows] (see accel.AttnSeq.Probs). The slice
 	// is reused after the call returns.
 	Observe(layer int, seq *Sequence, past, rows, heads int, probs []float32)
+}
+
+// ScoreObserver is an AttentionObserver that may ask, per layer, for the
+// pre-softmax scores q·k·scale instead of the probabilities: Observe then
+// gets the scores, same layout, masked entries zero (see
+// accel.AttnSeq.Scores). LeMo's informativeness is ReLU of them, which the
+// probabilities cannot give back (softmax drops each row's offset).
+type ScoreObserver interface {
+	AttentionObserver
+	// WantsScores reports whether Observe at layer, when Wants(layer),
+	// gets scores rather than probabilities.
+	WantsScores(layer int) bool
+}
+
+// HiddenObserver is an AttentionObserver that also sees the residual
+// stream entering the layers it asks for (a pattern predictor estimates
+// attention from it before attention runs). Without it the engine reads
+// nothing back.
+type HiddenObserver interface {
+	AttentionObserver
+	// WantsHidden reports whether layer's input should be read back.
+	WantsHidden(layer int) bool
+	// ObserveHidden gets the batch's rows entering layer and their
+	// residual stream, [row][NEmbd]. The slice is reused after the call.
+	ObserveHidden(layer int, rows []Row, x []float32)
+}
+
+// KeyObserver is an AttentionObserver that also gets the key rows of the
+// batch at the layers it asks for, before RoPE (Zero-TPrune's similarity
+// stage compares them by cosine). Without it the engine reads nothing
+// back.
+type KeyObserver interface {
+	AttentionObserver
+	// WantsKeys reports whether layer's keys should be read back.
+	WantsKeys(layer int) bool
+	// ObserveKeys gets the batch's rows at layer and their keys,
+	// [row][KVDim]. The slice is reused after the call.
+	ObserveKeys(layer int, rows []Row, k []float32)
 }
 
 // TokenSelector drops token rows after a layer: later layers compute on,

@@ -1,6 +1,7 @@
 package prune
 
 import (
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -87,6 +88,22 @@ func TestOthersUnaffected(t *testing.T) {
 			require.NoError(t, err)
 			return engine.Hooks{Observer: z, Selector: z}, z.Enable
 		},
+		"zerotprune similarity": func() (engine.Hooks, func(*engine.Sequence)) {
+			z, err := NewZeroTPrune(Config{Keep: 0.5, Layers: []int{1}, Window: 8, Similarity: 0.5})
+			require.NoError(t, err)
+			return engine.Hooks{Observer: z, Selector: z}, z.Enable
+		},
+		"lemo": func() (engine.Hooks, func(*engine.Sequence)) {
+			m, err := NewLeMo(Config{Keep: 0.5, Layers: []int{1}, Window: 8, Block: 4}, nil)
+			require.NoError(t, err)
+			return engine.Hooks{Observer: m, Selector: m}, m.Enable
+		},
+		"lemo predictor": func() (engine.Hooks, func(*engine.Sequence)) {
+			p := &Predictor{Block: 4, Dim: 256, Layers: map[int]*MLP{1: newMLP(256, 8)}}
+			m, err := NewLeMo(Config{Keep: 0.5, Layers: []int{1}, Window: 8, Block: 4}, p)
+			require.NoError(t, err)
+			return engine.Hooks{Observer: m, Selector: m}, m.Enable
+		},
 		"recent": func() (engine.Hooks, func(*engine.Sequence)) {
 			r, err := NewRecent(Config{Keep: 0.5, Layers: []int{1}, Window: 8})
 			require.NoError(t, err)
@@ -114,5 +131,68 @@ func TestOthersUnaffected(t *testing.T) {
 			require.NoError(t, e.Step([]engine.Entry{{Seq: seqs[1], Token: 5, Pos: 80, Logits: true}}, out))
 			assert.Equal(t, 41, seqs[1].CacheLen(2))
 		})
+	}
+}
+
+// With Keep = 1 LeMo asks the kernel for scores and drops nothing: the
+// logits are bit-identical to the dense engine's.
+func TestLeMoKeepAllIsDense(t *testing.T) {
+	a := prompt(100, 5)
+	dense, _ := stepPrompts(t, openEngine(t, engine.Hooks{}), nil, nil, a)
+	m, err := NewLeMo(Config{Keep: 1, Layers: []int{0, 2}, Window: 4, Block: 8}, nil)
+	require.NoError(t, err)
+	got, _ := stepPrompts(t, openEngine(t, engine.Hooks{Observer: m, Selector: m}), m.Enable, []bool{true}, a)
+	assert.Equal(t, dense, got)
+}
+
+// capture keeps what an observer is given at layer 1, as scores or as
+// probabilities, and the hidden states entering it.
+type capture struct {
+	scores bool
+	got    []float32
+	hidden []float32
+}
+
+func (c *capture) Wants(layer int) bool       { return layer == 1 }
+func (c *capture) WantsScores(int) bool       { return c.scores }
+func (c *capture) WantsHidden(layer int) bool { return layer == 1 }
+func (c *capture) Observe(_ int, _ *engine.Sequence, _, _, _ int, v []float32) {
+	c.got = append([]float32(nil), v...)
+}
+func (c *capture) ObserveHidden(_ int, _ []engine.Row, x []float32) {
+	c.hidden = append([]float32(nil), x...)
+}
+
+// The scores the engine hands a ScoreObserver are the logits of the
+// probabilities it hands a plain observer: softmax of each row's visible
+// scores gives them back.
+func TestScoresAreProbabilityLogits(t *testing.T) {
+	const n, heads = 12, 8
+	a := prompt(n, 6)
+	ps, ss := &capture{}, &capture{scores: true}
+	stepPrompts(t, openEngine(t, engine.Hooks{Observer: ps}), nil, nil, a)
+	stepPrompts(t, openEngine(t, engine.Hooks{Observer: ss}), nil, nil, a)
+	require.Len(t, ss.got, heads*n*n)
+	require.Len(t, ss.hidden, n*256)
+	assert.Equal(t, ps.hidden, ss.hidden)
+	for h := range heads {
+		for i := range n {
+			row := ss.got[(h*n+i)*n:][:n]
+			mx := row[0]
+			for _, v := range row[:i+1] {
+				mx = max(mx, v)
+			}
+			var sum float64
+			for _, v := range row[:i+1] {
+				sum += math.Exp(float64(v - mx))
+			}
+			for j := range n {
+				want := float32(0)
+				if j <= i {
+					want = float32(math.Exp(float64(row[j]-mx)) / sum)
+				}
+				assert.InDelta(t, want, ps.got[(h*n+i)*n+j], 1e-5)
+			}
+		}
 	}
 }

@@ -24,6 +24,7 @@ type seqState struct {
 	scores []float32 // importance of the current rows (Zero-TPrune)
 	scored bool      // scores belong to this layer of this forward pass
 	work   []float32 // per-head scratch (Zero-TPrune)
+	keys   []float32 // key rows of the current rows (Zero-TPrune's similarity stage)
 }
 
 // init sets p up for cfg, defaults filled in.
@@ -117,15 +118,13 @@ func (p *policy) selectRows(layer int, rows []engine.Row, score scoreFunc) []int
 // rows of seg to keep and returns how many it appended.
 func (p *policy) chooseSegment(layer, stage int, st *seqState, seg []engine.Row, score scoreFunc, keep *[]int32, base int) int {
 	n := len(seg)
-	mandatory := make([]bool, n)
+	mandatory, want := p.plan(stage, st, seg)
 	nMandatory := 0
-	for i, r := range seg {
-		if r.Pos == 0 || r.Logits || i >= n-p.cfg.Window {
-			mandatory[i] = true
+	for _, m := range mandatory {
+		if m {
 			nMandatory++
 		}
 	}
-	want := max(min(p.cfg.target(max(st.n0, n), stage), n), nMandatory)
 	scores := make([]float32, n)
 	if want == n || !score(layer, st, seg, scores) {
 		*keep = appendRange(*keep, base, base+n)
@@ -149,6 +148,22 @@ func (p *policy) chooseSegment(layer, stage int, st *seqState, seg []engine.Row,
 		}
 	}
 	return want
+}
+
+// plan marks the rows of seg that must be kept (BOS, rows that want
+// logits, the last Window rows) and returns how many rows to keep after
+// pruning stage.
+func (p *policy) plan(stage int, st *seqState, seg []engine.Row) (mandatory []bool, want int) {
+	n := len(seg)
+	mandatory = make([]bool, n)
+	nMandatory := 0
+	for i, r := range seg {
+		if r.Pos == 0 || r.Logits || i >= n-p.cfg.Window {
+			mandatory[i] = true
+			nMandatory++
+		}
+	}
+	return mandatory, max(min(p.cfg.target(max(st.n0, n), stage), n), nMandatory)
 }
 
 // forSegments calls f with each sequence's consecutive rows and the index

@@ -42,6 +42,13 @@ type Config struct {
 	// whose score variance is more than HeadVarRatio times, or less than
 	// 1/HeadVarRatio of, the median head's.
 	HeadVarRatio float64
+	// Similarity is the share, in [0, 1], of the rows Zero-TPrune drops
+	// that its similarity stage picks (see ZeroTPrune); 0 leaves the stage
+	// out.
+	Similarity float64
+	// Block is LeMo's block size: rows are scored, and dropped, in blocks
+	// of Block consecutive positions.
+	Block int
 }
 
 // Defaults.
@@ -50,6 +57,7 @@ const (
 	DefaultWindow       = 16
 	DefaultIterations   = 2
 	DefaultHeadVarRatio = 16
+	DefaultBlock        = 64 // LeMo's (ATC 2025) block size
 )
 
 // DefaultConfig returns the default configuration: keep half the rows
@@ -61,6 +69,7 @@ func DefaultConfig() Config {
 		Window:       DefaultWindow,
 		Iterations:   DefaultIterations,
 		HeadVarRatio: DefaultHeadVarRatio,
+		Block:        DefaultBlock,
 	}
 }
 
@@ -74,6 +83,9 @@ func (c Config) withDefaults() Config {
 		c.Layers = d.Layers
 	}
 	c.Layers = slices.Clone(c.Layers)
+	if c.Block == 0 {
+		c.Block = d.Block
+	}
 	if c.Window == 0 {
 		c.Window = d.Window
 	}
@@ -103,6 +115,12 @@ func (c Config) validate() error {
 	}
 	if c.Window < 1 {
 		errs = append(errs, fmt.Errorf("%w: window %d: want at least 1", ErrConfig, c.Window))
+	}
+	if c.Block < 1 {
+		errs = append(errs, fmt.Errorf("%w: block %d: want at least 1", ErrConfig, c.Block))
+	}
+	if !(c.Similarity >= 0 && c.Similarity <= 1) {
+		errs = append(errs, fmt.Errorf("%w: similarity share %v outside [0, 1]", ErrConfig, c.Similarity))
 	}
 	if c.Iterations < 1 {
 		errs = append(errs, fmt.Errorf("%w: iterations %d: want at least 1", ErrConfig, c.Iterations))

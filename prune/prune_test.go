@@ -1,6 +1,7 @@
 package prune
 
 import (
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -10,9 +11,9 @@ import (
 )
 
 func TestConfigValidate(t *testing.T) {
-	_, err := NewZeroTPrune(Config{Keep: 1.5, Layers: []int{2, 1}, Window: -1, Iterations: -2, HeadVarRatio: 0.5})
+	_, err := NewZeroTPrune(Config{Keep: 1.5, Layers: []int{2, 1}, Window: -1, Iterations: -2, HeadVarRatio: 0.5, Similarity: 2})
 	require.ErrorIs(t, err, ErrConfig)
-	for _, want := range []string{"keep", "layers", "window", "iterations", "head variance"} {
+	for _, want := range []string{"keep", "layers", "window", "iterations", "head variance", "similarity"} {
 		assert.Contains(t, err.Error(), want)
 	}
 	z, err := NewZeroTPrune(Config{})
@@ -236,4 +237,24 @@ func TestWeightedPageRank(t *testing.T) {
 	z.rank(attention{probs: past, past: 1, rows: 3}, 1, make([]float32, 3), scores)
 	assert.InDelta(t, 1, scores[0]+scores[1]+scores[2], 1e-6)
 	assert.Greater(t, scores[0], scores[2])
+}
+
+// The similarity stage drops first the less important rows whose key
+// repeats a more important row's; the rest goes by importance.
+func TestSimilarityStage(t *testing.T) {
+	z, err := NewZeroTPrune(Config{Keep: 0.5, Layers: []int{1}, Window: 1, Similarity: 0.5})
+	require.NoError(t, err)
+	// Rows 1..8 may be dropped, in decreasing importance; row 8 repeats
+	// row 1's key, row 7 is unlike anything.
+	keys := [][]float32{{0, 0, 1}, {1, 0, 0}, {0, 1, 0}, {1, 1, 0}, {0, 1, 1}, {1, 0, 1}, {1, 1, 1}, {-1, -1, 0}, {2, 0, 0}, {0, 0, 2}}
+	mandatory := []bool{true, false, false, false, false, false, false, false, false, true}
+	scores := []float32{0, 9, 8, 7, 6, 5, 4, 3, 2, 0}
+	var flat []float32
+	for _, k := range keys {
+		flat = append(flat, k...)
+	}
+	z.dropSimilar(flat, 3, mandatory, 2, scores)
+	assert.Equal(t, float32(math.Inf(-1)), scores[8], "repeats row 1")
+	assert.Equal(t, float32(3), scores[7], "unlike the kept rows, and only one of 2 drops is by similarity")
+	assert.Equal(t, float32(9), scores[1])
 }

@@ -41,6 +41,7 @@ const randomSeed = 1
 // Adding a method is adding its entry here.
 var methods = map[string]func(Config) (Policy, error){
 	"zerotprune": func(c Config) (Policy, error) { return asPolicy(NewZeroTPrune(c)) },
+	"lemo":       func(c Config) (Policy, error) { return asPolicy(NewLeMo(c, nil)) },
 	"recent":     func(c Config) (Policy, error) { return asPolicy(NewRecent(c)) },
 	"random":     func(c Config) (Policy, error) { return asPolicy(NewRandom(c, randomSeed)) },
 }

@@ -10,7 +10,7 @@ import (
 )
 
 func TestSpecMethods(t *testing.T) {
-	assert.Equal(t, []string{"none", "random", "recent", "zerotprune"}, Methods())
+	assert.Equal(t, []string{"lemo", "none", "random", "recent", "zerotprune"}, Methods())
 	for _, m := range Methods() {
 		s := Spec{Method: m, Keep: 0.7, Layers: []int{1, 2}, Window: 4}
 		require.NoError(t, s.Validate(4), m)
@@ -24,7 +24,7 @@ func TestSpecMethods(t *testing.T) {
 		assert.Equal(t, s.Config(), c, m)
 		assert.Equal(t, []any{0.7, []int{1, 2}, 4, DefaultIterations}, []any{c.Keep, c.Layers, c.Window, c.Iterations}, m)
 		_, observes := p.(engine.AttentionObserver)
-		assert.Equal(t, m == "zerotprune", observes, m)
+		assert.Equal(t, m == "zerotprune" || m == "lemo", observes, m)
 	}
 }
 
@@ -37,7 +37,7 @@ func TestSpecValidate(t *testing.T) {
 		{Spec{Method: "zerotprune"}, 4, nil},
 		{Spec{Method: "none", Keep: 7}, 4, nil},
 		{Spec{Method: "recent", Layers: []int{3}}, 0, nil},
-		{Spec{Method: "magic"}, 4, []string{`method "magic"`, "none, random, recent, zerotprune"}},
+		{Spec{Method: "magic"}, 4, []string{`method "magic"`, "lemo, none, random, recent, zerotprune"}},
 		{Spec{Method: ""}, 4, []string{`method ""`}},
 		{Spec{Method: "recent", Keep: 1.5}, 4, []string{"keep 1.5"}},
 		{Spec{Method: "recent", Keep: -1, Window: -2}, 4, []string{"keep -1", "window -2"}},

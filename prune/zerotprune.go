@@ -23,11 +23,10 @@ import (
 // configured layers (for every sequence of the batch: Wants cannot tell
 // sequences apart).
 //
-// Not done: the paper's similarity stage (among the less important half,
-// drop the rows whose keys are most similar to a kept row's). The observer
-// sees probabilities only; it would need the layer's rotated key rows of
-// the batch (for example an accel.Buffer view passed to Observe, or a
-// Sequence method that reads cache rows back).
+// With Config.Similarity > 0 the paper's similarity stage picks that
+// share of the dropped rows first (see dropSimilar); it reads the layer's
+// key rows back from the engine (n·KVDim values) and costs n²/4·KVDim
+// multiply-adds at most.
 type ZeroTPrune struct {
 	policy
 }
@@ -69,10 +68,16 @@ func (z *ZeroTPrune) Select(layer int, rows []engine.Row) []int32 {
 	return z.selectRows(layer, rows, func(layer int, st *seqState, seg []engine.Row, scores []float32) bool {
 		ok := st.scored && len(st.scores) == len(seg)
 		st.scored = false
-		if ok {
-			copy(scores, st.scores)
+		if !ok {
+			return false
 		}
-		return ok
+		copy(scores, st.scores)
+		if dim := len(st.keys) / len(seg); z.cfg.Similarity > 0 && dim > 0 && len(st.keys) == dim*len(seg) {
+			mandatory, want := z.plan(z.cfg.stage(layer), st, seg)
+			z.dropSimilar(st.keys, dim, mandatory, len(seg)-want, scores)
+		}
+		st.keys = st.keys[:0]
+		return true
 	})
 }
 

@@ -83,6 +83,11 @@ func (a *attnTask) run(t, lo, hi int) {
 		for j := range sc {
 			sc[j] *= s.Scale
 		}
+		if sq.Scores != nil {
+			p := sq.Scores[(h*sq.Rows+i)*(sq.Past+sq.Rows):][:sq.Past+sq.Rows]
+			copy(p, sc)
+			clear(p[n:])
+		}
 		softmax(sc)
 		if sq.Probs != nil {
 			p := sq.Probs[(h*sq.Rows+i)*(sq.Past+sq.Rows):][:sq.Past+sq.Rows]

@@ -15,7 +15,7 @@ import (
 
 // sparsityMethods are the policies eval-sparsity knows; the baselines are
 // measured beside the chosen method on the same sequences.
-var sparsityMethods = []string{"zerotprune", "recent", "random"}
+var sparsityMethods = []string{"zerotprune", "lemo", "recent", "random"}
 
 // runEvalSparsity measures what token sparsity costs in quality and saves
 // in prefill time and KV cache. For each sequence (drawn from the model
@@ -25,7 +25,7 @@ var sparsityMethods = []string{"zerotprune", "recent", "random"}
 // runs: negative log-likelihood of the sequence's actual tokens, top-1
 // agreement and KL(dense ‖ sparse).
 func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("eval-sparsity", "--model M --method zerotprune|recent|random --keep R [--self-sample N --len L --cont C] [--json]", stderr)
+	fs := newFlags("eval-sparsity", "--model M --method zerotprune|lemo|recent|random --keep R [--predictor P] [--self-sample N --len L --cont C] [--json]", stderr)
 	var ef engineFlags
 	ef.register(fs, "f32")
 	method := fs.String("method", "zerotprune", "sparsity `policy`: "+strings.Join(sparsityMethods, ", "))
@@ -33,6 +33,9 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 	layers := fs.String("layers", "1", "comma-separated `layers` after which rows are dropped")
 	window := fs.Int("window", prune.DefaultWindow, "last prefix rows always kept")
 	iters := fs.Int("iterations", prune.DefaultIterations, "weighted PageRank iterations (zerotprune)")
+	similarity := fs.Float64("similarity", 0, "share of the dropped rows Zero-TPrune's similarity stage picks, in [0, 1] (0: no similarity stage)")
+	block := fs.Int("block", 0, "LeMo's block size (default: the predictor's, else 64)")
+	predictor := fs.String("predictor", "", "LeMo pattern predictor `file` (edgectl lemo train); without it LeMo ranks by q·k")
 	samples := fs.Int("self-sample", 8, "evaluation sequences sampled from the model itself")
 	length := fs.Int("len", 400, "prefix tokens (BOS included) prefilled with sparsity")
 	cont := fs.Int("cont", 100, "continuation tokens scored after the prefix")
@@ -54,7 +57,19 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 	case *samples < 1 || *length < 2 || *cont < 1:
 		return usageError(fs, "--self-sample and --cont must be at least 1, --len at least 2")
 	}
-	cfg := prune.Config{Keep: *keep, Layers: ls, Window: *window, Iterations: *iters}
+	var pred *prune.Predictor
+	if *predictor != "" {
+		if pred, err = prune.LoadPredictor(*predictor); err != nil {
+			return err
+		}
+		if *block == 0 {
+			*block = pred.Block
+		}
+	}
+	if *block == 0 {
+		*block = prune.DefaultBlock
+	}
+	cfg := prune.Config{Keep: *keep, Layers: ls, Window: *window, Iterations: *iters, Block: *block, Similarity: *similarity}
 	names := []string{*method}
 	if *baselines {
 		for _, m := range sparsityMethods {
@@ -65,7 +80,7 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	methods := make([]*sparsityMethod, len(names))
 	for i, n := range names {
-		if methods[i], err = newSparsityMethod(n, cfg, *seed); err != nil {
+		if methods[i], err = newSparsityMethod(n, cfg, pred, *seed); err != nil {
 			return usageError(fs, "%v", err)
 		}
 	}
@@ -76,6 +91,9 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	defer l.Close()
+	if pred != nil && pred.Dim != l.engine.Config().NEmbd {
+		return fmt.Errorf("%s: the predictor takes hidden states of %d, the model's are %d", *predictor, pred.Dim, l.engine.Config().NEmbd)
+	}
 	if n := *length + *cont; n > l.engine.Options().Context {
 		return usageError(fs, "--len + --cont = %d exceeds the context of %d", n, l.engine.Options().Context)
 	}
@@ -88,6 +106,7 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	report.Model, report.Keep, report.Layers, report.Window, report.Iterations = l.path, *keep, ls, *window, *iters
+	report.Block, report.Predictor, report.Similarity = *block, *predictor, *similarity
 	report.Threads = l.engine.Backend().(interface{ Threads() int }).Threads()
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(report)
@@ -122,7 +141,7 @@ type sparsityMethod struct {
 	obs    engine.AttentionObserver // nil for the baselines
 }
 
-func newSparsityMethod(name string, cfg prune.Config, seed uint64) (*sparsityMethod, error) {
+func newSparsityMethod(name string, cfg prune.Config, pred *prune.Predictor, seed uint64) (*sparsityMethod, error) {
 	m := &sparsityMethod{name: name}
 	switch name {
 	case "zerotprune":
@@ -131,6 +150,12 @@ func newSparsityMethod(name string, cfg prune.Config, seed uint64) (*sparsityMet
 			return nil, err
 		}
 		m.policy, m.obs = z, z
+	case "lemo":
+		lm, err := prune.NewLeMo(cfg, pred)
+		if err != nil {
+			return nil, err
+		}
+		m.policy, m.obs = lm, lm
 	case "recent":
 		r, err := prune.NewRecent(cfg)
 		if err != nil {
@@ -159,6 +184,41 @@ func (h *switchHook) Wants(layer int) bool {
 
 func (h *switchHook) Observe(layer int, seq *engine.Sequence, past, rows, heads int, probs []float32) {
 	h.m.obs.Observe(layer, seq, past, rows, heads, probs)
+}
+
+// WantsKeys forwards engine.KeyObserver.
+func (h *switchHook) WantsKeys(layer int) bool {
+	if h.m == nil {
+		return false
+	}
+	ko, ok := h.m.obs.(engine.KeyObserver)
+	return ok && ko.WantsKeys(layer)
+}
+
+func (h *switchHook) ObserveKeys(layer int, rows []engine.Row, k []float32) {
+	h.m.obs.(engine.KeyObserver).ObserveKeys(layer, rows, k)
+}
+
+// WantsScores forwards engine.ScoreObserver.
+func (h *switchHook) WantsScores(layer int) bool {
+	if h.m == nil {
+		return false
+	}
+	so, ok := h.m.obs.(engine.ScoreObserver)
+	return ok && so.WantsScores(layer)
+}
+
+// WantsHidden forwards engine.HiddenObserver.
+func (h *switchHook) WantsHidden(layer int) bool {
+	if h.m == nil {
+		return false
+	}
+	ho, ok := h.m.obs.(engine.HiddenObserver)
+	return ok && ho.WantsHidden(layer)
+}
+
+func (h *switchHook) ObserveHidden(layer int, rows []engine.Row, x []float32) {
+	h.m.obs.(engine.HiddenObserver).ObserveHidden(layer, rows, x)
 }
 
 func (h *switchHook) Select(layer int, rows []engine.Row) []int32 {

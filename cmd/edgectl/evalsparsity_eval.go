@@ -28,6 +28,9 @@ type sparsityReport struct {
 	Layers         []int   `json:"layers"`
 	Window         int     `json:"window"`
 	Iterations     int     `json:"iterations"`
+	Similarity     float64 `json:"similarity"`          // Zero-TPrune's similarity share
+	Block          int     `json:"block"`               // LeMo's
+	Predictor      string  `json:"predictor,omitempty"` // LeMo's predictor file
 	Threads        int     `json:"threads"`
 	Sequences      int     `json:"sequences"`
 	PrefixLen      int     `json:"prefix_len"`

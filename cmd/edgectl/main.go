@@ -37,6 +37,7 @@ var commands = map[string]command{
 	"pull":     {"download a model (URL or hf://) into the cache and verify it", runPull},
 	"adapt":    {"train a LoRA or prefix adapter with MeZO (forward passes only)", runAdapt},
 	"lora":     {"merge LoRA adapters into a model (lora merge)", runLoRA},
+	"lemo":     {"train LeMo's token-sparsity pattern predictor (lemo train)", runLeMo},
 
 	"eval-sparsity": {"measure token sparsity: quality, prefill time, KV bytes", runEvalSparsity},
 }

@@ -1,0 +1,148 @@
+package prune
+
+import (
+	"slices"
+
+	"github.com/edged/edged/engine"
+)
+
+// LeMo is LeMo's contextual token elimination (ATC 2025) for causal
+// prefill. After each configured layer it scores a sequence's rows by
+// block informativeness and drops the least informative blocks of Block
+// consecutive positions; later layers compute on, and cache, the kept
+// rows only, and a dropped row is simply not computed further, which is
+// the paper's "eliminated tokens carry only the residual". The layers
+// before the first configured one stay dense and the kept share shrinks
+// geometrically over the configured ones (Config.Keep), the paper's
+// per-layer ratios with dense early layers. BOS, the last Window rows and
+// rows that want logits are always kept; the lowest-scored kept block may
+// be cut to hit the target count exactly.
+//
+// Informativeness of a key row j is the paper's Σ over heads and over the
+// query rows that see j of ReLU(q·k), the pre-softmax scores. Under a
+// causal mask an early row is seen by more queries and so scores higher;
+// we keep the paper's plain sum, which measured better than a per-query
+// mean on stories260K, where that count decides most of the ranking
+// (BENCHMARKS.md, issue 7). A block's score is the mean over its rows.
+//
+// With a Predictor the scores come from the predictor (an MLP on the
+// layer's input hidden states, plus the log of that count) instead, and
+// the attention kernel writes no scores.
+//
+// Cost: without a predictor, the kernel copies heads·n² scores at the
+// configured layers (for every sequence of the batch) and the ranking
+// reads them once; with one, the engine reads back n·NEmbd values and the
+// MLP costs (NEmbd+1)·Hidden multiply-adds per block.
+type LeMo struct {
+	policy
+	pred *Predictor
+}
+
+// NewLeMo returns a LeMo policy acting on no sequence yet; pred, when not
+// nil, must have been trained for cfg's layers and block size.
+func NewLeMo(cfg Config, pred *Predictor) (*LeMo, error) {
+	p := &LeMo{pred: pred}
+	if err := p.init(cfg); err != nil {
+		return nil, err
+	}
+	if pred != nil {
+		if err := pred.covers(p.cfg); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// Wants implements engine.AttentionObserver: the pruning layers, unless a
+// predictor scores them.
+func (m *LeMo) Wants(layer int) bool { return m.pred == nil && m.cfg.stage(layer) >= 0 }
+
+// WantsScores implements engine.ScoreObserver: LeMo ranks by q·k.
+func (m *LeMo) WantsScores(int) bool { return true }
+
+// WantsHidden implements engine.HiddenObserver: the pruning layers, when a
+// predictor scores them.
+func (m *LeMo) WantsHidden(layer int) bool { return m.pred != nil && m.cfg.stage(layer) >= 0 }
+
+// Observe implements engine.AttentionObserver: it gets the pre-softmax
+// scores laid out [head][row][past+rows] and stores each row's
+// informativeness.
+func (m *LeMo) Observe(layer int, seq *engine.Sequence, past, rows, heads int, scores []float32) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.seqs[seq]
+	if st == nil {
+		return
+	}
+	st.scored = false
+	if rows <= 1 || len(scores) < heads*rows*(past+rows) {
+		return
+	}
+	st.scores = slices.Grow(st.scores[:0], rows)[:rows]
+	informativeness(attention{probs: scores, past: past, rows: rows}, heads, st.scores)
+	st.scored = true
+}
+
+// ObserveHidden implements engine.HiddenObserver: the predictor scores the
+// blocks of each enabled sequence from the hidden states entering layer.
+func (m *LeMo) ObserveHidden(layer int, rows []engine.Row, x []float32) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(rows) == 0 || len(x)%len(rows) != 0 {
+		return
+	}
+	dim := len(x) / len(rows)
+	forSegments(rows, func(seg []engine.Row, start int) {
+		st := m.seqs[seg[0].Seq]
+		if st == nil {
+			return
+		}
+		st.scores = slices.Grow(st.scores[:0], len(seg))[:len(seg)]
+		st.scored = m.pred.scoreRows(layer, seg, x[start*dim:(start+len(seg))*dim], m.cfg.Block, st.scores) == nil
+	})
+}
+
+// Select implements engine.TokenSelector.
+func (m *LeMo) Select(layer int, rows []engine.Row) []int32 {
+	return m.selectRows(layer, rows, func(_ int, st *seqState, seg []engine.Row, scores []float32) bool {
+		ok := st.scored && len(st.scores) == len(seg)
+		st.scored = false
+		if ok {
+			poolBlocks(seg, st.scores, m.cfg.Block, scores)
+		}
+		return ok
+	})
+}
+
+// informativeness writes, for each of a's rows j, Σ_h Σ_{i≥j} ReLU(s_hij)
+// over the batch's query rows i. a holds scores, not probabilities.
+func informativeness(a attention, heads int, info []float32) {
+	sum := make([]float64, a.rows)
+	for h := range heads {
+		for i := range a.rows {
+			for j, s := range a.row(h, i) {
+				if s > 0 {
+					sum[j] += float64(s)
+				}
+			}
+		}
+	}
+	for j := range info {
+		info[j] = float32(sum[j])
+	}
+}
+
+// poolBlocks writes to out, for each row of seg, the mean of in over the
+// rows of its block.
+func poolBlocks(seg []engine.Row, in []float32, block int, out []float32) {
+	forBlocks(seg, block, func(start, end int) {
+		var sum float64
+		for _, v := range in[start:end] {
+			sum += float64(v)
+		}
+		mean := float32(sum / float64(end-start))
+		for i := start; i < end; i++ {
+			out[i] = mean
+		}
+	})
+}
