@@ -284,14 +284,20 @@ func TestMergeLoRA(t *testing.T) {
 	set := NewSet()
 	got := runPrompts(t, newEngine(t, plain, set), func(i int, s *engine.Sequence) { set.Use(s, Applied{LoRA: lo, Scale: 0.5}) })
 	base := runPrompts(t, newEngine(t, plain, nil), nil)
-	var maxDiff, maxMoved float64
+	// Merging and applying differ by float32 rounding in layer 0's values,
+	// but the layers after it quantize their activations to 8 bits, and a
+	// rounding difference that lands on a rounding boundary moves an
+	// activation by a whole step: so compare the logits as a whole (a wrong
+	// merge, such as a missing scale, moves them by a share of ~0.5).
+	var diff, moved float64
 	for i := range want {
 		for j := range want[i] {
-			maxDiff = max(maxDiff, math.Abs(float64(want[i][j]-got[i][j])))
-			maxMoved = max(maxMoved, math.Abs(float64(base[i][j]-got[i][j])))
+			d, m := float64(want[i][j]-got[i][j]), float64(base[i][j]-got[i][j])
+			diff, moved = diff+d*d, moved+m*m
 		}
 	}
-	t.Logf("max |merged - lora| = %g, moved %g", maxDiff, maxMoved)
-	assert.Greater(t, maxMoved, 1e-2)
-	assert.Less(t, maxDiff, 1e-3*max(1, maxMoved))
+	rel := math.Sqrt(diff / moved)
+	t.Logf("|merged - lora| / |lora - base| = %g", rel)
+	assert.Greater(t, math.Sqrt(moved), 0.1)
+	assert.Less(t, rel, 0.05)
 }

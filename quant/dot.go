@@ -72,10 +72,10 @@ type Kernel struct {
 	// take the weight rows of the 32-element block types four at a time,
 	// which hides the latency of short rows and the cost of a call (1.4×
 	// faster for q4_0 rows of 576), and call their one-row kernel directly
-	// for the others. For block types each out[r] is exactly what Dot
-	// returns for that row. The amd64 F32 and F16 kernels take four rows
-	// at a time too, summing in another order than Dot: their results
-	// agree with Dot's within float32 rounding, not bit for bit.
+	// for the others. Each out[r] is exactly what Dot returns for that
+	// row, so that a row's result does not depend on whether it was
+	// computed alone or in a batch (see FloatMatVec for a faster float
+	// product without that property).
 	MatVec func(n int, w []byte, wStride int, a []byte, out []float32)
 	// Tile, where it is not nil, computes a 4×4 tile of a matrix product:
 	// out[4r+c] = w_c · a_r for the weight rows w_c = w[c*wStride:] and the
@@ -127,6 +127,9 @@ type tier struct {
 	// tile returns the tier's 4×4 tile kernel for a weight type, or nil
 	// (nil tile: none).
 	tile func(t Type) func(n int, w []byte, wStride int, a []byte, aStride int, out *[16]float32)
+	// floatMatVec returns the tier's four-row float product (FloatMatVec)
+	// for F32 or F16, or nil (nil floatMatVec: none).
+	floatMatVec func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32)
 	// quantize returns the tier's activation quantizer for act, or nil.
 	quantize func(act Type) func(x []float32, dst []byte)
 }
@@ -153,6 +156,30 @@ func pickTier() tier {
 		return ts[0]
 	}
 	return ts[len(ts)-1]
+}
+
+// FloatMatVec returns a matrix-vector product over rows of type t (F32 or
+// F16) and a float32 vector: out[r] = w_r · a, w_r = w[r*wStride:]. Where
+// the CPU allows it takes four rows per kernel call, summing in another
+// order than Dot, so its results agree with Dot's within float32 rounding,
+// not bit for bit: a product must always go through the same function.
+// Attention's keys and values do (a query row always sees the same keys
+// through it); weights go through Kernel, whose products agree with Dot
+// exactly whatever the batch.
+func FloatMatVec(t Type) (func(n int, w []byte, wStride int, a []byte, out []float32), error) {
+	if t != F32 && t != F16 {
+		return nil, fmt.Errorf("quant: no float matrix-vector product for %s", t)
+	}
+	if bestTier.floatMatVec != nil {
+		if f := bestTier.floatMatVec(t); f != nil {
+			return f, nil
+		}
+	}
+	k, err := KernelFor(t)
+	if err != nil {
+		return nil, err
+	}
+	return k.MatVec, nil
 }
 
 // Assembly reports whether KernelFor returns assembly kernels: false with

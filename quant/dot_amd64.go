@@ -7,8 +7,8 @@ import "golang.org/x/sys/cpu"
 // The amd64 tiers. AVX2 (with FMA and F16C, as on every AVX2 CPU since
 // Haswell and Zen) has kernels for every type, with tiles of four
 // activation rows (DotRows) and of four weight rows (MatVec) for the block
-// types, tiles of four weight rows for F32 and F16 (MatVec; attention runs
-// them over its keys and values), and both activation quantizers.
+// types, four-row float products for F32 and F16 (FloatMatVec: attention
+// runs them over its keys and values), and both activation quantizers.
 // There is no AVX-512 or VNNI tier yet: the machines these kernels were
 // written and measured on have neither, and an untested kernel is not
 // shipped.
@@ -55,14 +55,17 @@ var avx2Tier = tier{
 		return nil
 	},
 	matVec: func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32) {
+		if b, ok := avx2Blocks[t]; ok {
+			return b.matVec
+		}
+		return nil
+	},
+	floatMatVec: func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32) {
 		switch t {
 		case F32:
 			return floatMatVec(dotF32AVX2w4, 4, floatDot(dotF32AVX2, 4, 8, dotF32), dotF32)
 		case F16:
 			return floatMatVec(dotF16AVX2w4, 2, floatDot(dotF16AVX2, 2, 8, dotF16), dotF16)
-		}
-		if b, ok := avx2Blocks[t]; ok {
-			return b.matVec
 		}
 		return nil
 	},

@@ -65,9 +65,9 @@ func (a *attnTask) run(t, lo, hi int) {
 	group := s.NHead / s.NHeadKV
 	kc, vc := cacheView(sq.K), cacheView(sq.V)
 	capacity := sq.V.Len() / kvDim
-	k := a.b.cacheF32
+	matVec := a.b.rowsF32
 	if kc.elem == 2 {
-		k = a.b.cacheF16
+		matVec = a.b.rowsF16
 	}
 	scores := a.b.scratchFor(t, sq.Past+sq.Rows+8)
 	for unit := lo; unit < hi; unit++ {
@@ -79,7 +79,7 @@ func (a *attnTask) run(t, lo, hi int) {
 		nv := min((n+7)&^7, capacity)
 		sc := scores[:n]
 		// Scores: the query against n key rows of this head, kvDim apart.
-		k.MatVec(s.HeadDim, kc.from(kvOff), kvDim*kc.elem, qh, sc)
+		matVec(s.HeadDim, kc.from(kvOff), kvDim*kc.elem, qh, sc)
 		for j := range sc {
 			sc[j] *= s.Scale
 		}
@@ -98,7 +98,7 @@ func (a *attnTask) run(t, lo, hi int) {
 		// Output: each dimension is the probabilities against one
 		// transposed value row, capacity apart.
 		clear(scores[n:nv])
-		k.MatVec(nv, vc.from(kvOff*capacity), capacity*vc.elem, f32ToBytes(scores[:nv]), oh)
+		matVec(nv, vc.from(kvOff*capacity), capacity*vc.elem, f32ToBytes(scores[:nv]), oh)
 	}
 }
 
@@ -152,7 +152,14 @@ func softmax(x []float32) {
 	for _, v := range x {
 		m = max(m, v)
 	}
-	inv := 1 / expSub(x, m)
+	expSub(x, m)
+	// The sum in float64: in float32 its rounding moved logits by up to
+	// 0.05 (adapt's TestMergeLoRA, through 8-bit activations downstream).
+	var sum float64
+	for _, e := range x {
+		sum += float64(e)
+	}
+	inv := float32(1 / sum)
 	for i := range x {
 		x[i] *= inv
 	}

@@ -36,9 +36,9 @@ type Backend struct {
 	scratch [][]float32 // one per worker: a dequantized row, attention scores
 	angles  [][]float64 // one per worker: RoPE's cos and sin of one position
 	act     []byte      // the activations of the current matmul, quantized
-	// cacheF32 and cacheF16 multiply float32 queries and probabilities
+	// rowsF32 and rowsF16 multiply float32 queries and probabilities
 	// with f32 and f16 KV cache data.
-	cacheF32, cacheF16 quant.Kernel
+	rowsF32, rowsF16 func(n int, w []byte, wStride int, a []byte, out []float32)
 
 	// The tasks of the operations, reused so that no call allocates.
 	mm     matmulTask
@@ -58,8 +58,8 @@ func New(threads int) *Backend {
 	}
 	b := &Backend{threads: threads, pool: newPool(threads), scratch: make([][]float32, threads), angles: make([][]float64, threads)}
 	// The float kernels exist on every platform: KernelFor cannot fail.
-	b.cacheF32, _ = quant.KernelFor(quant.F32)
-	b.cacheF16, _ = quant.KernelFor(quant.F16)
+	b.rowsF32, _ = quant.FloatMatVec(quant.F32)
+	b.rowsF16, _ = quant.FloatMatVec(quant.F16)
 
 	return b
 }

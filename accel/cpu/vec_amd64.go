@@ -12,24 +12,25 @@ import (
 // quant's kernels run in assembly too (EDGED_NOASM=1 turns both off).
 var vecAsm = cpu.X86.HasAVX2 && cpu.X86.HasFMA && quant.Assembly()
 
-// expSub sets x[i] = e^(x[i]-m) and returns their sum.
-func expSub(x []float32, m float32) float32 {
+// expSub sets x[i] = e^(x[i]-m).
+func expSub(x []float32, m float32) {
 	n8 := len(x) &^ 7
 	if !vecAsm || n8 == 0 {
-		return expSubGo(x, m)
+		expSubGo(x, m)
+		return
 	}
-	return expSubAVX2(n8, &x[0], m) + expSubGo(x[n8:], m)
+	expSubAVX2(n8, &x[0], m)
+	expSubGo(x[n8:], m)
 }
 
 // siluMul sets dst[i] = SiLU(gate[i])·up[i]; gate and up are at least as
-// long as dst.
+// long as dst. The assembly takes every value, the last n%8 too, so that a
+// value's result does not depend on where in the buffer it falls.
 func siluMul(dst, gate, up []float32) {
-	n8 := len(dst) &^ 7
-	if !vecAsm || n8 == 0 {
+	if !vecAsm || len(dst) == 0 {
 		siluMulGo(dst, gate, up)
 		return
 	}
 	_, _ = gate[len(dst)-1], up[len(dst)-1]
-	siluMulAVX2(n8, &dst[0], &gate[0], &up[0])
-	siluMulGo(dst[n8:], gate[n8:], up[n8:])
+	siluMulAVX2(len(dst), &dst[0], &gate[0], &up[0])
 }

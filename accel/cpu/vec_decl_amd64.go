@@ -4,12 +4,12 @@
 
 package cpu
 
-// expSubAVX2 sets x[i] = e^(x[i]-m) for n values, n a positive multiple of 8, and returns their sum.
+// expSubAVX2 sets x[i] = e^(x[i]-m) for n values, n a positive multiple of 8.
 //
 //go:noescape
-func expSubAVX2(n int, x *float32, m float32) float32
+func expSubAVX2(n int, x *float32, m float32)
 
-// siluMulAVX2 sets dst[i] = g/(1+e^-g)·up[i], g = gate[i], for n values, n a positive multiple of 8.
+// siluMulAVX2 sets dst[i] = g/(1+e^-g)·up[i], g = gate[i], for n > 0 values.
 //
 //go:noescape
 func siluMulAVX2(n int, dst *float32, gate *float32, up *float32)

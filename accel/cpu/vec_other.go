@@ -2,8 +2,8 @@
 
 package cpu
 
-// expSub sets x[i] = e^(x[i]-m) and returns their sum.
-func expSub(x []float32, m float32) float32 { return expSubGo(x, m) }
+// expSub sets x[i] = e^(x[i]-m).
+func expSub(x []float32, m float32) { expSubGo(x, m) }
 
 // siluMul sets dst[i] = SiLU(gate[i])·up[i]; gate and up are at least as
 // long as dst.

@@ -24,17 +24,14 @@ func TestExpSub(t *testing.T) {
 			m = max(m, v)
 		}
 		want := make([]float64, n)
-		var wantSum float64
 		for i, v := range x {
 			want[i] = math.Exp(float64(v - m))
-			wantSum += want[i]
 		}
 		got := append([]float32(nil), x...)
-		sum := expSub(got, m)
+		expSub(got, m)
 		for i := range got {
 			assert.InDelta(t, want[i], float64(got[i]), 1e-6*want[i]+1e-37, "n %d i %d x %g", n, i, x[i]-m)
 		}
-		assert.InEpsilon(t, wantSum, float64(sum), 1e-5, "n %d", n)
 	}
 	nan := []float32{0, 1, 2, 3, 4, 5, 6, float32(math.NaN()), 8}
 	expSub(nan, 8)

@@ -71,70 +71,90 @@ func exp(v VecVirtual) VecVirtual {
 	return p
 }
 
-// expSub sets x[i] = e^(x[i]-m) for n values, n a positive multiple of 8,
-// and returns their sum (float32, eight lanes summed at the end).
+// expSub sets x[i] = e^(x[i]-m) for n values, n a positive multiple of 8.
 func expSub() {
-	TEXT("expSubAVX2", NOSPLIT, "func(n int, x *float32, m float32) float32")
+	TEXT("expSubAVX2", NOSPLIT, "func(n int, x *float32, m float32)")
 	Pragma("noescape")
-	Doc("expSubAVX2 sets x[i] = e^(x[i]-m) for n values, n a positive multiple of 8, and returns their sum.")
+	Doc("expSubAVX2 sets x[i] = e^(x[i]-m) for n values, n a positive multiple of 8.")
 	n := Load(Param("n"), GP64())
 	x := Load(Param("x"), GP64())
 	mx := Load(Param("m"), XMM())
 	m := YMM()
 	VBROADCASTSS(mx, m)
-	sum := YMM()
-	VXORPS(sum, sum, sum)
 	SHRQ(U8(3), n)
 	Label("expsub_loop")
 	v := YMM()
 	VMOVUPS(Mem{Base: x}, v)
 	VSUBPS(m, v, v)
-	e := exp(v)
-	VMOVUPS(e, Mem{Base: x})
-	VADDPS(e, sum, sum)
+	VMOVUPS(exp(v), Mem{Base: x})
 	ADDQ(U32(32), x)
 	DECQ(n)
 	JNZ(LabelRef("expsub_loop"))
-	h := XMM()
-	VEXTRACTF128(Imm(1), sum, h)
-	VADDPS(sum.AsX(), h, h)
-	s := XMM()
-	VMOVHLPS(h, h, s)
-	VADDPS(s, h, h)
-	VMOVSHDUP(h, s)
-	VADDSS(s, h, h)
 	VZEROUPPER()
-	Store(h, ReturnIndex(0))
 	RET()
 }
 
-// siluMul sets dst[i] = g/(1+e^-g)·up[i], g = gate[i], for n values, n a
-// positive multiple of 8.
+// siluMul sets dst[i] = g/(1+e^-g)·up[i], g = gate[i], for n > 0 values:
+// whole steps of 8, then the last n%8 with masked loads and stores, so
+// that every value goes through the same instructions wherever it falls
+// in the buffer (SwiGLU's buffer holds a batch's rows side by side, and a
+// row's results must not depend on its neighbours).
 func siluMul() {
 	TEXT("siluMulAVX2", NOSPLIT, "func(n int, dst, gate, up *float32)")
 	Pragma("noescape")
-	Doc("siluMulAVX2 sets dst[i] = g/(1+e^-g)·up[i], g = gate[i], for n values, n a positive multiple of 8.")
+	Doc("siluMulAVX2 sets dst[i] = g/(1+e^-g)·up[i], g = gate[i], for n > 0 values.")
+	mask := GLOBL("tailMask", RODATA|NOPTR)
+	for i := range 16 {
+		v := uint32(0)
+		if i < 8 {
+			v = 0xffffffff
+		}
+		DATA(4*i, U32(v))
+	}
 	n := Load(Param("n"), GP64())
 	dst := Load(Param("dst"), GP64())
 	gate := Load(Param("gate"), GP64())
 	up := Load(Param("up"), GP64())
-	SHRQ(U8(3), n)
+	blocks := GP64()
+	MOVQ(n, blocks)
+	SHRQ(U8(3), blocks)
+	JZ(LabelRef("silu_tail"))
 	Label("silu_loop")
 	g := YMM()
 	VMOVUPS(Mem{Base: gate}, g)
+	VMOVUPS(silu(g, Mem{Base: up}), Mem{Base: dst})
+	ADDQ(U32(32), dst)
+	ADDQ(U32(32), gate)
+	ADDQ(U32(32), up)
+	DECQ(blocks)
+	JNZ(LabelRef("silu_loop"))
+	Label("silu_tail")
+	ANDQ(U32(7), n)
+	JZ(LabelRef("silu_done"))
+	// The mask of the first n%8 lanes: 8 ones then 8 zeros, read from
+	// 8 - n%8 lanes in.
+	NEGQ(n)
+	p := GP64()
+	LEAQ(mask.Offset(32), p)
+	m := YMM()
+	VMOVDQU(Mem{Base: p, Index: n, Scale: 4}, m)
+	tg, tu := YMM(), YMM()
+	VMASKMOVPS(Mem{Base: gate}, m, tg)
+	VMASKMOVPS(Mem{Base: up}, m, tu)
+	VMASKMOVPS(silu(tg, tu), m, Mem{Base: dst})
+	Label("silu_done")
+	VZEROUPPER()
+	RET()
+}
+
+// silu returns g/(1+e^-g)·up in a new register, g's register reused.
+func silu(g VecVirtual, up Op) VecVirtual {
 	v := YMM()
 	VXORPS(v, v, v)
 	VSUBPS(g, v, v) // -g
 	e := exp(v)
 	VADDPS(bcast(1), e, e)
 	VDIVPS(e, g, g)
-	VMULPS(Mem{Base: up}, g, g)
-	VMOVUPS(g, Mem{Base: dst})
-	ADDQ(U32(32), dst)
-	ADDQ(U32(32), gate)
-	ADDQ(U32(32), up)
-	DECQ(n)
-	JNZ(LabelRef("silu_loop"))
-	VZEROUPPER()
-	RET()
+	VMULPS(up, g, g)
+	return g
 }
