@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -63,6 +64,11 @@ func validSparsity(s *protocol.Sparsity) error {
 // sequences reading a prompt (made when the first asks for it, dropped
 // with the last) and enables each sequence on its own.
 //
+// The engine asks its one observer for scores, hidden states and keys
+// (the optional interfaces of engine.Hooks.Observer), so sparsity
+// implements them all and forwards each to the policies in use that want
+// it.
+//
 // A sequence on no policy runs dense, bit for bit: with no policy in use
 // every hook answers "nothing", and a policy keeps every row of the
 // sequences it was not enabled on.
@@ -74,14 +80,47 @@ type sparsity struct {
 	byKey  map[string]*sparsePolicy // by prune.Spec.String()
 	bySeq  map[*engine.Sequence]*sparsePolicy
 	step   []stepSeq // the sequences on a policy in the step being run
+	probs  []float32 // scratch: probabilities computed from scores (see Observe)
 }
 
-// sparsePolicy is one policy in use.
+// The engine finds the optional observers by type assertion: one left
+// out would be skipped without a word.
+var (
+	_ engine.ScoreObserver  = (*sparsity)(nil)
+	_ engine.HiddenObserver = (*sparsity)(nil)
+	_ engine.KeyObserver    = (*sparsity)(nil)
+	_ engine.TokenSelector  = (*sparsity)(nil)
+)
+
+// sparsePolicy is one policy in use, with the optional engine interfaces
+// it implements (each nil when it does not).
 type sparsePolicy struct {
-	key  string
-	p    prune.Policy
-	obs  engine.AttentionObserver // nil when the policy does not observe
-	seqs int                      // sequences enabled on it
+	key    string
+	p      prune.Policy
+	obs    engine.AttentionObserver
+	score  engine.ScoreObserver
+	hidden engine.HiddenObserver
+	keys   engine.KeyObserver
+	seqs   int // sequences enabled on it
+}
+
+// newSparsePolicy wraps p, known by key.
+func newSparsePolicy(key string, p prune.Policy) *sparsePolicy {
+	sp := &sparsePolicy{key: key, p: p}
+	sp.obs, _ = p.(engine.AttentionObserver)
+	sp.score, _ = p.(engine.ScoreObserver)
+	sp.hidden, _ = p.(engine.HiddenObserver)
+	sp.keys, _ = p.(engine.KeyObserver)
+	return sp
+}
+
+// wants reports whether sp ranks rows from layer's attention.
+func (sp *sparsePolicy) wants(layer int) bool { return sp.obs != nil && sp.obs.Wants(layer) }
+
+// wantsScores reports whether sp ranks rows from layer's scores rather
+// than its probabilities.
+func (sp *sparsePolicy) wantsScores(layer int) bool {
+	return sp.score != nil && sp.score.Wants(layer) && sp.score.WantsScores(layer)
 }
 
 func newSparsity(nLayer int) *sparsity {
@@ -91,15 +130,19 @@ func newSparsity(nLayer int) *sparsity {
 // enable puts seq on the policy of spec, making the policy if no running
 // sequence uses it yet.
 func (s *sparsity) enable(seq *engine.Sequence, spec prune.Spec) error {
-	key := spec.String()
+	return s.enableOn(seq, spec.String(), spec.New)
+}
+
+// enableOn puts seq on the policy known by key, making it with build if no
+// running sequence uses it yet.
+func (s *sparsity) enableOn(seq *engine.Sequence, key string, build func() (prune.Policy, error)) error {
 	sp := s.byKey[key]
 	if sp == nil {
-		p, err := spec.New()
+		p, err := build()
 		if err != nil {
 			return fmt.Errorf("sparsity %s: %w", key, err)
 		}
-		sp = &sparsePolicy{key: key, p: p}
-		sp.obs, _ = p.(engine.AttentionObserver)
+		sp = newSparsePolicy(key, p)
 		s.byKey[key] = sp
 	}
 	sp.p.Enable(seq)
@@ -127,18 +170,123 @@ func (s *sparsity) disable(seq *engine.Sequence) {
 // probabilities.
 func (s *sparsity) Wants(layer int) bool {
 	for _, sp := range s.byKey {
-		if sp.obs != nil && sp.obs.Wants(layer) {
+		if sp.wants(layer) {
 			return true
 		}
 	}
 	return false
 }
 
-// Observe implements engine.AttentionObserver: seq's probabilities go to
-// its own policy only, at the layers that policy wants.
-func (s *sparsity) Observe(layer int, seq *engine.Sequence, past, rows, heads int, probs []float32) {
-	if sp := s.bySeq[seq]; sp != nil && sp.obs != nil && sp.obs.Wants(layer) {
-		sp.obs.Observe(layer, seq, past, rows, heads, probs)
+// WantsScores implements engine.ScoreObserver. The engine hands over
+// either scores or probabilities at a layer, for the whole batch: scores
+// when any policy in use ranks from them there (Observe turns them into
+// probabilities for the others).
+func (s *sparsity) WantsScores(layer int) bool {
+	for _, sp := range s.byKey {
+		if sp.wantsScores(layer) {
+			return true
+		}
+	}
+	return false
+}
+
+// Observe implements engine.AttentionObserver: seq's attention goes to its
+// own policy only, at the layers that policy wants, as scores or as
+// probabilities, whichever it ranks from.
+func (s *sparsity) Observe(layer int, seq *engine.Sequence, past, rows, heads int, m []float32) {
+	sp := s.bySeq[seq]
+	if sp == nil || !sp.wants(layer) {
+		return
+	}
+	if !sp.wantsScores(layer) && s.WantsScores(layer) {
+		m = s.softmaxRows(past, rows, heads, m)
+	}
+	sp.obs.Observe(layer, seq, past, rows, heads, m)
+}
+
+// softmaxRows returns the attention probabilities of one sequence's
+// scores, laid out [head][row][past+rows] (see accel.AttnSeq): row i's
+// softmax over its first past+i+1 entries, the others zero, the mask the
+// attention kernel applies. They are computed in float64 with math.Exp,
+// where the kernel uses its own e^x, so they may differ from the kernel's
+// probabilities in the last bits. The result is s's scratch, valid until
+// the next call; it is empty when scores is too short for its layout, and
+// the policy then ranks nothing, as it does with too few probabilities.
+func (s *sparsity) softmaxRows(past, rows, heads int, scores []float32) []float32 {
+	width := past + rows
+	size := heads * rows * width
+	if len(scores) < size {
+		return nil
+	}
+	if cap(s.probs) < size {
+		s.probs = make([]float32, size)
+	}
+	probs := s.probs[:size]
+	for r := range heads * rows {
+		n := past + r%rows + 1
+		softmaxInto(probs[r*width:][:width], scores[r*width:][:n])
+	}
+	return probs
+}
+
+// softmaxInto writes the softmax of x into the start of dst and zeros
+// the rest.
+func softmaxInto(dst, x []float32) {
+	m := float32(math.Inf(-1))
+	for _, v := range x {
+		m = max(m, v)
+	}
+	var sum float64
+	for i, v := range x {
+		e := math.Exp(float64(v - m))
+		dst[i], sum = float32(e), sum+e
+	}
+	for i := range x {
+		dst[i] = float32(float64(dst[i]) / sum)
+	}
+	clear(dst[len(x):])
+}
+
+// WantsHidden implements engine.HiddenObserver: the layers any policy in
+// use reads the residual stream at.
+func (s *sparsity) WantsHidden(layer int) bool {
+	for _, sp := range s.byKey {
+		if sp.hidden != nil && sp.hidden.WantsHidden(layer) {
+			return true
+		}
+	}
+	return false
+}
+
+// ObserveHidden implements engine.HiddenObserver. Every policy that wants
+// layer gets the whole batch: it reads the rows of its own sequences and
+// passes over the others.
+func (s *sparsity) ObserveHidden(layer int, rows []engine.Row, x []float32) {
+	for _, sp := range s.byKey {
+		if sp.hidden != nil && sp.hidden.WantsHidden(layer) {
+			sp.hidden.ObserveHidden(layer, rows, x)
+		}
+	}
+}
+
+// WantsKeys implements engine.KeyObserver: the layers any policy in use
+// reads the keys at.
+func (s *sparsity) WantsKeys(layer int) bool {
+	for _, sp := range s.byKey {
+		if sp.keys != nil && sp.keys.WantsKeys(layer) {
+			return true
+		}
+	}
+	return false
+}
+
+// ObserveKeys implements engine.KeyObserver, as ObserveHidden does for
+// the residual stream.
+func (s *sparsity) ObserveKeys(layer int, rows []engine.Row, k []float32) {
+	for _, sp := range s.byKey {
+		if sp.keys != nil && sp.keys.WantsKeys(layer) {
+			sp.keys.ObserveKeys(layer, rows, k)
+		}
 	}
 }
 

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,11 +14,13 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/edged/edged/accel"
 	"github.com/edged/edged/accel/cpu"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
 	"github.com/edged/edged/protocol"
 	"github.com/edged/edged/prune"
+	"github.com/edged/edged/quant"
 )
 
 // longPrompt is about 60 tokens of the aidreams model: long enough that
@@ -188,7 +193,7 @@ func TestSparsityBadSpecs(t *testing.T) {
 	c := socketClient(o.Socket)
 	_, nc := startNATS(t, d.Service(), NATSOptions{})
 	for _, tc := range []struct{ sparsity, want string }{
-		{`{"method":"magic"}`, `method "magic": want one of none, random, recent, zerotprune`},
+		{`{"method":"magic"}`, `method "magic": want one of lemo, none, random, recent, zerotprune`},
 		{`{"method":"zerotprune","keep":1.5}`, "keep 1.5"},
 		{`{"method":"zerotprune","keep":0}`, "keep and window must be positive"},
 		{`{"method":"recent","layers":[4]}`, "the model has layers 0 to 3"},
@@ -278,20 +283,13 @@ sparsity.depth = 1
 	assert.Contains(t, err.Error(), "layers 0 to 3")
 }
 
-// In one engine step, sequences on different settings each get the logits
-// they get alone on their own policy, and a dense one the dense engine's,
-// bit for bit: the dispatcher hands each policy its own sequences only.
+// In one engine step, sequences on different settings each keep the rows
+// they keep alone on their own policy, and get its logits bit for bit,
+// and a dense one the dense engine's: the dispatcher hands each policy its
+// own sequences only, and every kernel computes a row the same way
+// whatever else is in the batch.
 func TestSparsityDispatchPerSequence(t *testing.T) {
-	f, err := model.Open(aidreams(t))
-	require.NoError(t, err)
-	t.Cleanup(func() { f.Close() })
-	mdl, err := model.Load(f)
-	require.NoError(t, err)
-	newEngine := func(h engine.Hooks) *engine.Engine {
-		e, err := engine.New(mdl, cpu.New(1), engine.Options{Cache: engine.CacheF32, Hooks: h})
-		require.NoError(t, err)
-		return e
-	}
+	mdl, newEngine := aidreamsEngines(t)
 	specs := []*prune.Spec{
 		{Method: "zerotprune", Keep: 0.5, Layers: []int{1}, Window: 4},
 		{Method: "recent", Keep: 0.3, Layers: []int{0, 2}, Window: 4},
@@ -300,28 +298,27 @@ func TestSparsityDispatchPerSequence(t *testing.T) {
 	}
 	prompts := make([][]int32, len(specs))
 	for i := range prompts {
-		prompts[i] = []int32{1}
-		for k := 1; k < 70-9*i; k++ {
-			prompts[i] = append(prompts[i], int32(3+(k*37+i*11)%500))
-		}
+		prompts[i] = testPrompt(i, 70-9*i)
 	}
 	disp := newSparsity(mdl.Config.NLayer)
-	together, seqs := stepSeqs(t, newEngine(engine.Hooks{Observer: disp, Selector: disp}), prompts, func(i int, s *engine.Sequence) {
+	rec := recordKept(disp)
+	together, seqs := stepSeqs(t, newEngine(engine.Hooks{Observer: disp, Selector: rec}), prompts, func(i int, s *engine.Sequence) {
 		if specs[i] != nil {
 			require.NoError(t, disp.enable(s, *specs[i]))
 		}
 	})
 	assert.Len(t, disp.byKey, 2, "one policy per distinct spec")
 	for i, spec := range specs {
-		hooks, enable := engine.Hooks{}, func(*engine.Sequence) {}
-		if spec != nil {
-			p, err := spec.New()
-			require.NoError(t, err)
-			obs, _ := p.(engine.AttentionObserver)
-			hooks, enable = engine.Hooks{Observer: obs, Selector: p}, p.Enable
+		if spec == nil {
+			alone, _ := stepSeqs(t, newEngine(engine.Hooks{}), prompts[i:i+1], func(int, *engine.Sequence) {})
+			assert.Equal(t, alone[0], together[i], "sequence %d (dense): logits", i)
+			continue
 		}
-		alone, _ := stepSeqs(t, newEngine(hooks), prompts[i:i+1], func(_ int, s *engine.Sequence) { enable(s) })
-		assert.Equal(t, alone[0], together[i], "sequence %d (%v)", i, spec)
+		p, err := spec.New()
+		require.NoError(t, err)
+		alone, kept := stepAlone(t, newEngine, p, prompts[i])
+		assert.Equal(t, kept, rec.pos[seqs[i]], "sequence %d (%v): kept rows", i, spec)
+		assert.Equal(t, alone, together[i], "sequence %d (%v): logits", i, spec)
 	}
 	dense, _ := stepSeqs(t, newEngine(engine.Hooks{}), prompts[:1], func(int, *engine.Sequence) {})
 	assert.NotEqual(t, dense[0], together[0], "the first sequence is pruned")
@@ -358,4 +355,241 @@ func stepSeqs(t *testing.T, e *engine.Engine, prompts [][]int32, setup func(int,
 		out[i] = logits[i*nv : (i+1)*nv]
 	}
 	return out, seqs
+}
+
+// aidreamsEngines loads the aidreams model and returns it with a function
+// that builds an engine on one thread with the given hooks. Its context
+// is four times the model's 128, so that a prompt holds several of LeMo's
+// 64-row blocks: the numbers stay finite, which is all these tests need.
+func aidreamsEngines(t *testing.T) (*model.Model, func(engine.Hooks) *engine.Engine) {
+	t.Helper()
+	f, err := model.Open(aidreams(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	mdl, err := model.Load(f)
+	require.NoError(t, err)
+	return mdl, func(h engine.Hooks) *engine.Engine {
+		e, err := engine.New(mdl, cpu.New(1), engine.Options{Context: 512, Cache: engine.CacheF32, Hooks: h})
+		require.NoError(t, err)
+		return e
+	}
+}
+
+// testPrompt is BOS and n-1 tokens of a sequence that varies with i.
+func testPrompt(i, n int) []int32 {
+	p := []int32{1}
+	for k := 1; k < n; k++ {
+		p = append(p, int32(3+(k*37+i*11)%500))
+	}
+	return p
+}
+
+// keptRows is a selector that records, per sequence and layer, the
+// positions the selector it wraps keeps.
+type keptRows struct {
+	engine.TokenSelector
+	pos map[*engine.Sequence]map[int][]int32
+}
+
+func recordKept(sel engine.TokenSelector) *keptRows {
+	return &keptRows{TokenSelector: sel, pos: map[*engine.Sequence]map[int][]int32{}}
+}
+
+func (k *keptRows) Select(layer int, rows []engine.Row) []int32 {
+	keep := k.TokenSelector.Select(layer, rows)
+	for i, r := range rows {
+		if keep == nil || slices.Contains(keep, int32(i)) {
+			if k.pos[r.Seq] == nil {
+				k.pos[r.Seq] = map[int][]int32{}
+			}
+			k.pos[r.Seq][layer] = append(k.pos[r.Seq][layer], r.Pos)
+		}
+	}
+	return keep
+}
+
+// stepAlone prefills prompt with p installed directly as the engine's
+// hooks and returns its logits and the positions it kept after each layer.
+func stepAlone(t *testing.T, newEngine func(engine.Hooks) *engine.Engine, p prune.Policy, prompt []int32) ([]float32, map[int][]int32) {
+	t.Helper()
+	obs, _ := p.(engine.AttentionObserver)
+	rec := recordKept(p)
+	logits, seqs := stepSeqs(t, newEngine(engine.Hooks{Observer: obs, Selector: rec}), [][]int32{prompt}, func(_ int, s *engine.Sequence) { p.Enable(s) })
+	return logits[0], rec.pos[seqs[0]]
+}
+
+// lemoSpec prunes half the rows after layer 1. LeMo ranks blocks of 64
+// positions, so its prompts are a few blocks long.
+var lemoSpec = prune.Spec{Method: "lemo", Keep: 0.5, Layers: []int{1}, Window: 4}
+
+// observedLeMo is a LeMo that keeps a copy of what Observe is handed.
+type observedLeMo struct {
+	*prune.LeMo
+	got [][]float32
+}
+
+func newObservedLeMo(t *testing.T) *observedLeMo {
+	t.Helper()
+	p, err := prune.NewLeMo(lemoSpec.Config(), nil)
+	require.NoError(t, err)
+	return &observedLeMo{LeMo: p}
+}
+
+func (o *observedLeMo) Observe(layer int, seq *engine.Sequence, past, rows, heads int, m []float32) {
+	o.got = append(o.got, slices.Clone(m))
+	o.LeMo.Observe(layer, seq, past, rows, heads, m)
+}
+
+// A "lemo" request through the dispatcher gets what LeMo installed alone
+// gets, bit for bit: the pre-softmax scores (some negative, which no
+// probability is), the same kept rows and the same logits.
+func TestSparsityLeMoGetsScores(t *testing.T) {
+	mdl, newEngine := aidreamsEngines(t)
+	prompt := testPrompt(0, 250)
+	disp := newSparsity(mdl.Config.NLayer)
+	rec := recordKept(disp)
+	got, seqs := stepSeqs(t, newEngine(engine.Hooks{Observer: disp, Selector: rec}), [][]int32{prompt}, func(_ int, s *engine.Sequence) {
+		require.NoError(t, disp.enable(s, lemoSpec))
+	})
+	p, err := lemoSpec.New()
+	require.NoError(t, err)
+	want, wantKept := stepAlone(t, newEngine, p, prompt)
+	assert.Equal(t, want, got[0])
+	assert.Equal(t, wantKept, rec.pos[seqs[0]])
+	assert.Equal(t, (len(prompt)+1)/2, seqs[0].CacheLen(2), "half the prompt after layer 1")
+
+	// LeMo's ranking of 64-row blocks of a short prompt favours the early
+	// blocks whether it reads scores or probabilities, so the kept rows
+	// above cannot tell them apart: look at what it is handed.
+	alone, via := newObservedLeMo(t), newObservedLeMo(t)
+	stepAlone(t, newEngine, alone, prompt)
+	disp = newSparsity(mdl.Config.NLayer)
+	stepSeqs(t, newEngine(engine.Hooks{Observer: disp, Selector: disp}), [][]int32{prompt}, func(_ int, s *engine.Sequence) {
+		require.NoError(t, disp.enableOn(s, "observed", func() (prune.Policy, error) { return via, nil }))
+	})
+	require.Len(t, alone.got, 1, "layer 1 only")
+	assert.Equal(t, alone.got, via.got)
+	assert.Less(t, slices.Min(via.got[0]), float32(0), "scores, not probabilities")
+}
+
+// A zerotprune and a lemo sequence pruning after the same layer in one
+// step: the engine hands the dispatcher scores for the whole batch, and
+// Zero-TPrune ranks from the probabilities the dispatcher computes from
+// them (the kernel's up to rounding). Each keeps the rows it keeps alone,
+// and so gets the logits it gets alone.
+func TestSparsityScoresAndProbabilitiesInOneStep(t *testing.T) {
+	mdl, newEngine := aidreamsEngines(t)
+	zt := prune.Spec{Method: "zerotprune", Keep: 0.5, Layers: []int{1}, Window: 4}
+	specs := []prune.Spec{zt, lemoSpec}
+	prompts := [][]int32{testPrompt(1, 250), testPrompt(2, 230)}
+	disp := newSparsity(mdl.Config.NLayer)
+	rec := recordKept(disp)
+	together, seqs := stepSeqs(t, newEngine(engine.Hooks{Observer: disp, Selector: rec}), prompts, func(i int, s *engine.Sequence) {
+		require.NoError(t, disp.enable(s, specs[i]))
+	})
+	require.True(t, disp.WantsScores(1))
+	for i, spec := range specs {
+		p, err := spec.New()
+		require.NoError(t, err)
+		alone, kept := stepAlone(t, newEngine, p, prompts[i])
+		assert.Equal(t, kept, rec.pos[seqs[i]], "%s: kept rows", spec.Method)
+		assert.Equal(t, (len(prompts[i])+1)/2, len(kept[1]), "%s: half the prompt after layer 1", spec.Method)
+		assert.Equal(t, alone, together[i], "%s: logits", spec.Method)
+	}
+}
+
+// The probabilities the dispatcher computes from scores are the attention
+// kernel's up to rounding: same mask, same layout.
+func TestSparsitySoftmaxMatchesKernel(t *testing.T) {
+	const past, rows, heads, kvHeads, dim = 5, 11, 4, 2, 8
+	b := cpu.New(1)
+	t.Cleanup(func() { b.Close() })
+	r := rand.New(rand.NewPCG(1, 2))
+	random := func(n int, scale float32) []float32 { return randomVec(r, n, scale) }
+	buffer := func(v []float32) accel.Buffer {
+		buf, err := b.Alloc(len(v))
+		require.NoError(t, err)
+		b.Write(buf, 0, v)
+		return buf
+	}
+	kvDim := kvHeads * dim
+	kc, err := b.AllocCache((past+rows)*kvDim, quant.F32)
+	require.NoError(t, err)
+	vc, err := b.AllocCache((past+rows)*kvDim, quant.F32)
+	require.NoError(t, err)
+	// Spread-out scores, so that the probabilities are far from uniform.
+	b.WriteCache(kc, vc, kvDim, 0, random(past*kvDim, 3), random(past*kvDim, 1))
+	n := heads * rows * (past + rows)
+	seq := accel.AttnSeq{K: kc, V: vc, Past: past, Rows: rows, Probs: make([]float32, n), Scores: make([]float32, n)}
+	out, err := b.Alloc(rows * heads * dim)
+	require.NoError(t, err)
+	q, k, v := random(rows*heads*dim, 3), random(rows*kvDim, 3), random(rows*kvDim, 1)
+	b.Attention(out, buffer(q), buffer(k), buffer(v), []accel.AttnSeq{seq}, accel.AttnShape{NHead: heads, NHeadKV: kvHeads, HeadDim: dim, Scale: 1 / float32(math.Sqrt(dim))})
+
+	got := newSparsity(1).softmaxRows(past, rows, heads, seq.Scores)
+	// Probabilities are at most 1, where float32 values are 6e-8 apart:
+	// 1e-6 is about 16 units in the last place.
+	assert.InDeltaSlice(t, seq.Probs, got, 1e-6)
+}
+
+// Policies the daemon cannot build from a request yet reach the engine
+// through the dispatcher as well: Zero-TPrune's similarity stage gets the
+// keys, LeMo's predictor the hidden states. Each keeps the rows, and gives
+// the logits, it gives installed alone (the same batch: bit for bit).
+// Without its keys the similarity stage is left out, and keeps other rows
+// here; without its hidden states LeMo keeps every row.
+func TestSparsityKeysAndHiddenStates(t *testing.T) {
+	mdl, newEngine := aidreamsEngines(t)
+	// A quarter dropped: the similarity stage picks them among the less
+	// important half of the rows, rather than from its bottom.
+	cfg := prune.Config{Keep: 0.75, Layers: []int{1}, Window: 4}
+	similar := cfg
+	similar.Similarity = 1
+	pred := &prune.Predictor{Block: prune.DefaultBlock, Dim: mdl.Config.NEmbd, Layers: map[int]*prune.MLP{1: randomMLP(mdl.Config.NEmbd)}}
+	for _, tc := range []struct {
+		name   string
+		prompt []int32
+		build  func() (prune.Policy, error)
+		keep   int // rows after layer 1
+	}{
+		{"similarity", testPrompt(3, 120), func() (prune.Policy, error) { return prune.NewZeroTPrune(similar) }, 90},
+		{"predictor", testPrompt(4, 250), func() (prune.Policy, error) { return prune.NewLeMo(lemoSpec.Config(), pred) }, 125},
+	} {
+		disp := newSparsity(mdl.Config.NLayer)
+		rec := recordKept(disp)
+		got, seqs := stepSeqs(t, newEngine(engine.Hooks{Observer: disp, Selector: rec}), [][]int32{tc.prompt}, func(_ int, s *engine.Sequence) {
+			require.NoError(t, disp.enableOn(s, tc.name, tc.build))
+		})
+		p, err := tc.build()
+		require.NoError(t, err)
+		want, wantKept := stepAlone(t, newEngine, p, tc.prompt)
+		assert.Equal(t, want, got[0], tc.name)
+		assert.Equal(t, wantKept, rec.pos[seqs[0]], tc.name)
+		assert.Len(t, wantKept[1], tc.keep, tc.name)
+	}
+	var kept [2][]int32
+	for i, c := range []prune.Config{cfg, similar} {
+		p, err := prune.NewZeroTPrune(c)
+		require.NoError(t, err)
+		_, k := stepAlone(t, newEngine, p, testPrompt(3, 120))
+		kept[i] = k[1]
+	}
+	assert.NotEqual(t, kept[0], kept[1], "the similarity stage decides")
+}
+
+// randomMLP is a predictor for one layer with fixed pseudo-random weights:
+// its scores mean nothing, but they are not those of attention.
+func randomMLP(dim int) *prune.MLP {
+	const hidden = 4
+	r := rand.New(rand.NewPCG(5, 6))
+	return &prune.MLP{Hidden: hidden, W1: randomVec(r, hidden*dim, 1), B1: randomVec(r, hidden, 1), W2: randomVec(r, hidden, 1)}
+}
+
+// randomVec is n normal values times scale.
+func randomVec(r *rand.Rand, n int, scale float32) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = scale * float32(r.NormFloat64())
+	}
+	return v
 }
