@@ -12,11 +12,14 @@
 //     sequences with different adapters and with none. MergeLoRA folds
 //     adapters into a model file.
 //   - Prefix: per-layer K/V rows placed before a sequence's tokens
-//     (engine.PrefixProvider), initialised from the K/V of real tokens.
-//     Files are our own layout, described on SavePrefix.
+//     (engine.PrefixProvider), initialised from the K/V of real tokens;
+//     the tokens keep positions from 0. Files are our own layout,
+//     described on SavePrefix. Load reads either kind of file.
 //   - MeZO: θ += εz, ℓ₊, θ −= 2εz, ℓ₋, θ += εz, g = (ℓ₊ − ℓ₋)/2ε,
 //     θ −= η(g·z + λθ), with z regenerated from (seed, tensor, element) by
 //     a counter-based generator; the loss is the cross-entropy of
-//     completion tokens only, over a batch of examples run as one engine
-//     Step. Checkpoints (zstd) resume a run exactly.
+//     completion tokens only, over a batch of examples run together.
+//     Checkpoints (zstd) resume a run exactly.
+//   - Scorer: the loss, greedy continuations and samples of examples
+//     with an adapter or none, in batches whose logits stay small.
 package adapt

@@ -53,8 +53,6 @@ func DefaultMeZOOptions() MeZOOptions {
 // and moves them along z by the finite-difference estimate. z is never
 // stored: it is regenerated from (step seed, tensor, element).
 type MeZO struct {
-	e      *engine.Engine
-	a      Trainable
 	params []Param
 	data   []Example
 	opts   MeZOOptions
@@ -62,13 +60,10 @@ type MeZO struct {
 	step    int // steps taken
 	skipped int // samples dropped by the gradient guard or a non-finite loss
 
-	seqs    []*engine.Sequence
-	batch   []engine.Entry
-	targets []int32
-	logits  []float32
-	perm    []int // the current epoch's order of data
-	epoch   int   // which epoch perm belongs to; -1: none yet
-	grads   []float64
+	sc    *Scorer
+	perm  []int // the current epoch's order of data
+	epoch int   // which epoch perm belongs to; -1: none yet
+	grads []float64
 }
 
 // StepResult reports one step.
@@ -111,14 +106,14 @@ func NewMeZO(e *engine.Engine, a Trainable, data []Example, opts MeZOOptions) (*
 				return nil, fmt.Errorf("adapt: MeZO: example %d: token %d outside the vocabulary of %d", i, id, nv)
 			}
 		}
-		if n := a.offset() + len(ex.Prompt) + len(ex.Completion); n > e.Options().Context {
+		if n := a.cacheRows() + len(ex.Prompt) + len(ex.Completion); n > e.Options().Context {
 			return nil, fmt.Errorf("adapt: MeZO: example %d: %d tokens (adapter prefix included) exceed the context of %d", i, n, e.Options().Context)
 		}
 	}
 	if opts.BatchSize <= 0 || opts.BatchSize > len(data) {
 		opts.BatchSize = len(data)
 	}
-	return &MeZO{e: e, a: a, params: a.Params(), data: data, opts: opts, epoch: -1}, nil
+	return &MeZO{params: a.Params(), data: data, opts: opts, sc: NewScorer(e, a), epoch: -1}, nil
 }
 
 // Steps is the number of steps taken.
@@ -128,12 +123,7 @@ func (m *MeZO) Steps() int { return m.step }
 func (m *MeZO) Options() MeZOOptions { return m.opts }
 
 // Close frees the trainer's sequences.
-func (m *MeZO) Close() {
-	for _, s := range m.seqs {
-		m.a.detach(m.e, s)
-	}
-	m.seqs = m.seqs[:0]
-}
+func (m *MeZO) Close() { m.sc.Close() }
 
 // LR is the learning rate of step (0-based).
 func (m *MeZO) LR(step int) float64 {
@@ -268,67 +258,11 @@ func (m *MeZO) shuffle(epoch int) {
 }
 
 // Loss is the mean cross-entropy of the completion tokens of examples
-// under the current parameters, computed in one engine Step (which the
-// engine splits by its BatchSize).
+// under the current parameters (see Scorer.Loss).
 func (m *MeZO) Loss(examples []Example) (float64, error) {
-	if !m.a.live() {
-		m.Close() // the sequences hold copies of the old tensors
-	}
-	for len(m.seqs) < len(examples) {
-		s, err := m.a.attach(m.e)
-		if err != nil {
-			return 0, fmt.Errorf("adapt: MeZO: %w", err)
-		}
-		m.seqs = append(m.seqs, s)
-	}
-	at := int32(m.a.offset())
-	m.batch, m.targets = m.batch[:0], m.targets[:0]
-	for i, ex := range examples {
-		s := m.seqs[i]
-		if err := s.Truncate(0); err != nil {
-			return 0, fmt.Errorf("adapt: MeZO: %w", err)
-		}
-		tokens := len(ex.Prompt) + len(ex.Completion)
-		for j := range tokens - 1 {
-			tok := tokenAt(ex, j)
-			scored := j >= len(ex.Prompt)-1
-			m.batch = append(m.batch, engine.Entry{Seq: s, Token: tok, Pos: at + int32(j), Logits: scored})
-			if scored {
-				m.targets = append(m.targets, tokenAt(ex, j+1))
-			}
-		}
-	}
-	nv := m.e.Config().NVocab
-	if need := len(m.targets) * nv; cap(m.logits) < need {
-		m.logits = make([]float32, need)
-	}
-	m.logits = m.logits[:len(m.targets)*nv]
-	if err := m.e.Step(m.batch, m.logits); err != nil {
+	l, err := m.sc.Loss(examples)
+	if err != nil {
 		return 0, fmt.Errorf("adapt: MeZO: %w", err)
 	}
-	var sum float64
-	for r, tgt := range m.targets {
-		sum += crossEntropy(m.logits[r*nv:(r+1)*nv], tgt)
-	}
-	return sum / float64(len(m.targets)), nil
-}
-
-func tokenAt(ex Example, j int) int32 {
-	if j < len(ex.Prompt) {
-		return ex.Prompt[j]
-	}
-	return ex.Completion[j-len(ex.Prompt)]
-}
-
-// crossEntropy is -log softmax(logits)[target], computed in float64.
-func crossEntropy(logits []float32, target int32) float64 {
-	mx := math.Inf(-1)
-	for _, v := range logits {
-		mx = max(mx, float64(v))
-	}
-	var s float64
-	for _, v := range logits {
-		s += math.Exp(float64(v) - mx)
-	}
-	return mx + math.Log(s) - float64(logits[target])
+	return l, nil
 }

@@ -25,14 +25,15 @@ type Trainable interface {
 	// live reports whether attached sequences see later changes of the
 	// tensors (LoRA) rather than a copy made by attach (prefix).
 	live() bool
-	// offset is the position of a sequence's first token.
-	offset() int
+	// cacheRows is the number of cache rows the adapter fills before a
+	// sequence's first token. Token positions start at 0 all the same.
+	cacheRows() int
 }
 
 func (lo *LoRA) attach(e *engine.Engine) (*engine.Sequence, error) {
 	set, ok := e.Options().Hooks.Delta.(*Set)
 	if !ok {
-		return nil, errors.New("adapt: training a LoRA needs an engine with an adapt.Set as Hooks.Delta")
+		return nil, errors.New("adapt: running a LoRA needs an engine with an adapt.Set as Hooks.Delta")
 	}
 	s, err := e.NewSequence(nil)
 	if err != nil {
@@ -49,10 +50,19 @@ func (lo *LoRA) detach(e *engine.Engine, s *engine.Sequence) {
 	s.Free()
 }
 
-func (lo *LoRA) live() bool  { return true }
-func (lo *LoRA) offset() int { return 0 }
+func (lo *LoRA) live() bool     { return true }
+func (lo *LoRA) cacheRows() int { return 0 }
 
 func (p *Prefix) attach(e *engine.Engine) (*engine.Sequence, error) { return e.NewSequence(p) }
 func (p *Prefix) detach(_ *engine.Engine, s *engine.Sequence)       { s.Free() }
 func (p *Prefix) live() bool                                        { return false }
-func (p *Prefix) offset() int                                       { return p.Len }
+func (p *Prefix) cacheRows() int                                    { return p.Len }
+
+// base is the absent adapter: a Scorer over base runs the plain model.
+type base struct{}
+
+func (base) Params() []Param                                   { return nil }
+func (base) attach(e *engine.Engine) (*engine.Sequence, error) { return e.NewSequence(nil) }
+func (base) detach(_ *engine.Engine, s *engine.Sequence)       { s.Free() }
+func (base) live() bool                                        { return true }
+func (base) cacheRows() int                                    { return 0 }

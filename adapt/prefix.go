@@ -10,14 +10,17 @@ import (
 
 // Prefix is a prefix-tuning adapter (Li & Liang 2021): per layer, Len rows
 // of keys and values placed in a sequence's cache before its first token.
-// It is an engine.PrefixProvider; the sequence's own tokens take positions
-// from Len on.
+// It is an engine.PrefixProvider. The keys are rotated for positions -Len
+// to -1, so that the sequence's own tokens take positions from 0, as every
+// caller of the engine numbers them (engine.Generate, the daemon), and
+// still see the prefix at the relative distances of real preceding tokens
+// (rotary attention depends on differences of positions only).
 type Prefix struct {
 	Arch  string
 	Len   int
 	KVDim int
 	// K and V hold per layer Len × KVDim values; keys are already rotated
-	// for positions 0..Len-1.
+	// for positions -Len..-1.
 	K, V [][]float32
 }
 
@@ -74,8 +77,9 @@ func NewPrefix(m *model.Model, be accel.Backend, tokens []int32) (*Prefix, error
 }
 
 // kvCapture is a DeltaProvider that changes nothing and copies the key
-// and value projections of every layer (keys rotated as the cache holds
-// them).
+// and value projections of every layer, keys rotated for their positions
+// less the prefix length (the engine rejects negative positions, so the
+// tokens run from 0 and the shift is applied here).
 type kvCapture struct {
 	p    *Prefix
 	rope accel.RoPE
@@ -99,7 +103,7 @@ func (c *kvCapture) Apply(b accel.Backend, layer int, proj engine.Proj, x, y acc
 	b.Write(tmp, 0, vals)
 	pos := make([]int32, len(rows))
 	for i, r := range rows {
-		pos[i] = r.Pos
+		pos[i] = r.Pos - int32(c.p.Len)
 	}
 	b.RoPE(tmp, c.p.KVDim, pos, c.rope)
 	b.Read(vals, tmp, 0)

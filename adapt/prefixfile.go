@@ -16,7 +16,8 @@ import (
 //	adapter.type          = "prefix"
 //	adapter.prefix.length = P (uint32)
 //	blk.N.prefix_k, blk.N.prefix_v for every layer N: ggml dims
-//	    [KVDim, P], f32 or f16; keys rotated for positions 0..P-1
+//	    [KVDim, P], f32 or f16; keys rotated for positions -P..-1
+//	    (the sequence's own tokens start at position 0)
 const keyPrefixLen = "adapter.prefix.length"
 
 // SavePrefix writes p as a prefix adapter file with tensors of type typ

@@ -19,7 +19,7 @@ import (
 // adaptFlags are the flags of edgectl adapt beyond the engine's.
 type adaptFlags struct {
 	method, data, eval, out, outType, projs, log, ckpt, resume, schedule string
-	steps, batch, samples, rank, prefixLen, ckptEvery                    int
+	steps, batch, samples, rank, prefixLen, ckptEvery, replay, replayLen int
 	lr, eps, decay, alpha, maxGrad                                       float64
 	seed                                                                 uint64
 }
@@ -43,6 +43,8 @@ func (a *adaptFlags) register(fs *flag.FlagSet) {
 	fs.Float64Var(&a.alpha, "alpha", 16, "LoRA alpha (scale alpha/rank)")
 	fs.StringVar(&a.projs, "projs", "q,v", "LoRA projections: comma-separated of q, k, v, o, gate, up, down")
 	fs.IntVar(&a.prefixLen, "prefix-len", 5, "prefix rows, initialised from the K/V of the training prompts' tokens")
+	fs.IntVar(&a.replay, "replay", 0, "add this many of the base model's own samples (from BOS) to the training data, so that training keeps what the model did (rehearsal)")
+	fs.IntVar(&a.replayLen, "replay-len", 24, "tokens per replay sample")
 	fs.StringVar(&a.log, "log", "", "JSON-lines log `file` of every step")
 	fs.StringVar(&a.ckpt, "checkpoint", "", "checkpoint `file` written every --checkpoint-every steps and at the end")
 	fs.IntVar(&a.ckptEvery, "checkpoint-every", 100, "steps between checkpoints")
@@ -50,6 +52,9 @@ func (a *adaptFlags) register(fs *flag.FlagSet) {
 }
 
 func runAdapt(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "eval" {
+		return runAdaptEval(ctx, args[1:], stdout, stderr)
+	}
 	fs := newFlags("adapt", "--model M --method lora|prefix --data train.jsonl --steps N --out adapter.gguf", stderr)
 	var ef engineFlags
 	ef.register(fs, "f32")
@@ -93,7 +98,11 @@ func runAdapt(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	mz, err := adapt.NewMeZO(l.engine, trainee, train, opts)
+	replay, err := af.replaySamples(l, tok)
+	if err != nil {
+		return err
+	}
+	mz, err := adapt.NewMeZO(l.engine, trainee, append(append([]adapt.Example(nil), train...), replay...), opts)
 	if err != nil {
 		return err
 	}
@@ -156,6 +165,23 @@ func (a *adaptFlags) newAdapter(l *loaded, train []adapt.Example) (adapt.Trainab
 	return lo, func(path string, t quant.Type) error { return adapt.SaveLoRA(path, lo, t) }, nil
 }
 
+// replaySeed offsets the sampler seeds of replay samples from the small
+// seeds (--seed + i) of adapt eval's held-out samples, so that the model
+// is never measured on what it rehearsed.
+const replaySeed = 1 << 40
+
+// replaySamples draws --replay sequences from the base model, before any
+// adapter is attached.
+func (a *adaptFlags) replaySamples(l *loaded, tok *model.Tokenizer) ([]adapt.Example, error) {
+	base := adapt.NewScorer(l.engine, nil)
+	defer base.Close()
+	ex, err := selfSamples(base, bosOf(tok), a.replay, a.replayLen, replaySeed+a.seed<<20)
+	if err != nil {
+		return nil, fmt.Errorf("--replay: %w", err)
+	}
+	return ex, nil
+}
+
 // stepLog is one line of the JSON log.
 type stepLog struct {
 	Step     int     `json:"step"`
@@ -195,7 +221,7 @@ func (a *adaptFlags) train(ctx context.Context, mz *adapt.MeZO, train, eval []ad
 		return err
 	}
 	total := mz.Options().Steps
-	perStep := float64(min(mz.Options().BatchSize, len(train)) * 2 * max(1, mz.Options().Samples))
+	perStep := float64(mz.Options().BatchSize * 2 * max(1, mz.Options().Samples))
 	start, first := time.Now(), mz.Steps()
 	for mz.Steps() < total {
 		if err := ctx.Err(); err != nil {

@@ -5,19 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
 
 	"github.com/edged/edged/adapt"
 	"github.com/edged/edged/model"
 	"github.com/edged/edged/quant"
 )
-
-// repeated is a flag that may be given several times.
-type repeated []string
-
-func (r *repeated) String() string     { return strings.Join(*r, ",") }
-func (r *repeated) Set(s string) error { *r = append(*r, s); return nil }
 
 func runLoRA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "merge" {
@@ -26,7 +18,8 @@ func runLoRA(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fs := newFlags("lora merge", "--model M --adapter A.gguf [--adapter B.gguf] --out merged.gguf", stderr)
 	modelPath := fs.String("model", "", "base GGUF model `file` (required)")
-	var adapters, scales repeated
+	var adapters stringList
+	var scales scaleList
 	fs.Var(&adapters, "adapter", "LoRA adapter `file` (repeatable)")
 	fs.Var(&scales, "adapter-scale", "scale of the adapter in the same position (repeatable; default 1)")
 	typ := fs.String("type", "keep", "storage of the merged projections: keep (the base's type), f16 or f32")
@@ -37,8 +30,9 @@ func runLoRA(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *modelPath == "" || *out == "" || len(adapters) == 0 {
 		return usageError(fs, "--model, --adapter and --out are required")
 	}
-	if len(scales) > len(adapters) {
-		return usageError(fs, "%d --adapter-scale for %d --adapter", len(scales), len(adapters))
+	scaleOf, err := scales.pair(len(adapters))
+	if err != nil {
+		return usageError(fs, "%v", err)
 	}
 	var retype func(quant.Type) quant.Type
 	switch *typ {
@@ -64,14 +58,7 @@ func runLoRA(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
-		applied[i] = adapt.Applied{LoRA: lo, Scale: 1}
-		if i < len(scales) {
-			s, err := strconv.ParseFloat(scales[i], 32)
-			if err != nil {
-				return usageError(fs, "--adapter-scale %q: not a number", scales[i])
-			}
-			applied[i].Scale = float32(s)
-		}
+		applied[i] = adapt.Applied{LoRA: lo, Scale: scaleOf[i]}
 	}
 	w, err := adapt.MergeLoRA(m, applied, retype)
 	if err != nil {

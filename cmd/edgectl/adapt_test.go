@@ -36,7 +36,7 @@ func TestAdaptCommand(t *testing.T) {
 			ckpt := filepath.Join(dir, method+".ckpt")
 			stdout := mustEdgectl(t, "adapt", "--model", gguf, "-c", "64", "-t", "2", "--method", method, "--data", data,
 				"--eval", data, "--steps", "20", "--lr", "1e-2", "--out", out, "--log", logPath,
-				"--checkpoint", ckpt, "--checkpoint-every", "10")
+				"--checkpoint", ckpt, "--checkpoint-every", "10", "--replay", "2", "--replay-len", "4")
 			var res map[string]any
 			require.NoError(t, json.Unmarshal([]byte(stdout), &res))
 			assert.EqualValues(t, 20, res["steps"])
@@ -76,4 +76,33 @@ func TestAdaptCommand(t *testing.T) {
 
 	code, _, _ := edgectl(t, "adapt", "--model", gguf, "--data", data, "--out", filepath.Join(dir, "x.gguf"), "--method", "bogus")
 	assert.Equal(t, 2, code)
+}
+
+// adapt eval: the committed pairs are new to the base model; an all-zero
+// LoRA changes nothing, a trained one moves the held-out likelihood.
+func TestAdaptEval(t *testing.T) {
+	gguf := fixture.Path(t, "llama2c", "aidreams260K.llamacpp.gguf")
+	data := filepath.Join("testdata", "adapt-names20.jsonl")
+	m := loadFixtureModel(t, gguf)
+	eval := func(adapter string) evalReport {
+		t.Helper()
+		out := mustEdgectl(t, "adapt", "eval", "--model", gguf, "--data", data, "--adapter", adapter,
+			"--heldout", "4", "--heldout-len", "8", "-t", "2")
+		var r evalReport
+		require.NoError(t, json.Unmarshal([]byte(out), &r))
+		require.NotNil(t, r.Adapted)
+		require.NotNil(t, r.LLChange)
+		return r
+	}
+	zero := eval(saveLoRA(t, m, nil))
+	assert.Equal(t, 20, zero.Pairs)
+	assert.Equal(t, 32, zero.HeldoutTokens)
+	assert.Zero(t, zero.Base.Exact, "the pairs are new to the model")
+	assert.Equal(t, zero.Base, *zero.Adapted)
+	assert.Zero(t, *zero.LLChange)
+
+	trained := eval(saveLoRA(t, m, trainedB))
+	assert.Equal(t, zero.Base, trained.Base)
+	assert.NotEqual(t, trained.Base.HeldoutNLL, trained.Adapted.HeldoutNLL)
+	assert.NotZero(t, *trained.LLAbsChange)
 }

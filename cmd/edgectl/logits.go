@@ -16,12 +16,14 @@ import (
 )
 
 func runLogits(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("logits", "--model M (--prompt TEXT | --ids 1,2,3) --out FILE", stderr)
+	fs := newFlags("logits", "--model M (--prompt TEXT | --ids 1,2,3) [--adapter A.gguf [--adapter-scale S]] --out FILE", stderr)
 	var ef engineFlags
 	ef.register(fs, "f32")
 	prompt := fs.String("prompt", "", "prompt `text` (BOS added, special tokens parsed)")
 	idList := fs.String("ids", "", "comma-separated token `ids`, used as given")
 	out := fs.String("out", "", "output `file`: float32 little-endian, one row of n_vocab per prompt position")
+	var af adapterFlags
+	af.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -31,7 +33,7 @@ func runLogits(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case isSet(fs, "prompt") == isSet(fs, "ids"):
 		return usageError(fs, "give exactly one of --prompt and --ids")
 	}
-	l, err := ef.open(engine.Hooks{})
+	l, ad, err := af.open(&ef)
 	if err != nil {
 		return err
 	}
@@ -50,11 +52,11 @@ func runLogits(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(ids) == 0 {
 		return fmt.Errorf("the prompt has no tokens")
 	}
-	seq, err := l.engine.NewSequence(nil)
+	seq, free, err := ad.newSequence(l.engine)
 	if err != nil {
 		return err
 	}
-	defer seq.Free()
+	defer free()
 	batch := make([]engine.Entry, len(ids))
 	for i, id := range ids {
 		batch[i] = engine.Entry{Seq: seq, Token: id, Pos: int32(i), Logits: true}

@@ -20,7 +20,7 @@ func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("run", "--model M --prompt TEXT [-n N] [--temp T] [--seed S] [--json]", stderr)
+	fs := newFlags("run", "--model M --prompt TEXT [-n N] [--temp T] [--seed S] [--adapter A.gguf [--adapter-scale S]] [--json]", stderr)
 	var ef engineFlags
 	ef.register(fs, "f16")
 	prompt := fs.String("prompt", "", "prompt `text` (special tokens such as <s> are parsed)")
@@ -39,6 +39,8 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.IntVar(&sc.PenaltyLastN, "repeat-last-n", 64, "tokens the penalties look back over (-1: all)")
 	var stops stringList
 	fs.Var(&stops, "stop", "stop `string` (repeatable)")
+	var af adapterFlags
+	af.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -49,7 +51,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *seed < 0 {
 		sc.Seed = rand.Uint64()
 	}
-	l, err := ef.open(engine.Hooks{})
+	l, ad, err := af.open(&ef)
 	if err != nil {
 		return err
 	}
@@ -59,11 +61,11 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	ids := tok.Encode(*prompt, true, true)
-	seq, err := l.engine.NewSequence(nil)
+	seq, free, err := ad.newSequence(l.engine)
 	if err != nil {
 		return err
 	}
-	defer seq.Free()
+	defer free()
 	var text strings.Builder
 	emit := func(s string) error {
 		text.WriteString(s)

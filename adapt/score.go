@@ -1,0 +1,254 @@
+package adapt
+
+import (
+	"fmt"
+	"math"
+	"runtime"
+
+	"github.com/edged/edged/engine"
+)
+
+// maxScoredRows bounds the rows of logits one engine Step of a Scorer
+// returns. The logits of every completion token of a batch at once would
+// outgrow the model and its caches (1024 rows of a 49152-token vocabulary
+// are 200 MB), and MeZO is meant to fit in the memory of inference.
+const maxScoredRows = 64
+
+// Scorer runs examples through an engine with an adapter attached to its
+// sequences (or none: the base model), reusing its sequences and buffers
+// from call to call. Token positions start at 0 whatever the adapter, as
+// in engine.Generate. A Scorer is not safe for concurrent use.
+type Scorer struct {
+	e       *engine.Engine
+	a       Trainable
+	seqs    []*engine.Sequence
+	batch   []engine.Entry
+	targets []int32
+	owner   []int // the example of each target
+	logits  []float32
+}
+
+// NewScorer returns a Scorer of e with adapter a; nil runs the base model.
+// A LoRA needs an engine made with an adapt.Set as its Hooks.Delta.
+func NewScorer(e *engine.Engine, a Trainable) *Scorer {
+	if a == nil {
+		a = base{}
+	}
+	return &Scorer{e: e, a: a}
+}
+
+// Close frees the Scorer's sequences.
+func (s *Scorer) Close() {
+	for _, q := range s.seqs {
+		s.a.detach(s.e, q)
+	}
+	s.seqs = s.seqs[:0]
+}
+
+// sequences returns n empty sequences with the adapter attached.
+func (s *Scorer) sequences(n int) ([]*engine.Sequence, error) {
+	if !s.a.live() && len(s.seqs) > 0 {
+		s.Close() // the sequences hold copies of the old tensors
+		// Their caches are the largest allocation of a run: collect them
+		// before allocating the replacements, or the heap holds both sets
+		// until the next collection (a prefix MeZO run peaked at 1.38×
+		// the memory of inference).
+		runtime.GC()
+	}
+	for len(s.seqs) < n {
+		q, err := s.a.attach(s.e)
+		if err != nil {
+			return nil, fmt.Errorf("adapt: %w", err)
+		}
+		s.seqs = append(s.seqs, q)
+	}
+	for _, q := range s.seqs[:n] {
+		if err := q.Truncate(0); err != nil {
+			return nil, fmt.Errorf("adapt: %w", err)
+		}
+	}
+	return s.seqs[:n], nil
+}
+
+// Loss is the mean cross-entropy of the completion tokens of examples.
+func (s *Scorer) Loss(examples []Example) (float64, error) {
+	sums, counts, err := s.crossEntropies(examples)
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	var n int
+	for i := range sums {
+		sum += sums[i]
+		n += counts[i]
+	}
+	return sum / float64(n), nil
+}
+
+// Losses is the mean cross-entropy of each example's completion tokens.
+func (s *Scorer) Losses(examples []Example) ([]float64, error) {
+	sums, counts, err := s.crossEntropies(examples)
+	if err != nil {
+		return nil, err
+	}
+	for i := range sums {
+		sums[i] /= float64(counts[i])
+	}
+	return sums, nil
+}
+
+// crossEntropies returns per example the summed cross-entropy of its
+// completion tokens and their count. The examples run as one batch, cut
+// into engine Steps of at most maxScoredRows scored rows.
+func (s *Scorer) crossEntropies(examples []Example) ([]float64, []int, error) {
+	seqs, err := s.sequences(len(examples))
+	if err != nil {
+		return nil, nil, err
+	}
+	sums, counts := make([]float64, len(examples)), make([]int, len(examples))
+	s.batch, s.targets, s.owner = s.batch[:0], s.targets[:0], s.owner[:0]
+	for i, ex := range examples {
+		if len(ex.Prompt) == 0 || len(ex.Completion) == 0 {
+			return nil, nil, fmt.Errorf("adapt: example %d: prompt and completion must not be empty", i)
+		}
+		for j := range len(ex.Prompt) + len(ex.Completion) - 1 {
+			scored := j >= len(ex.Prompt)-1
+			s.batch = append(s.batch, engine.Entry{Seq: seqs[i], Token: tokenAt(ex, j), Pos: int32(j), Logits: scored})
+			if !scored {
+				continue
+			}
+			s.targets, s.owner = append(s.targets, tokenAt(ex, j+1)), append(s.owner, i)
+			counts[i]++
+			if len(s.targets) == maxScoredRows {
+				if err := s.flush(sums); err != nil {
+					return nil, nil, err
+				}
+			}
+		}
+	}
+	if err := s.flush(sums); err != nil {
+		return nil, nil, err
+	}
+	return sums, counts, nil
+}
+
+// flush runs the pending entries and adds the cross-entropy of each
+// scored row to its example's sum.
+func (s *Scorer) flush(sums []float64) error {
+	if len(s.batch) == 0 {
+		return nil
+	}
+	nv := s.e.Config().NVocab
+	s.logits = grow(s.logits, len(s.targets)*nv)
+	if err := s.e.Step(s.batch, s.logits); err != nil {
+		return fmt.Errorf("adapt: %w", err)
+	}
+	for r, tgt := range s.targets {
+		sums[s.owner[r]] += crossEntropy(s.logits[r*nv:(r+1)*nv], tgt)
+	}
+	s.batch, s.targets, s.owner = s.batch[:0], s.targets[:0], s.owner[:0]
+	return nil
+}
+
+// Greedy continues each prompt by n tokens, each the most likely one.
+func (s *Scorer) Greedy(prompts [][]int32, n int) ([][]int32, error) {
+	return s.continueAll(prompts, n, func(_ int, logits []float32) int32 { return argmax(logits) })
+}
+
+// Sample continues each prompt by n tokens drawn by a sampler of cfg; the
+// sampler of prompt i is seeded with cfg.Seed+i.
+func (s *Scorer) Sample(prompts [][]int32, n int, cfg engine.SamplerConfig) ([][]int32, error) {
+	samplers := make([]*engine.Sampler, len(prompts))
+	for i, p := range prompts {
+		c := cfg
+		c.Seed += uint64(i)
+		sm, err := engine.NewSampler(c)
+		if err != nil {
+			return nil, fmt.Errorf("adapt: %w", err)
+		}
+		for _, id := range p {
+			sm.Accept(id)
+		}
+		samplers[i] = sm
+	}
+	return s.continueAll(prompts, n, func(i int, logits []float32) int32 { return samplers[i].Sample(logits) })
+}
+
+// continueAll feeds prompts to sequences of their own, in groups of at most
+// maxScoredRows run as one batch, and extends each by n tokens that pick
+// chooses from the logits of its last one.
+func (s *Scorer) continueAll(prompts [][]int32, n int, pick func(i int, logits []float32) int32) ([][]int32, error) {
+	out := make([][]int32, len(prompts))
+	for from := 0; from < len(prompts); from += maxScoredRows {
+		to := min(from+maxScoredRows, len(prompts))
+		if err := s.continueGroup(prompts[from:to], out[from:to], n, func(i int, l []float32) int32 { return pick(from+i, l) }); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (s *Scorer) continueGroup(prompts, out [][]int32, n int, pick func(i int, logits []float32) int32) error {
+	seqs, err := s.sequences(len(prompts))
+	if err != nil {
+		return err
+	}
+	nv := s.e.Config().NVocab
+	s.logits = grow(s.logits, len(prompts)*nv)
+	s.batch = s.batch[:0]
+	for i, p := range prompts {
+		if len(p) == 0 {
+			return fmt.Errorf("adapt: prompt %d is empty", i)
+		}
+		for j, id := range p {
+			s.batch = append(s.batch, engine.Entry{Seq: seqs[i], Token: id, Pos: int32(j), Logits: j == len(p)-1})
+		}
+	}
+	for range n {
+		if err := s.e.Step(s.batch, s.logits); err != nil {
+			return fmt.Errorf("adapt: %w", err)
+		}
+		s.batch = s.batch[:0]
+		for i := range prompts {
+			id := pick(i, s.logits[i*nv:(i+1)*nv])
+			if id < 0 {
+				return fmt.Errorf("adapt: prompt %d: nothing to pick: every logit is NaN or -Inf", i)
+			}
+			out[i] = append(out[i], id)
+			s.batch = append(s.batch, engine.Entry{Seq: seqs[i], Token: id, Pos: int32(len(prompts[i]) + len(out[i]) - 1), Logits: true})
+		}
+	}
+	return nil
+}
+
+func tokenAt(ex Example, j int) int32 {
+	if j < len(ex.Prompt) {
+		return ex.Prompt[j]
+	}
+	return ex.Completion[j-len(ex.Prompt)]
+}
+
+// crossEntropy is -log softmax(logits)[target], computed in float64.
+func crossEntropy(logits []float32, target int32) float64 {
+	mx := math.Inf(-1)
+	for _, v := range logits {
+		mx = max(mx, float64(v))
+	}
+	var s float64
+	for _, v := range logits {
+		s += math.Exp(float64(v) - mx)
+	}
+	return mx + math.Log(s) - float64(logits[target])
+}
+
+// argmax is the index of the largest logit, the lowest on ties (as the
+// engine's greedy sampler); -1 when every logit is NaN.
+func argmax(logits []float32) int32 {
+	best := int32(-1)
+	for i, v := range logits {
+		if !math.IsNaN(float64(v)) && (best < 0 || v > logits[best]) {
+			best = int32(i)
+		}
+	}
+	return best
+}

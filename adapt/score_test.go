@@ -1,0 +1,67 @@
+package adapt
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/edged/edged/engine"
+	"github.com/edged/edged/internal/fixture"
+	"github.com/edged/edged/model"
+)
+
+// The loss over more scored rows than one Step of a Scorer returns equals
+// the loss computed from a single Step over the whole batch.
+func TestScorerChunks(t *testing.T) {
+	m := aidreams(t)
+	var examples []Example
+	for i := range 12 {
+		examples = append(examples, Example{Prompt: []int32{1, int32(300 + i), 429}, Completion: []int32{270, 306, int32(400 + i), 441, 448, 429}})
+	}
+	e := newEngine(t, m, nil)
+	sc := NewScorer(e, nil)
+	defer sc.Close()
+	got, err := sc.Loss(examples)
+	require.NoError(t, err)
+	per, err := sc.Losses(examples)
+	require.NoError(t, err)
+
+	var sum float64
+	for i, ex := range examples {
+		logits := runSeq(t, e, nil, append(append([]int32{}, ex.Prompt...), ex.Completion...), 0)
+		nv := e.Config().NVocab
+		var exSum float64
+		for j, tgt := range ex.Completion {
+			row := len(ex.Prompt) - 1 + j
+			exSum += crossEntropy(logits[row*nv:(row+1)*nv], tgt)
+		}
+		sum += exSum
+		assert.InDelta(t, exSum/float64(len(ex.Completion)), per[i], 1e-5, "example %d", i)
+	}
+	assert.InDelta(t, sum/float64(12*6), got, 1e-5)
+}
+
+// Greedy continuations are those of engine.Generate at temperature 0.
+func TestScorerGreedy(t *testing.T) {
+	path := fixture.Path(t, "llama2c", "aidreams260K.llamacpp.gguf")
+	m := loadModel(t, path)
+	tok, err := model.NewTokenizer(m.File)
+	require.NoError(t, err)
+	e := newEngine(t, m, nil)
+	prompts := [][]int32{{1, 319, 459}, {1, 446, 262, 421, 392}}
+	sc := NewScorer(e, nil)
+	defer sc.Close()
+	got, err := sc.Greedy(prompts, 10)
+	require.NoError(t, err)
+	for i, p := range prompts {
+		seq, err := e.NewSequence(nil)
+		require.NoError(t, err)
+		gen, err := e.Generate(context.Background(), seq, p, tok, engine.GenerateOptions{MaxTokens: 10}, nil)
+		seq.Free()
+		require.NoError(t, err)
+		require.Len(t, gen.IDs, 10, "no end token in the first 10")
+		assert.Equal(t, gen.IDs, got[i], "prompt %d", i)
+	}
+}
