@@ -90,13 +90,15 @@ func (k *parker) unpark() {
 
 // A goroutine polls for up to maxPoll before it parks: longer than the
 // gaps inside a decode step, far shorter than the gap between requests.
-// When a poll runs out, the time it spent was wasted and, on a machine
-// busier than the pool's threads, was taken from the thread it waited for
-// (a spinning thread also loses the scheduler's preference for threads
-// that slept); so each goroutine halves its polling time when a poll runs
-// out and grows it back by pollStep when one succeeds. On a quiet machine
-// nearly every poll succeeds and polling stays near maxPoll; on a busy one
-// the pool falls back to parking.
+// Polling for a gap that turns out longer than maxPoll is wasted and, on a
+// machine busier than the pool's threads, takes the processor from the
+// thread being waited for (a spinning thread also loses the scheduler's
+// preference for threads that slept); so each goroutine learns from the
+// gaps it saw: it halves its polling time after a gap longer than maxPoll,
+// and doubles it (plus pollStep, to get off zero) after a shorter one,
+// including one it parked through. On a quiet machine the gaps inside a
+// step are short and polling stays near maxPoll; on a busy one they are
+// long and the pool falls back to parking.
 const (
 	maxPoll  = 100 * time.Microsecond
 	pollStep = 2 * time.Microsecond
@@ -132,20 +134,23 @@ func (p *pool) work(w int) {
 }
 
 // wait returns when ready does: it polls for up to k.poll, then parks on
-// k, adapting k.poll to how the poll went.
+// k, and adapts k.poll to the length of the wait.
 func (p *pool) wait(k *parker, ready func() bool) {
 	start := time.Now()
 	for i := 1; !ready(); i++ {
 		if i%256 == 0 {
 			p.yield()
 			if time.Since(start) > k.poll {
-				k.poll /= 2
 				k.park(ready)
-				return
+				break
 			}
 		}
 	}
-	k.poll = min(k.poll+pollStep, maxPoll)
+	if time.Since(start) > maxPoll {
+		k.poll /= 2
+	} else {
+		k.poll = min(2*k.poll+pollStep, maxPoll)
+	}
 }
 
 // yield lets another goroutine run while this one polls, when the pool has
