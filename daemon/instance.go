@@ -51,7 +51,7 @@ func openInstance(name string, spec ModelSpec, path string, eo EngineOptions, so
 	if err != nil {
 		return nil, err
 	}
-	inst, err := buildInstance(name, spec, f, eo, so, m)
+	inst, err := buildInstance(name, spec, path, f, eo, so, m)
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -59,7 +59,7 @@ func openInstance(name string, spec ModelSpec, path string, eo EngineOptions, so
 	return inst, nil
 }
 
-func buildInstance(name string, spec ModelSpec, f *model.File, eo EngineOptions, so SchedulerOptions, m *metrics) (*instance, error) {
+func buildInstance(name string, spec ModelSpec, path string, f *model.File, eo EngineOptions, so SchedulerOptions, m *metrics) (*instance, error) {
 	mdl, err := model.Load(f)
 	if err != nil {
 		return nil, err
@@ -81,7 +81,11 @@ func buildInstance(name string, spec ModelSpec, f *model.File, eo EngineOptions,
 	if _, err := resolveSparsity(nil, spec.Sparsity, mdl.Config.NLayer); err != nil {
 		return nil, fmt.Errorf("model %s: default %s", name, protocol.AsError(err).Message)
 	}
-	sparse := newSparsity(mdl.Config.NLayer)
+	pred, err := loadPredictor(path, mdl.Config.NEmbd)
+	if err != nil {
+		return nil, fmt.Errorf("model %s: %w", name, err)
+	}
+	sparse := newSparsity(mdl.Config.NLayer, pred)
 	hooks := engine.Hooks{Observer: sparse, Selector: sparse}
 	eng, err := engine.New(mdl, cpu.New(eo.Threads), engine.Options{Context: ctx, BatchSize: eo.BatchSize, Cache: cache, Hooks: hooks})
 	if err != nil {

@@ -219,7 +219,7 @@ func (r *registry) load(ctx context.Context, name string, e *entry) (err error) 
 		f.Close()
 		return err
 	}
-	inst, err = buildInstance(name, spec, f, eo, so, r.metrics)
+	inst, err = buildInstance(name, spec, path, f, eo, so, r.metrics)
 	if err != nil {
 		f.Close()
 		r.unreserve(need)

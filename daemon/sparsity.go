@@ -1,8 +1,11 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"math"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -77,6 +80,7 @@ func validSparsity(s *protocol.Sparsity) error {
 // hooks from Step, the scheduler enables sequences between steps.
 type sparsity struct {
 	nLayer int
+	pred   *prune.Predictor         // the model's LeMo predictor, or nil
 	byKey  map[string]*sparsePolicy // by prune.Spec.String()
 	bySeq  map[*engine.Sequence]*sparsePolicy
 	step   []stepSeq // the sequences on a policy in the step being run
@@ -123,14 +127,44 @@ func (sp *sparsePolicy) wantsScores(layer int) bool {
 	return sp.score != nil && sp.score.Wants(layer) && sp.score.WantsScores(layer)
 }
 
-func newSparsity(nLayer int) *sparsity {
-	return &sparsity{nLayer: nLayer, byKey: map[string]*sparsePolicy{}, bySeq: map[*engine.Sequence]*sparsePolicy{}}
+// newSparsity returns the dispatcher of a model of nLayer layers; pred,
+// when not nil, is the model's LeMo pattern predictor.
+func newSparsity(nLayer int, pred *prune.Predictor) *sparsity {
+	return &sparsity{nLayer: nLayer, pred: pred, byKey: map[string]*sparsePolicy{}, bySeq: map[*engine.Sequence]*sparsePolicy{}}
 }
 
 // enable puts seq on the policy of spec, making the policy if no running
-// sequence uses it yet.
+// sequence uses it yet. A lemo spec whose layers the model's predictor
+// covers scores blocks with the predictor (at the block size it was
+// trained for) instead of q·k.
 func (s *sparsity) enable(seq *engine.Sequence, spec prune.Spec) error {
+	if spec.Method == "lemo" && s.pred != nil {
+		cfg := spec.Config()
+		cfg.Block = s.pred.Block
+		if s.pred.Covers(cfg) == nil {
+			return s.enableOn(seq, spec.String()+" predictor", func() (prune.Policy, error) {
+				return prune.NewLeMo(cfg, s.pred)
+			})
+		}
+	}
 	return s.enableOn(seq, spec.String(), spec.New)
+}
+
+// loadPredictor loads the LeMo pattern predictor stored next to the model
+// at modelPath (prune.PredictorPath), or returns nil when there is none.
+func loadPredictor(modelPath string, nEmbd int) (*prune.Predictor, error) {
+	path := prune.PredictorPath(modelPath)
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	p, err := prune.LoadPredictor(path)
+	if err != nil {
+		return nil, err
+	}
+	if p.Dim != nEmbd {
+		return nil, fmt.Errorf("%s: a predictor for hidden states of %d values, the model's have %d", path, p.Dim, nEmbd)
+	}
+	return p, nil
 }
 
 // enableOn puts seq on the policy known by key, making it with build if no

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -300,7 +302,7 @@ func TestSparsityDispatchPerSequence(t *testing.T) {
 	for i := range prompts {
 		prompts[i] = testPrompt(i, 70-9*i)
 	}
-	disp := newSparsity(mdl.Config.NLayer)
+	disp := newSparsity(mdl.Config.NLayer, nil)
 	rec := recordKept(disp)
 	together, seqs := stepSeqs(t, newEngine(engine.Hooks{Observer: disp, Selector: rec}), prompts, func(i int, s *engine.Sequence) {
 		if specs[i] != nil {
@@ -446,7 +448,7 @@ func (o *observedLeMo) Observe(layer int, seq *engine.Sequence, past, rows, head
 func TestSparsityLeMoGetsScores(t *testing.T) {
 	mdl, newEngine := aidreamsEngines(t)
 	prompt := testPrompt(0, 250)
-	disp := newSparsity(mdl.Config.NLayer)
+	disp := newSparsity(mdl.Config.NLayer, nil)
 	rec := recordKept(disp)
 	got, seqs := stepSeqs(t, newEngine(engine.Hooks{Observer: disp, Selector: rec}), [][]int32{prompt}, func(_ int, s *engine.Sequence) {
 		require.NoError(t, disp.enable(s, lemoSpec))
@@ -463,7 +465,7 @@ func TestSparsityLeMoGetsScores(t *testing.T) {
 	// above cannot tell them apart: look at what it is handed.
 	alone, via := newObservedLeMo(t), newObservedLeMo(t)
 	stepAlone(t, newEngine, alone, prompt)
-	disp = newSparsity(mdl.Config.NLayer)
+	disp = newSparsity(mdl.Config.NLayer, nil)
 	stepSeqs(t, newEngine(engine.Hooks{Observer: disp, Selector: disp}), [][]int32{prompt}, func(_ int, s *engine.Sequence) {
 		require.NoError(t, disp.enableOn(s, "observed", func() (prune.Policy, error) { return via, nil }))
 	})
@@ -482,7 +484,7 @@ func TestSparsityScoresAndProbabilitiesInOneStep(t *testing.T) {
 	zt := prune.Spec{Method: "zerotprune", Keep: 0.5, Layers: []int{1}, Window: 4}
 	specs := []prune.Spec{zt, lemoSpec}
 	prompts := [][]int32{testPrompt(1, 250), testPrompt(2, 230)}
-	disp := newSparsity(mdl.Config.NLayer)
+	disp := newSparsity(mdl.Config.NLayer, nil)
 	rec := recordKept(disp)
 	together, seqs := stepSeqs(t, newEngine(engine.Hooks{Observer: disp, Selector: rec}), prompts, func(i int, s *engine.Sequence) {
 		require.NoError(t, disp.enable(s, specs[i]))
@@ -526,7 +528,7 @@ func TestSparsitySoftmaxMatchesKernel(t *testing.T) {
 	q, k, v := random(rows*heads*dim, 3), random(rows*kvDim, 3), random(rows*kvDim, 1)
 	b.Attention(out, buffer(q), buffer(k), buffer(v), []accel.AttnSeq{seq}, accel.AttnShape{NHead: heads, NHeadKV: kvHeads, HeadDim: dim, Scale: 1 / float32(math.Sqrt(dim))})
 
-	got := newSparsity(1).softmaxRows(past, rows, heads, seq.Scores)
+	got := newSparsity(1, nil).softmaxRows(past, rows, heads, seq.Scores)
 	// Probabilities are at most 1, where float32 values are 6e-8 apart:
 	// 1e-6 is about 16 units in the last place.
 	assert.InDeltaSlice(t, seq.Probs, got, 1e-6)
@@ -555,7 +557,7 @@ func TestSparsityKeysAndHiddenStates(t *testing.T) {
 		{"similarity", testPrompt(3, 120), func() (prune.Policy, error) { return prune.NewZeroTPrune(similar) }, 90},
 		{"predictor", testPrompt(4, 250), func() (prune.Policy, error) { return prune.NewLeMo(lemoSpec.Config(), pred) }, 125},
 	} {
-		disp := newSparsity(mdl.Config.NLayer)
+		disp := newSparsity(mdl.Config.NLayer, nil)
 		rec := recordKept(disp)
 		got, seqs := stepSeqs(t, newEngine(engine.Hooks{Observer: disp, Selector: rec}), [][]int32{tc.prompt}, func(_ int, s *engine.Sequence) {
 			require.NoError(t, disp.enableOn(s, tc.name, tc.build))
@@ -592,4 +594,48 @@ func randomVec(r *rand.Rand, n int, scale float32) []float32 {
 		v[i] = scale * float32(r.NormFloat64())
 	}
 	return v
+}
+
+// A LeMo predictor stored next to the model (prune.PredictorPath) is
+// loaded with it, and a lemo request whose layers it covers scores blocks
+// with it: the dispatcher then asks for hidden states, not for attention.
+// A predictor for another model is refused with the model.
+func TestSparsityPredictorNextToModel(t *testing.T) {
+	o := testOptions(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "aid.gguf")
+	require.NoError(t, os.Symlink(o.Specs[0].Path, path))
+	mlp := func(dim int) *prune.MLP {
+		return &prune.MLP{Hidden: 2, W1: make([]float32, 2*dim), B1: make([]float32, 2), W2: make([]float32, 2)}
+	}
+	pred := &prune.Predictor{Block: 4, Dim: 64, Layers: map[int]*prune.MLP{1: mlp(64)}}
+	require.NoError(t, prune.SavePredictor(prune.PredictorPath(path), pred))
+
+	inst, err := openInstance("aid", o.Specs[0], path, o.Engine, o.Scheduler, newMetrics())
+	require.NoError(t, err)
+	go inst.run(func() {})
+	t.Cleanup(func() { inst.close(); <-inst.done })
+	require.NotNil(t, inst.sparse.pred)
+	for _, c := range []struct {
+		layers         []int
+		hidden, scores bool
+	}{
+		{[]int{1}, true, false}, // covered: the predictor
+		{[]int{2}, false, true}, // not covered: q·k
+	} {
+		s := newSparsity(inst.eng.Config().NLayer, inst.sparse.pred)
+		seq, err := inst.eng.NewSequence(nil)
+		require.NoError(t, err)
+		require.NoError(t, s.enable(seq, prune.Spec{Method: "lemo", Keep: 0.5, Layers: c.layers}))
+		l := c.layers[0]
+		assert.Equal(t, c.hidden, s.WantsHidden(l), "layers %v", c.layers)
+		assert.Equal(t, c.scores, s.WantsScores(l), "layers %v", c.layers)
+		s.disable(seq)
+		seq.Free()
+	}
+
+	pred.Dim, pred.Layers[1] = 32, mlp(32)
+	require.NoError(t, prune.SavePredictor(prune.PredictorPath(path), pred))
+	_, err = openInstance("aid", o.Specs[0], path, o.Engine, o.Scheduler, newMetrics())
+	require.ErrorContains(t, err, "hidden states of 32 values, the model's have 64")
 }

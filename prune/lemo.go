@@ -46,7 +46,7 @@ func NewLeMo(cfg Config, pred *Predictor) (*LeMo, error) {
 		return nil, err
 	}
 	if pred != nil {
-		if err := pred.covers(p.cfg); err != nil {
+		if err := pred.Covers(p.cfg); err != nil {
 			return nil, err
 		}
 	}

@@ -31,8 +31,8 @@ type MLP struct {
 	B2     float32
 }
 
-// covers reports whether p was trained for cfg's block size and layers.
-func (p *Predictor) covers(cfg Config) error {
+// Covers reports whether p was trained for cfg's block size and layers.
+func (p *Predictor) Covers(cfg Config) error {
 	if p.Block != cfg.Block {
 		return fmt.Errorf("%w: the predictor was trained for blocks of %d, not %d", ErrConfig, p.Block, cfg.Block)
 	}

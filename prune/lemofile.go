@@ -1,6 +1,7 @@
 package prune
 
 import (
+	"strings"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -74,6 +75,13 @@ func SavePredictor(path string, p *Predictor) error {
 		return fmt.Errorf("prune: save predictor: %w", err)
 	}
 	return nil
+}
+
+// PredictorPath is where the predictor of the model at modelPath is
+// stored: next to it, M.gguf's as M.lemo.gguf. edgectl lemo train writes
+// it there by default, and edged looks for it there.
+func PredictorPath(modelPath string) string {
+	return strings.TrimSuffix(modelPath, ".gguf") + ".lemo.gguf"
 }
 
 // LoadPredictor reads a predictor file.

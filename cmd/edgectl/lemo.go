@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"strings"
 
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/prune"
@@ -57,7 +56,7 @@ func runLeMoTrain(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return usageError(fs, "want --self-sample > --holdout ≥ 1, --len ≥ 2, --block ≥ 1")
 	}
 	if *out == "" {
-		*out = strings.TrimSuffix(ef.model, ".gguf") + ".lemo.gguf"
+		*out = prune.PredictorPath(ef.model)
 	}
 	opt.Seed = *seed
 	rec, err := prune.NewRecorder(*block, ls)
