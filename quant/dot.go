@@ -77,14 +77,18 @@ type Kernel struct {
 	// computed alone or in a batch (see FloatMatVec for a faster float
 	// product without that property).
 	MatVec func(n int, w []byte, wStride int, a []byte, out []float32)
-	// Tile, where it is not nil, computes a 4×4 tile of a matrix product:
-	// out[4r+c] = w_c · a_r for the weight rows w_c = w[c*wStride:] and the
-	// activation rows a_r = a[r*aStride:] (strides ≥ 0, in bytes), n
-	// values each. The amd64 q4_0 and q8_0 kernels have one: it folds the
-	// four weight rows' sums into one register, and so spends a third of
-	// the instructions of four DotRows calls. Its results agree with Dot's
-	// within float32 rounding, not bit for bit.
-	Tile func(n int, w []byte, wStride int, a []byte, aStride int, out *[16]float32)
+	// Tile, where it is not nil, multiplies four weight rows w_c =
+	// w[c*wStride:] by rows activation rows a_r = a[r*aStride:] (rows =
+	// len(out)/4, a multiple of 4; strides ≥ 0, in bytes), n values each:
+	// out[4r+c] = w_c · a_r. It packs the weight rows into scratch (at
+	// least TileScratch(n) bytes: q4_0's nibbles unpacked, the scales
+	// converted) once, then runs a 4×4 tile kernel over the activation
+	// rows, which folds the four weight rows' sums against one activation
+	// block into one register and so spends a third of the instructions
+	// of DotRows. The amd64 q4_0 and q8_0 kernels have one. Its results
+	// agree with Dot's within float32 rounding, not bit for bit, and do
+	// not depend on a row's place among the activation rows.
+	Tile func(n int, w []byte, wStride int, a []byte, aStride int, out []float32, scratch []byte)
 
 	quantize func(x []float32, dst []byte)
 }
@@ -126,7 +130,7 @@ type tier struct {
 	matVec  func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32)
 	// tile returns the tier's 4×4 tile kernel for a weight type, or nil
 	// (nil tile: none).
-	tile func(t Type) func(n int, w []byte, wStride int, a []byte, aStride int, out *[16]float32)
+	tile func(t Type) func(n int, w []byte, wStride int, a []byte, aStride int, out []float32, scratch []byte)
 	// floatMatVec returns the tier's four-row float product (FloatMatVec)
 	// for F32 or F16, or nil (nil floatMatVec: none).
 	floatMatVec func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32)
@@ -157,6 +161,14 @@ func pickTier() tier {
 	}
 	return ts[len(ts)-1]
 }
+
+// tilePanelBlock is the scratch Kernel.Tile needs per 32 values: four
+// rows' weights as bytes and their scales (see quant/_asm's pack32).
+const tilePanelBlock = 192
+
+// TileScratch is the size of the scratch Kernel.Tile needs for rows of n
+// values.
+func TileScratch(n int) int { return n / 32 * tilePanelBlock }
 
 // FloatMatVec returns a matrix-vector product over rows of type t (F32 or
 // F16) and a float32 vector: out[r] = w_r · a, w_r = w[r*wStride:]. Where

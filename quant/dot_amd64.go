@@ -69,12 +69,12 @@ var avx2Tier = tier{
 		}
 		return nil
 	},
-	tile: func(t Type) func(n int, w []byte, wStride int, a []byte, aStride int, out *[16]float32) {
+	tile: func(t Type) func(n int, w []byte, wStride int, a []byte, aStride int, out []float32, scratch []byte) {
 		switch t {
 		case Q4_0:
-			return tile32(dotQ4_0AVX2t4, 18)
+			return tile32(packQ4_0AVX2, dotQ4_0AVX2p4, 18)
 		case Q8_0:
-			return tile32(dotQ8_0AVX2t4, 34)
+			return tile32(packQ8_0AVX2, dotQ8_0AVX2p4, 34)
 		}
 		return nil
 	},
@@ -107,19 +107,24 @@ func quantQ8KAsm(x []float32, dst []byte) {
 	quantQ8KAVX2(nb, &x[0], &dst[0])
 }
 
-// tile32 wraps a 4×4 tile kernel of a 32-element block type of wsize
-// bytes per block: it checks the lengths, which the assembly trusts.
-func tile32(t4 func(nb int, w *byte, wstride int, a *byte, astride int, out *float32), wsize int) func(n int, w []byte, wStride int, a []byte, aStride int, out *[16]float32) {
-	return func(n int, w []byte, wStride int, a []byte, aStride int, out *[16]float32) {
-		nb := n / 32
-		if wStride < 0 || aStride < 0 {
-			panic("quant: negative stride")
+// tile32 wraps the pack and 4×4 tile kernels of a 32-element block type
+// of wsize bytes per block: it checks the lengths, which the assembly
+// trusts, packs the weight rows once and runs the tile over the
+// activation rows.
+func tile32(pack func(nb int, w *byte, wstride int, dst *byte), t4 func(nb int, panel, a *byte, astride int, out *float32), wsize int) func(n int, w []byte, wStride int, a []byte, aStride int, out []float32, scratch []byte) {
+	return func(n int, w []byte, wStride int, a []byte, aStride int, out []float32, scratch []byte) {
+		nb, rows := n/32, len(out)/4
+		if wStride < 0 || aStride < 0 || len(out)%16 != 0 {
+			panic("quant: Tile: a negative stride or activation rows not a multiple of 4")
 		}
-		if nb <= 0 {
-			*out = [16]float32{}
+		if nb <= 0 || rows == 0 {
+			clear(out)
 			return
 		}
-		_, _ = w[3*wStride+nb*wsize-1], a[3*aStride+nb*q8aBlock-1]
-		t4(nb, &w[0], wStride, &a[0], aStride, &out[0])
+		_, _, _ = w[3*wStride+nb*wsize-1], a[(rows-1)*aStride+nb*q8aBlock-1], scratch[nb*tilePanelBlock-1]
+		pack(nb, &w[0], wStride, &scratch[0])
+		for r := 0; r < rows; r += 4 {
+			t4(nb, &scratch[0], &a[r*aStride], aStride, &out[4*r])
+		}
 	}
 }

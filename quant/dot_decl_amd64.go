@@ -139,15 +139,25 @@ func dotF32AVX2(n int, w *byte, a *byte) float32
 //go:noescape
 func dotF16AVX2(n int, w *byte, a *byte) float32
 
-// dotQ4_0AVX2t4 is the Q4_0 × Q8A kernel for a tile of four weight rows wstride bytes apart by four activation rows astride bytes apart, nb blocks long: out[4r+c] = w_c · a_r.
+// packQ4_0AVX2 packs nb blocks of four Q4_0 weight rows wstride bytes apart into a panel for the tile kernel.
 //
 //go:noescape
-func dotQ4_0AVX2t4(nb int, w *byte, wstride int, a *byte, astride int, out *float32)
+func packQ4_0AVX2(nb int, w *byte, wstride int, dst *byte)
 
-// dotQ8_0AVX2t4 is the Q8_0 × Q8A kernel for a tile of four weight rows wstride bytes apart by four activation rows astride bytes apart, nb blocks long: out[4r+c] = w_c · a_r.
+// dotQ4_0AVX2p4 is the Q4_0 × Q8A kernel for a tile of a panel of four weight rows (nb blocks) by four activation rows astride bytes apart: out[4r+c] = w_c · a_r.
 //
 //go:noescape
-func dotQ8_0AVX2t4(nb int, w *byte, wstride int, a *byte, astride int, out *float32)
+func dotQ4_0AVX2p4(nb int, panel *byte, a *byte, astride int, out *float32)
+
+// packQ8_0AVX2 packs nb blocks of four Q8_0 weight rows wstride bytes apart into a panel for the tile kernel.
+//
+//go:noescape
+func packQ8_0AVX2(nb int, w *byte, wstride int, dst *byte)
+
+// dotQ8_0AVX2p4 is the Q8_0 × Q8A kernel for a tile of a panel of four weight rows (nb blocks) by four activation rows astride bytes apart: out[4r+c] = w_c · a_r.
+//
+//go:noescape
+func dotQ8_0AVX2p4(nb int, panel *byte, a *byte, astride int, out *float32)
 
 // dotF32AVX2w4 is the float × float32 kernel for four weight rows wstride bytes apart and one activation row of n values, n a positive multiple of 8.
 //

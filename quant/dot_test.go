@@ -277,9 +277,9 @@ func TestMatVec(t *testing.T) {
 	}
 }
 
-// TestTile checks the 4×4 tile kernels against Dot for every pair of the
-// tile, with weight and activation rows that are not adjacent: within
-// float32 rounding of the sum of the products' magnitudes.
+// TestTile checks the tile kernels against Dot for every pair of four
+// weight rows and two tiles of activation rows, none of them adjacent:
+// within float32 rounding.
 func TestTile(t *testing.T) {
 	tested := 0
 	defer func() {
@@ -297,23 +297,28 @@ func TestTile(t *testing.T) {
 			}
 			rng := rand.New(rand.NewPCG(uint64(typ), 5))
 			for _, blocks := range []int{1, 2, 7} {
-				var ws, as [4]dotCase
-				for i := range 4 {
+				var ws [4]dotCase
+				var as [8]dotCase // two tiles of activation rows
+				for i := range ws {
 					ws[i] = makeDotCase(t, rng, typ, blocks)
+				}
+				for i := range as {
 					as[i] = makeDotCase(t, rng, typ, blocks)
 				}
 				wStride, aStride := len(ws[0].w)+3, len(as[0].a)+5
-				w := make([]byte, 4*wStride)
-				a := make([]byte, 4*aStride)
-				for i := range 4 {
+				w := make([]byte, len(ws)*wStride)
+				a := make([]byte, len(as)*aStride)
+				for i := range ws {
 					copy(w[i*wStride:], ws[i].w)
+				}
+				for i := range as {
 					copy(a[i*aStride:], as[i].a)
 				}
-				var out [16]float32
-				k.Tile(ws[0].n, w, wStride, a, aStride, &out)
+				out := make([]float32, 4*len(as))
+				k.Tile(ws[0].n, w, wStride, a, aStride, out, make([]byte, TileScratch(ws[0].n)))
 				tested++
-				for r := range 4 {
-					for c := range 4 {
+				for r := range as {
+					for c := range ws {
 						want := k.Dot(ws[0].n, ws[c].w, as[r].a)
 						assert.InDelta(t, want, out[4*r+c], 1e-5*(1+math.Abs(float64(want)))*float64(ws[0].n),
 							"%s tier %s blocks %d r %d c %d", typ, tr.name, blocks, r, c)
@@ -550,13 +555,12 @@ func BenchmarkTile(b *testing.B) {
 				}
 			}
 		})
-		var o16 [16]float32
+		tiles := make([]float32, 4*acts)
+		scratch := make([]byte, TileScratch(n))
 		b.Run(typ.String()+"/tile", func(b *testing.B) {
 			for b.Loop() {
 				for i := 0; i < rows; i += 4 {
-					for r := 0; r < acts; r += 4 {
-						k.Tile(n, w[i*rs:], rs, a[r*al:], al, &o16)
-					}
+					k.Tile(n, w[i*rs:], rs, a, al, tiles, scratch)
 				}
 			}
 		})

@@ -35,6 +35,7 @@ type Backend struct {
 	pool    *pool
 	scratch [][]float32 // one per worker: a dequantized row, attention scores
 	angles  [][]float64 // one per worker: RoPE's cos and sin of one position
+	panels  [][]byte    // one per worker: four weight rows packed for Kernel.Tile
 	act     []byte      // the activations of the current matmul, quantized
 	// rowsF32 and rowsF16 multiply float32 queries and probabilities
 	// with f32 and f16 KV cache data.
@@ -56,7 +57,7 @@ func New(threads int) *Backend {
 	if threads <= 0 {
 		threads = runtime.GOMAXPROCS(0)
 	}
-	b := &Backend{threads: threads, pool: newPool(threads), scratch: make([][]float32, threads), angles: make([][]float64, threads)}
+	b := &Backend{threads: threads, pool: newPool(threads), scratch: make([][]float32, threads), angles: make([][]float64, threads), panels: make([][]byte, threads)}
 	// The float kernels exist on every platform: KernelFor cannot fail.
 	b.rowsF32, _ = quant.FloatMatVec(quant.F32)
 	b.rowsF16, _ = quant.FloatMatVec(quant.F16)
@@ -150,6 +151,14 @@ func (b *Backend) Read(dst []float32, src accel.Buffer, off int) {
 func (w *weight) row(i int, out []float32) {
 	// The length and type were validated by Load, so this cannot fail.
 	_ = quant.Dequantize(w.m.Type, w.m.Data[i*w.rowLen:(i+1)*w.rowLen], out[:w.m.Cols])
+}
+
+// panelFor returns worker t's panel buffer with at least n bytes.
+func (b *Backend) panelFor(t, n int) []byte {
+	if cap(b.panels[t]) < n {
+		b.panels[t] = make([]byte, n)
+	}
+	return b.panels[t][:n]
 }
 
 // scratchFor returns worker t's scratch slice with at least n values. It

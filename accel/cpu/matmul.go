@@ -82,27 +82,26 @@ func (m *matmulTask) run(t, lo, hi int) {
 		r1 := min(r0+actTile, m.rows)
 		i := lo
 		if w.kernel.Tile != nil {
-			i = m.tiles(lo, hi, r0, r1)
+			i = m.tiles(t, lo, hi, r0, r1)
 		}
 		m.dotRows(t, i, hi, r0, r1)
 	}
 }
 
-// tiles computes weight rows [lo, hi) by activation rows [r0, r1) in 4×4
-// tiles as far as whole tiles of weight rows go, and returns the first
-// weight row it did not compute. The activation rows are padded to a
-// multiple of four (see activations).
-func (m *matmulTask) tiles(lo, hi, r0, r1 int) int {
+// tiles computes weight rows [lo, hi) by activation rows [r0, r1) four
+// weight rows at a time (Kernel.Tile), as far as whole groups of four
+// weight rows go, and returns the first weight row it did not compute.
+// The activation rows are padded to a multiple of four (see activations).
+func (m *matmulTask) tiles(t, lo, hi, r0, r1 int) int {
 	w, n, al := m.w, m.w.m.Rows, m.w.actRowLen
-	var out [16]float32
+	rows := (r1 - r0 + 3) &^ 3
+	out := m.b.scratchFor(t, 4*rows)
+	panel := m.b.panelFor(t, quant.TileScratch(w.m.Cols))
 	i := lo
 	for ; i+4 <= hi; i += 4 {
-		wr := w.m.Data[i*w.rowLen:]
-		for r := r0; r < r1; r += 4 {
-			w.kernel.Tile(w.m.Cols, wr, w.rowLen, m.act[r*al:], al, &out)
-			for j := range min(4, r1-r) {
-				copy(m.dst[(r+j)*n+i:][:4], out[4*j:4*j+4])
-			}
+		w.kernel.Tile(w.m.Cols, w.m.Data[i*w.rowLen:], w.rowLen, m.act[r0*al:], al, out, panel)
+		for j := range r1 - r0 {
+			copy(m.dst[(r0+j)*n+i:][:4], out[4*j:4*j+4])
 		}
 	}
 	return i

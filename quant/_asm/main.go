@@ -120,6 +120,7 @@ func main() {
 	dotFloat("dotF16AVX2", kF16)
 	for _, k := range blocks32 {
 		if k.name == "Q4_0" || k.name == "Q8_0" {
+			pack32(k)
 			tile32(k)
 		}
 	}
@@ -405,45 +406,37 @@ func dot32(k block32, sh shape) {
 	}.emit(sh)
 }
 
-// tile32 is the kernel of a 4×4 tile of a matrix product (prefill): four
-// weight rows wstride bytes apart by four activation rows astride bytes
-// apart, out[4r+c] = w_c · a_r. Where dot32's tiles spend a conversion, a
-// scale and a fused multiply-add on every (weight, activation) block pair,
-// here the integer sums of the four weight rows' blocks against one
-// activation block are folded (VPHADDD, exact) into one register, lane c
-// and c+4 holding halves of pair c, so that one conversion and one
-// multiply-add serve four pairs, with the four weight scales side by side
-// in dw. The offset of q4_0 goes in through the activation block sums, on
-// the lower lanes only. q8_0's weights are signed: each pair multiplies
-// |a| by w·sign(a). Results agree with dot32's within float32 rounding
-// (they sum in another order).
-func tile32(k block32) {
-	name := fmt.Sprintf("dot%sAVX2t4", k.name)
-	TEXT(name, NOSPLIT, "func(nb int, w *byte, wstride int, a *byte, astride int, out *float32)")
+// A panel is four weight rows of a 32-element block type made ready for
+// tile32's kernel: per block, the four rows' 32 weights as bytes (q4_0's
+// nibbles unpacked, 0..15; q8_0's as they are), then their scales as
+// float32 (dw0..dw3, dw0..dw3), then, for q4_0, -8·(dw0..dw3, 0, 0, 0, 0).
+// The tile kernel runs over a panel once per four activation rows, so
+// unpacking once per panel saves the unpacking of every tile after the
+// first.
+const (
+	panelW     = 0   // the four rows' weights, 32 bytes each
+	panelD     = 128 // their scales, twice
+	panelCorr  = 160 // q4_0's offset times the scales, lower lanes
+	panelBlock = 192 // bytes per block
+)
+
+// pack32 packs nb blocks of four weight rows wstride bytes apart into a
+// panel at dst.
+func pack32(k block32) {
+	name := fmt.Sprintf("pack%sAVX2", k.name)
+	TEXT(name, NOSPLIT, "func(nb int, w *byte, wstride int, dst *byte)")
 	Pragma("noescape")
-	Doc(name + " is the " + k.name + " × Q8A kernel for a tile of four weight rows wstride bytes apart by four activation rows astride bytes apart, nb blocks long: out[4r+c] = w_c · a_r.")
+	Doc(name + " packs nb blocks of four " + k.name + " weight rows wstride bytes apart into a panel for the tile kernel.")
 	nb := Load(Param("nb"), GP64())
-	rowsOf := func(first Register, strideParam string) []Register {
-		ps := []Register{first}
-		stride := Load(Param(strideParam), GP64())
-		for r := 1; r < 4; r++ {
-			p := GP64()
-			LEAQ(Mem{Base: ps[r-1], Index: stride, Scale: 1}, p)
-			ps = append(ps, p)
-		}
-		return ps
+	ws := []Register{Load(Param("w"), GP64())}
+	stride := Load(Param("wstride"), GP64())
+	for c := 1; c < 4; c++ {
+		p := GP64()
+		LEAQ(Mem{Base: ws[c-1], Index: stride, Scale: 1}, p)
+		ws = append(ws, p)
 	}
-	ws := rowsOf(Load(Param("w"), GP64()), "wstride")
-	as := rowsOf(Load(Param("a"), GP64()), "astride")
-	var acc [4]VecVirtual
-	for r := range acc {
-		acc[r] = YMM()
-		zero(acc[r])
-	}
-	offset := k.corr != 0
+	dst := Load(Param("dst"), GP64())
 	Label(name + "_loop")
-	// The four weight scales, (dw0..dw3, dw0..dw3) in dw; -8·(dw0..dw3, 0..)
-	// in dcorr for q4_0.
 	g := GP32()
 	x := XMM()
 	MOVWLZX(Mem{Base: ws[0]}, g)
@@ -455,25 +448,70 @@ func tile32(k block32) {
 	VCVTPH2PS(x, lo.AsX()) // the upper lanes are zeroed
 	dw := YMM()
 	VINSERTF128(Imm(1), lo.AsX(), lo, dw)
-	var dcorr VecVirtual
-	if offset {
-		dcorr = lo
+	VMOVUPS(dw, Mem{Base: dst, Disp: panelD})
+	if k.corr != 0 {
 		f := YMM()
 		VBROADCASTSS(f32Const(k.corr), f)
-		VMULPS(f, dcorr, dcorr)
+		VMULPS(f, lo, lo)
+		VMOVUPS(lo, Mem{Base: dst, Disp: panelCorr})
 	}
-	var wq [4]VecVirtual
 	for c, wr := range ws {
-		wq[c] = YMM()
+		q := YMM()
 		if k.signed {
-			VMOVDQU(Mem{Base: wr, Disp: k.qs}, wq[c])
-			continue
+			VMOVDQU(Mem{Base: wr, Disp: k.qs}, q)
+		} else {
+			VMOVDQU(Mem{Base: wr, Disp: k.qs}, q.AsX())
+			hi := XMM()
+			VPSRLW(Imm(4), q.AsX(), hi)
+			VINSERTI128(Imm(1), hi, q, q)
+			VPAND(c0F, q, q)
 		}
-		VMOVDQU(Mem{Base: wr, Disp: k.qs}, wq[c].AsX())
-		hi := XMM()
-		VPSRLW(Imm(4), wq[c].AsX(), hi)
-		VINSERTI128(Imm(1), hi, wq[c], wq[c])
-		VPAND(c0F, wq[c], wq[c])
+		VMOVDQU(q, Mem{Base: dst, Disp: panelW + 32*c})
+		ADDQ(U32(k.size), wr)
+	}
+	ADDQ(U32(panelBlock), dst)
+	DECQ(nb)
+	JNZ(LabelRef(name + "_loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// tile32 is the kernel of a 4×4 tile of a matrix product (prefill): a
+// panel of four weight rows (pack32) by four activation rows astride bytes
+// apart, out[4r+c] = w_c · a_r. Where dot32's tiles spend a conversion, a
+// scale and a fused multiply-add on every (weight, activation) block pair,
+// here the integer sums of the four weight rows' blocks against one
+// activation block are folded (VPHADDW/VPHADDD, exact) into one register,
+// lane c and c+4 holding halves of pair c, so that one conversion and one
+// multiply-add serve four pairs, with the four weight scales side by side.
+// The offset of q4_0 goes in through the activation block sums, on the
+// lower lanes only. q8_0's weights are signed: each pair multiplies |a| by
+// w·sign(a). Results agree with dot32's within float32 rounding (they sum
+// in another order).
+func tile32(k block32) {
+	name := fmt.Sprintf("dot%sAVX2p4", k.name)
+	TEXT(name, NOSPLIT, "func(nb int, panel *byte, a *byte, astride int, out *float32)")
+	Pragma("noescape")
+	Doc(name + " is the " + k.name + " × Q8A kernel for a tile of a panel of four weight rows (nb blocks) by four activation rows astride bytes apart: out[4r+c] = w_c · a_r.")
+	nb := Load(Param("nb"), GP64())
+	pw := Load(Param("panel"), GP64())
+	as := []Register{Load(Param("a"), GP64())}
+	stride := Load(Param("astride"), GP64())
+	for r := 1; r < 4; r++ {
+		p := GP64()
+		LEAQ(Mem{Base: as[r-1], Index: stride, Scale: 1}, p)
+		as = append(as, p)
+	}
+	var acc [4]VecVirtual
+	for r := range acc {
+		acc[r] = YMM()
+		zero(acc[r])
+	}
+	Label(name + "_loop")
+	var wq [4]VecVirtual
+	for c := range wq {
+		wq[c] = YMM()
+		VMOVDQU(Mem{Base: pw, Disp: panelW + 32*c}, wq[c])
 	}
 	for r, ar := range as {
 		var p [4]VecVirtual
@@ -508,17 +546,15 @@ func tile32(k block32) {
 		VCVTDQ2PS(p[0], p[0])
 		sc := YMM()
 		VBROADCASTSS(Mem{Base: ar}, sc)
-		VMULPS(dw, sc, sc)
+		VMULPS(Mem{Base: pw, Disp: panelD}, sc, sc)
 		VFMADD231PS(sc, p[0], acc[r])
-		if offset {
+		if k.corr != 0 {
 			sa := YMM()
 			VBROADCASTSS(Mem{Base: ar, Disp: 4}, sa)
-			VFMADD231PS(sa, dcorr, acc[r])
+			VFMADD231PS(Mem{Base: pw, Disp: panelCorr}, sa, acc[r])
 		}
 	}
-	for _, wr := range ws {
-		ADDQ(U32(k.size), wr)
-	}
+	ADDQ(U32(panelBlock), pw)
 	for _, ar := range as {
 		ADDQ(U32(q8aSize), ar)
 	}
