@@ -1,13 +1,13 @@
 package prune
 
 import (
-	"strings"
 	"encoding/binary"
 	"fmt"
 	"math"
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"github.com/edged/edged/model"
 	"github.com/edged/edged/quant"
