@@ -133,7 +133,7 @@ type tier struct {
 	tile func(t Type) func(n int, w []byte, wStride int, a []byte, aStride int, out []float32, scratch []byte)
 	// floatMatVec returns the tier's four-row float product (FloatMatVec)
 	// for F32 or F16, or nil (nil floatMatVec: none).
-	floatMatVec func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32)
+	floatMatVec func(t Type) FloatRows
 	// quantize returns the tier's activation quantizer for act, or nil.
 	quantize func(act Type) func(x []float32, dst []byte)
 }
@@ -170,15 +170,20 @@ const tilePanelBlock = 192
 // values.
 func TileScratch(n int) int { return n / 32 * tilePanelBlock }
 
-// FloatMatVec returns a matrix-vector product over rows of type t (F32 or
-// F16) and a float32 vector: out[r] = w_r · a, w_r = w[r*wStride:]. Where
-// the CPU allows it takes four rows per kernel call, summing in another
-// order than Dot, so its results agree with Dot's within float32 rounding,
-// not bit for bit: a product must always go through the same function.
-// Attention's keys and values do (a query row always sees the same keys
-// through it); weights go through Kernel, whose products agree with Dot
-// exactly whatever the batch.
-func FloatMatVec(t Type) (func(n int, w []byte, wStride int, a []byte, out []float32), error) {
+// FloatRows multiplies float rows w_r = w[r*wStride:] (n values each) by
+// one or two float32 vectors: out0[r] = w_r · a0 and, when a1 is not nil,
+// out1[r] = w_r · a1 (out1 as long as out0). See FloatMatVec.
+type FloatRows func(n int, w []byte, wStride int, a0, a1 []byte, out0, out1 []float32)
+
+// FloatMatVec returns the product of rows of type t (F32 or F16) with one
+// or two float32 vectors. Where the CPU allows it takes four rows and both
+// vectors per kernel call, summing in another order than Dot, so its
+// results agree with Dot's within float32 rounding, not bit for bit: a
+// product must always go through the same function. Attention's keys and
+// values do (a query row always sees the same keys through it, whether
+// its head is paired with another or not); weights go through Kernel,
+// whose products agree with Dot exactly whatever the batch.
+func FloatMatVec(t Type) (FloatRows, error) {
 	if t != F32 && t != F16 {
 		return nil, fmt.Errorf("quant: no float matrix-vector product for %s", t)
 	}
@@ -191,7 +196,12 @@ func FloatMatVec(t Type) (func(n int, w []byte, wStride int, a []byte, out []flo
 	if err != nil {
 		return nil, err
 	}
-	return k.MatVec, nil
+	return func(n int, w []byte, wStride int, a0, a1 []byte, out0, out1 []float32) {
+		k.MatVec(n, w, wStride, a0, out0)
+		if a1 != nil {
+			k.MatVec(n, w, wStride, a1, out1)
+		}
+	}, nil
 }
 
 // Assembly reports whether KernelFor returns assembly kernels: false with

@@ -60,12 +60,12 @@ var avx2Tier = tier{
 		}
 		return nil
 	},
-	floatMatVec: func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32) {
+	floatMatVec: func(t Type) FloatRows {
 		switch t {
 		case F32:
-			return floatMatVec(dotF32AVX2w4, 4, floatDot(dotF32AVX2, 4, 8, dotF32), dotF32)
+			return floatMatVec(dotF32AVX2w4, dotF32AVX2w4x2, 4, floatDot(dotF32AVX2, 4, 8, dotF32), dotF32)
 		case F16:
-			return floatMatVec(dotF16AVX2w4, 2, floatDot(dotF16AVX2, 2, 8, dotF16), dotF16)
+			return floatMatVec(dotF16AVX2w4, dotF16AVX2w4x2, 2, floatDot(dotF16AVX2, 2, 8, dotF16), dotF16)
 		}
 		return nil
 	},

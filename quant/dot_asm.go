@@ -92,26 +92,42 @@ func floatDot(kernel func(n int, w, a *byte) float32, wsize, chunk int, tail fun
 	}
 }
 
-// floatMatVec runs an assembly four-row float kernel (w4) on tiles of four
-// weight rows over the largest multiple of 8 values, the portable tail
-// over the rest of those rows' values, and dot on the rows left over.
-func floatMatVec(w4 func(n int, w *byte, wstride int, a *byte, out *float32), wsize int, dot, tail func(n int, w, a []byte) float32) func(n int, w []byte, wStride int, a []byte, out []float32) {
-	return func(n int, w []byte, wStride int, a []byte, out []float32) {
+// floatMatVec runs an assembly four-row float kernel (w4 for one
+// activation row, w4x2 for two) on tiles of four weight rows over the
+// largest multiple of 8 values, the portable tail over the rest of those
+// rows' values, and dot on the rows left over. An activation row's results
+// are the same whether it comes alone or with another.
+func floatMatVec(w4 func(n int, w *byte, wstride int, a *byte, out *float32), w4x2 func(n int, w *byte, wstride int, a0, a1 *byte, out0, out1 *float32), wsize int, dot, tail func(n int, w, a []byte) float32) FloatRows {
+	return func(n int, w []byte, wStride int, a0, a1 []byte, out0, out1 []float32) {
+		two := a1 != nil
 		m, r := n-n%8, 0
-		if m > 0 && wStride >= 0 && len(out) >= 4 {
-			_, _ = a[:4*n], w[:(len(out)-1)*wStride+n*wsize]
-			for ; r+4 <= len(out); r += 4 {
-				w4(m, &w[r*wStride], wStride, &a[0], &out[r])
+		if m > 0 && wStride >= 0 && len(out0) >= 4 {
+			_, _ = a0[:4*n], w[:(len(out0)-1)*wStride+n*wsize]
+			if two {
+				_, _ = a1[:4*n], out1[:len(out0)]
+			}
+			for ; r+4 <= len(out0); r += 4 {
+				if two {
+					w4x2(m, &w[r*wStride], wStride, &a0[0], &a1[0], &out0[r], &out1[r])
+				} else {
+					w4(m, &w[r*wStride], wStride, &a0[0], &out0[r])
+				}
 				if m == n {
 					continue
 				}
 				for j := r; j < r+4; j++ {
-					out[j] += tail(n-m, w[j*wStride+m*wsize:], a[4*m:])
+					out0[j] += tail(n-m, w[j*wStride+m*wsize:], a0[4*m:])
+					if two {
+						out1[j] += tail(n-m, w[j*wStride+m*wsize:], a1[4*m:])
+					}
 				}
 			}
 		}
-		for ; r < len(out); r++ {
-			out[r] = dot(n, w[r*wStride:], a)
+		for ; r < len(out0); r++ {
+			out0[r] = dot(n, w[r*wStride:], a0)
+			if two {
+				out1[r] = dot(n, w[r*wStride:], a1)
+			}
 		}
 	}
 }

@@ -169,6 +169,16 @@ func dotF32AVX2w4(n int, w *byte, wstride int, a *byte, out *float32)
 //go:noescape
 func dotF16AVX2w4(n int, w *byte, wstride int, a *byte, out *float32)
 
+// dotF32AVX2w4x2 is the float × float32 kernel for four weight rows wstride bytes apart and two activation rows of n values, n a positive multiple of 8.
+//
+//go:noescape
+func dotF32AVX2w4x2(n int, w *byte, wstride int, a0 *byte, a1 *byte, out0 *float32, out1 *float32)
+
+// dotF16AVX2w4x2 is the float × float32 kernel for four weight rows wstride bytes apart and two activation rows of n values, n a positive multiple of 8.
+//
+//go:noescape
+func dotF16AVX2w4x2(n int, w *byte, wstride int, a0 *byte, a1 *byte, out0 *float32, out1 *float32)
+
 // dotBF16AVX2 is the float × float32 kernel for n values, n a positive multiple of 8.
 //
 //go:noescape

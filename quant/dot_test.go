@@ -264,10 +264,19 @@ func TestMatVec(t *testing.T) {
 								continue
 							}
 							if fmv := tr.floatMatVec(typ); fmv != nil {
-								got := make([]float32, rows)
-								fmv(c.n, w, stride, c.a, got)
+								// Alone and paired with a second vector (a's values
+								// reversed): the same results for a, bit for bit.
+								a1 := make([]byte, len(c.a))
+								for i := range c.n {
+									copy(a1[4*i:4*i+4], c.a[4*(c.n-1-i):])
+								}
+								got, got2, other := make([]float32, rows), make([]float32, rows), make([]float32, rows)
+								fmv(c.n, w, stride, c.a, nil, got, nil)
+								fmv(c.n, w, stride, c.a, a1, got2, other)
 								// Values of about 1: rounding stays far below this.
 								assert.InDelta(t, want, got[r], 1e-5*float64(c.n), "FloatMatVec %s tier %s rows=%d r=%d", typ, tr.name, rows, r)
+								assert.Equal(t, got[r], got2[r], "FloatMatVec paired %s rows=%d r=%d", typ, rows, r)
+								assert.InDelta(t, k.Dot(c.n, w[r*stride:r*stride+len(c.w)], a1), other[r], 1e-5*float64(c.n), "FloatMatVec second %s rows=%d r=%d", typ, rows, r)
 							}
 						}
 					}

@@ -44,8 +44,9 @@ func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s a
 	row = 0
 	for _, sq := range seqs {
 		b.attn = attnTask{b: b, out: out.(*buffer).f, q: q.(*buffer).f, base: row, seq: sq, shape: s}
-		// One unit of work per (row, head) of this sequence.
-		b.pool.run(&b.attn, sq.Rows*s.NHead)
+		// One unit of work per (row, pair of heads that share keys and
+		// values) of this sequence.
+		b.pool.run(&b.attn, sq.Rows*s.NHeadKV*headPairs(s))
 		row += sq.Rows
 	}
 }
@@ -59,47 +60,83 @@ type attnTask struct {
 	shape  accel.AttnShape
 }
 
+// headPairs is the number of pairs a group of query heads sharing one
+// key/value head is cut into (the last one alone when the group is odd):
+// the heads of a pair read each key and value once for both.
+func headPairs(s accel.AttnShape) int { return (s.NHead/s.NHeadKV + 1) / 2 }
+
 func (a *attnTask) run(t, lo, hi int) {
 	s, sq := &a.shape, &a.seq
-	kvDim, qDim := s.NHeadKV*s.HeadDim, s.NHead*s.HeadDim
-	group := s.NHead / s.NHeadKV
+	kvDim := s.NHeadKV * s.HeadDim
+	group, pairs := s.NHead/s.NHeadKV, headPairs(*s)
 	kc, vc := cacheView(sq.K), cacheView(sq.V)
 	capacity := sq.V.Len() / kvDim
 	matVec := a.b.rowsF32
 	if kc.elem == 2 {
 		matVec = a.b.rowsF16
 	}
-	scores := a.b.scratchFor(t, sq.Past+sq.Rows+8)
+	width := sq.Past + sq.Rows + 8
+	scratch := a.b.scratchFor(t, 2*width)
 	for unit := lo; unit < hi; unit++ {
-		i, h := unit/s.NHead, unit%s.NHead
+		i, rest := unit/(s.NHeadKV*pairs), unit%(s.NHeadKV*pairs)
+		g, h := rest/pairs, rest/pairs*group+2*(rest%pairs)
+		two := h+1 < (g+1)*group
 		n := sq.Past + i + 1
-		kvOff := (h / group) * s.HeadDim
-		qh := f32ToBytes(a.q[(a.base+i)*qDim+h*s.HeadDim:][:s.HeadDim])
 		// The value rows are read in whole steps of 8 (see padValues).
 		nv := min((n+7)&^7, capacity)
-		sc := scores[:n]
-		// Scores: the query against n key rows of this head, kvDim apart.
-		matVec(s.HeadDim, kc.from(kvOff), kvDim*kc.elem, qh, sc)
-		for j := range sc {
-			sc[j] *= s.Scale
+		kvOff := g * s.HeadDim
+		sc0, sc1 := scratch[:nv], scratch[width:width+nv]
+		q0, q1, s1 := a.query(i, h), []byte(nil), []float32(nil)
+		if two {
+			q1, s1 = a.query(i, h+1), sc1[:n]
 		}
-		if sq.Scores != nil {
-			p := sq.Scores[(h*sq.Rows+i)*(sq.Past+sq.Rows):][:sq.Past+sq.Rows]
-			copy(p, sc)
-			clear(p[n:])
+		// Scores: the queries against n key rows of this head, kvDim apart.
+		matVec(s.HeadDim, kc.from(kvOff), kvDim*kc.elem, q0, q1, sc0[:n], s1)
+		a.probabilities(i, h, n, sc0)
+		p1, o1 := []byte(nil), []float32(nil)
+		if two {
+			a.probabilities(i, h+1, n, sc1)
+			p1, o1 = f32ToBytes(sc1), a.output(i, h+1)
 		}
-		softmax(sc)
-		if sq.Probs != nil {
-			p := sq.Probs[(h*sq.Rows+i)*(sq.Past+sq.Rows):][:sq.Past+sq.Rows]
-			copy(p, sc)
-			clear(p[n:])
-		}
-		oh := a.out[(a.base+i)*qDim+h*s.HeadDim:][:s.HeadDim]
 		// Output: each dimension is the probabilities against one
 		// transposed value row, capacity apart.
-		clear(scores[n:nv])
-		matVec(nv, vc.from(kvOff*capacity), capacity*vc.elem, f32ToBytes(scores[:nv]), oh)
+		matVec(nv, vc.from(kvOff*capacity), capacity*vc.elem, f32ToBytes(sc0), p1, a.output(i, h), o1)
 	}
+}
+
+// query is row i's query of head h, as bytes.
+func (a *attnTask) query(i, h int) []byte {
+	s := &a.shape
+	return f32ToBytes(a.q[(a.base+i)*s.NHead*s.HeadDim+h*s.HeadDim:][:s.HeadDim])
+}
+
+// output is row i's output of head h.
+func (a *attnTask) output(i, h int) []float32 {
+	s := &a.shape
+	return a.out[(a.base+i)*s.NHead*s.HeadDim+h*s.HeadDim:][:s.HeadDim]
+}
+
+// probabilities turns row i's scores of head h, the first n of sc, into
+// probabilities (handing scores and probabilities to an observer that asked
+// for them) and zeroes the rest of sc.
+func (a *attnTask) probabilities(i, h, n int, sc []float32) {
+	s, sq := &a.shape, &a.seq
+	for j := range sc[:n] {
+		sc[j] *= s.Scale
+	}
+	observe := func(dst []float32) {
+		p := dst[(h*sq.Rows+i)*(sq.Past+sq.Rows):][:sq.Past+sq.Rows]
+		copy(p, sc[:n])
+		clear(p[n:])
+	}
+	if sq.Scores != nil {
+		observe(sq.Scores)
+	}
+	softmax(sc[:n])
+	if sq.Probs != nil {
+		observe(sq.Probs)
+	}
+	clear(sc[n:])
 }
 
 // padValues zeroes the transposed value rows of a cache from end, the

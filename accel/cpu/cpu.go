@@ -39,7 +39,7 @@ type Backend struct {
 	act     []byte      // the activations of the current matmul, quantized
 	// rowsF32 and rowsF16 multiply float32 queries and probabilities
 	// with f32 and f16 KV cache data.
-	rowsF32, rowsF16 func(n int, w []byte, wStride int, a []byte, out []float32)
+	rowsF32, rowsF16 quant.FloatRows
 
 	// The tasks of the operations, reused so that no call allocates.
 	mm     matmulTask

@@ -124,8 +124,10 @@ func main() {
 			tile32(k)
 		}
 	}
-	dotFloatW4("dotF32AVX2w4", kF32)
-	dotFloatW4("dotF16AVX2w4", kF16)
+	dotFloatW4("dotF32AVX2w4", kF32, 1)
+	dotFloatW4("dotF16AVX2w4", kF16, 1)
+	dotFloatW4("dotF32AVX2w4x2", kF32, 2)
+	dotFloatW4("dotF16AVX2w4x2", kF16, 2)
 	dotFloat("dotBF16AVX2", kBF16)
 	quantQ8A()
 	quantQ8K()
@@ -804,45 +806,74 @@ func (ft floatKind) load(m Mem) VecVirtual {
 }
 
 // dotFloatW4 is dotFloat for four weight rows wstride bytes apart against
-// one activation row, n a positive multiple of 8: each step loads 8
-// activations once for the four rows. Attention runs it over keys (rows
-// of one head, 64 or 128 values) and over transposed values, where one
-// row's call costs as much as its arithmetic.
-func dotFloatW4(name string, ft floatKind) {
-	TEXT(name, NOSPLIT, "func(n int, w *byte, wstride int, a *byte, out *float32)")
+// one activation row (acts 1) or two (acts 2: out0 and out1), n a positive
+// multiple of 8: each step loads 8 values of each activation row once for
+// the four weight rows. Each (weight row, activation row) pair has its own
+// accumulator and sees the same instructions in either form, so the two
+// agree bit for bit. Attention runs it over keys (rows of one head, 64 or
+// 128 values) and over transposed values, with the queries or
+// probabilities of two heads that share them.
+func dotFloatW4(name string, ft floatKind, acts int) {
+	if acts == 1 {
+		TEXT(name, NOSPLIT, "func(n int, w *byte, wstride int, a *byte, out *float32)")
+		Doc(name + " is the float × float32 kernel for four weight rows wstride bytes apart and one activation row of n values, n a positive multiple of 8.")
+	} else {
+		TEXT(name, NOSPLIT, "func(n int, w *byte, wstride int, a0, a1 *byte, out0, out1 *float32)")
+		Doc(name + " is the float × float32 kernel for four weight rows wstride bytes apart and two activation rows of n values, n a positive multiple of 8.")
+	}
 	Pragma("noescape")
-	Doc(name + " is the float × float32 kernel for four weight rows wstride bytes apart and one activation row of n values, n a positive multiple of 8.")
 	n := Load(Param("n"), GP64())
 	w := Load(Param("w"), GP64())
 	stride := Load(Param("wstride"), GP64())
-	a := Load(Param("a"), GP64())
-	out := Load(Param("out"), GP64())
+	var as, outs []Register
+	if acts == 1 {
+		as = []Register{Load(Param("a"), GP64())}
+	} else {
+		as = []Register{Load(Param("a0"), GP64()), Load(Param("a1"), GP64())}
+	}
 	ws := []Register{w}
 	for r := 1; r < 4; r++ {
 		p := GP64()
 		LEAQ(Mem{Base: ws[r-1], Index: stride, Scale: 1}, p)
 		ws = append(ws, p)
 	}
-	var acc [4]VecVirtual
-	for i := range acc {
-		acc[i] = YMM()
-		zero(acc[i])
+	acc := make([][4]VecVirtual, acts)
+	for j := range acc {
+		for i := range acc[j] {
+			acc[j][i] = YMM()
+			zero(acc[j][i])
+		}
 	}
 	SHRQ(U8(3), n)
 	Label(name + "_loop")
-	x := YMM()
-	VMOVUPS(Mem{Base: a}, x)
+	xs := make([]VecVirtual, acts)
+	for j, a := range as {
+		xs[j] = YMM()
+		VMOVUPS(Mem{Base: a}, xs[j])
+	}
 	for r, wr := range ws {
-		VFMADD231PS(x, ft.load(Mem{Base: wr}), acc[r])
+		y := ft.load(Mem{Base: wr})
+		for j := range xs {
+			VFMADD231PS(xs[j], y, acc[j][r])
+		}
 	}
 	for _, wr := range ws {
 		ADDQ(U32(8*ft.size()), wr)
 	}
-	ADDQ(U32(32), a)
+	for _, a := range as {
+		ADDQ(U32(32), a)
+	}
 	DECQ(n)
 	JNZ(LabelRef(name + "_loop"))
-	for r := range acc {
-		VMOVSS(hsum(acc[r]), Mem{Base: out, Disp: 4 * r})
+	if acts == 1 {
+		outs = []Register{Load(Param("out"), GP64())}
+	} else {
+		outs = []Register{Load(Param("out0"), GP64()), Load(Param("out1"), GP64())}
+	}
+	for j, out := range outs {
+		for r := range acc[j] {
+			VMOVSS(hsum(acc[j][r]), Mem{Base: out, Disp: 4 * r})
+		}
 	}
 	VZEROUPPER()
 	RET()
