@@ -73,9 +73,11 @@ type Kernel struct {
 	// which hides the latency of short rows and the cost of a call (1.4×
 	// faster for q4_0 rows of 576), and call their one-row kernel directly
 	// for the others. Each out[r] is exactly what Dot returns for that
-	// row, so that a row's result does not depend on whether it was
-	// computed alone or in a batch (see FloatMatVec for a faster float
-	// product without that property).
+	// row, except where the type has a Tile: there the tiles of four
+	// weight rows run the tile's arithmetic (exactly what Tile returns),
+	// so that a row's result does not depend on whether it was computed
+	// alone or in a batch (see FloatMatVec for a float product without
+	// that property).
 	MatVec func(n int, w []byte, wStride int, a []byte, out []float32)
 	// Tile, where it is not nil, multiplies four weight rows w_c =
 	// w[c*wStride:] by rows activation rows a_r = a[r*aStride:] (rows =

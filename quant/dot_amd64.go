@@ -20,11 +20,11 @@ func archTiers() []tier {
 }
 
 var avx2Blocks = map[Type]asmBlock{
-	Q4_0: {32, 18, q8aBlock, dotQ4_0AVX2x1, dotQ4_0AVX2x4, dotQ4_0AVX2w4},
+	Q4_0: {32, 18, q8aBlock, dotQ4_0AVX2x1, dotQ4_0AVX2x4, dotQ4_0AVX2m4},
 	Q4_1: {32, 20, q8aBlock, dotQ4_1AVX2x1, dotQ4_1AVX2x4, dotQ4_1AVX2w4},
 	Q5_0: {32, 22, q8aBlock, dotQ5_0AVX2x1, dotQ5_0AVX2x4, dotQ5_0AVX2w4},
 	Q5_1: {32, 24, q8aBlock, dotQ5_1AVX2x1, dotQ5_1AVX2x4, dotQ5_1AVX2w4},
-	Q8_0: {32, 34, q8aBlock, dotQ8_0AVX2x1, dotQ8_0AVX2x4, dotQ8_0AVX2w4},
+	Q8_0: {32, 34, q8aBlock, dotQ8_0AVX2x1, dotQ8_0AVX2x4, dotQ8_0AVX2m4},
 	Q4_K: {QK_K, 144, 292, dotQ4_KAVX2x1, dotQ4_KAVX2x4, nil},
 	Q5_K: {QK_K, 176, 292, dotQ5_KAVX2x1, dotQ5_KAVX2x4, nil},
 	Q6_K: {QK_K, 210, 292, dotQ6_KAVX2x1, dotQ6_KAVX2x4, nil},

@@ -2807,129 +2807,6 @@ dotQ3_KAVX2x4_loop:
 	VZEROUPPER
 	RET
 
-// func dotQ4_0AVX2w4(nb int, w *byte, wstride int, a *byte, out *float32)
-// Requires: AVX, AVX2, F16C, FMA3, MMX+
-TEXT ·dotQ4_0AVX2w4(SB), NOSPLIT, $0-40
-	MOVQ    nb+0(FP), AX
-	MOVQ    w+8(FP), CX
-	MOVQ    wstride+16(FP), DX
-	LEAQ    (CX)(DX*1), BX
-	LEAQ    (BX)(DX*1), SI
-	LEAQ    (SI)(DX*1), DX
-	MOVQ    a+24(FP), DI
-	MOVQ    out+32(FP), R8
-	MOVQ    wstride+16(FP), R9
-	SHLQ    $0x02, R9
-	VMOVDQU c0F<>+0(SB), Y0
-	VMOVDQU ones16<>+0(SB), Y1
-	VXORPS  Y2, Y2, Y2
-	VXORPS  X3, X3, X3
-	VXORPS  Y4, Y4, Y4
-	VXORPS  X5, X5, X5
-	VXORPS  Y6, Y6, Y6
-	VXORPS  X7, X7, X7
-	VXORPS  Y8, Y8, Y8
-	VXORPS  X9, X9, X9
-
-dotQ4_0AVX2w4_loop:
-	PREFETCHT0   (CX)(R9*1)
-	PREFETCHT0   (BX)(R9*1)
-	PREFETCHT0   (SI)(R9*1)
-	PREFETCHT0   (DX)(R9*1)
-	VMOVDQU      2(CX), X10
-	VPSRLW       $0x04, X10, X11
-	VINSERTI128  $0x01, X11, Y10, Y10
-	VPAND        Y0, Y10, Y10
-	VCVTPH2PS    (CX), X11
-	VPMADDUBSW   8(DI), Y10, Y12
-	VPMADDWD     Y1, Y12, Y12
-	VCVTDQ2PS    Y12, Y12
-	VMULSS       (DI), X11, X10
-	VBROADCASTSS X10, Y13
-	VFMADD231PS  Y13, Y12, Y2
-	VFMADD231SS  4(DI), X11, X3
-	VMOVDQU      2(BX), X11
-	VPSRLW       $0x04, X11, X10
-	VINSERTI128  $0x01, X10, Y11, Y11
-	VPAND        Y0, Y11, Y11
-	VCVTPH2PS    (BX), X10
-	VPMADDUBSW   8(DI), Y11, Y12
-	VPMADDWD     Y1, Y12, Y12
-	VCVTDQ2PS    Y12, Y12
-	VMULSS       (DI), X10, X11
-	VBROADCASTSS X11, Y13
-	VFMADD231PS  Y13, Y12, Y4
-	VFMADD231SS  4(DI), X10, X5
-	VMOVDQU      2(SI), X14
-	VPSRLW       $0x04, X14, X10
-	VINSERTI128  $0x01, X10, Y14, Y14
-	VPAND        Y0, Y14, Y14
-	VCVTPH2PS    (SI), X10
-	VPMADDUBSW   8(DI), Y14, Y12
-	VPMADDWD     Y1, Y12, Y12
-	VCVTDQ2PS    Y12, Y12
-	VMULSS       (DI), X10, X11
-	VBROADCASTSS X11, Y13
-	VFMADD231PS  Y13, Y12, Y6
-	VFMADD231SS  4(DI), X10, X7
-	VMOVDQU      2(DX), X15
-	VPSRLW       $0x04, X15, X10
-	VINSERTI128  $0x01, X10, Y15, Y15
-	VPAND        Y0, Y15, Y15
-	VCVTPH2PS    (DX), X10
-	VPMADDUBSW   8(DI), Y15, Y12
-	VPMADDWD     Y1, Y12, Y12
-	VCVTDQ2PS    Y12, Y12
-	VMULSS       (DI), X10, X11
-	VBROADCASTSS X11, Y13
-	VFMADD231PS  Y13, Y12, Y8
-	VFMADD231SS  4(DI), X10, X9
-	ADDQ         $0x00000012, CX
-	ADDQ         $0x00000012, BX
-	ADDQ         $0x00000012, SI
-	ADDQ         $0x00000012, DX
-	ADDQ         $0x00000028, DI
-	DECQ         AX
-	JNZ          dotQ4_0AVX2w4_loop
-	VEXTRACTF128 $0x01, Y2, X0
-	VADDPS       X2, X0, X0
-	VMOVHLPS     X0, X0, X1
-	VADDPS       X1, X0, X0
-	VMOVSHDUP    X0, X1
-	VADDSS       X1, X0, X0
-	VMULSS       f32_0<>+0(SB), X3, X1
-	VADDSS       X1, X0, X0
-	VMOVSS       X0, (R8)
-	VEXTRACTF128 $0x01, Y4, X0
-	VADDPS       X4, X0, X0
-	VMOVHLPS     X0, X0, X1
-	VADDPS       X1, X0, X0
-	VMOVSHDUP    X0, X1
-	VADDSS       X1, X0, X0
-	VMULSS       f32_0<>+0(SB), X5, X1
-	VADDSS       X1, X0, X0
-	VMOVSS       X0, 4(R8)
-	VEXTRACTF128 $0x01, Y6, X0
-	VADDPS       X6, X0, X0
-	VMOVHLPS     X0, X0, X1
-	VADDPS       X1, X0, X0
-	VMOVSHDUP    X0, X1
-	VADDSS       X1, X0, X0
-	VMULSS       f32_0<>+0(SB), X7, X1
-	VADDSS       X1, X0, X0
-	VMOVSS       X0, 8(R8)
-	VEXTRACTF128 $0x01, Y8, X0
-	VADDPS       X8, X0, X0
-	VMOVHLPS     X0, X0, X1
-	VADDPS       X1, X0, X0
-	VMOVSHDUP    X0, X1
-	VADDSS       X1, X0, X0
-	VMULSS       f32_0<>+0(SB), X9, X1
-	VADDSS       X1, X0, X0
-	VMOVSS       X0, 12(R8)
-	VZEROUPPER
-	RET
-
 // func dotQ4_1AVX2w4(nb int, w *byte, wstride int, a *byte, out *float32)
 // Requires: AVX, AVX2, F16C, FMA3, MMX+
 TEXT ·dotQ4_1AVX2w4(SB), NOSPLIT, $0-40
@@ -3347,112 +3224,6 @@ dotQ5_1AVX2w4_loop:
 	VZEROUPPER
 	RET
 
-// func dotQ8_0AVX2w4(nb int, w *byte, wstride int, a *byte, out *float32)
-// Requires: AVX, AVX2, F16C, FMA3, MMX+
-TEXT ·dotQ8_0AVX2w4(SB), NOSPLIT, $0-40
-	MOVQ    nb+0(FP), AX
-	MOVQ    w+8(FP), CX
-	MOVQ    wstride+16(FP), DX
-	LEAQ    (CX)(DX*1), BX
-	LEAQ    (BX)(DX*1), SI
-	LEAQ    (SI)(DX*1), DX
-	MOVQ    a+24(FP), DI
-	MOVQ    out+32(FP), R8
-	MOVQ    wstride+16(FP), R9
-	SHLQ    $0x02, R9
-	VMOVDQU ones16<>+0(SB), Y0
-	VXORPS  Y1, Y1, Y1
-	VXORPS  Y2, Y2, Y2
-	VXORPS  Y3, Y3, Y3
-	VXORPS  Y4, Y4, Y4
-
-dotQ8_0AVX2w4_loop:
-	PREFETCHT0   (CX)(R9*1)
-	PREFETCHT0   (BX)(R9*1)
-	PREFETCHT0   (SI)(R9*1)
-	PREFETCHT0   (DX)(R9*1)
-	VMOVDQU      2(CX), Y5
-	VPSIGNB      Y5, Y5, Y6
-	VCVTPH2PS    (CX), X7
-	VMOVDQU      8(DI), Y8
-	VPSIGNB      Y5, Y8, Y8
-	VPMADDUBSW   Y8, Y6, Y8
-	VPMADDWD     Y0, Y8, Y8
-	VCVTDQ2PS    Y8, Y8
-	VMULSS       (DI), X7, X5
-	VBROADCASTSS X5, Y5
-	VFMADD231PS  Y5, Y8, Y1
-	VMOVDQU      2(BX), Y5
-	VPSIGNB      Y5, Y5, Y6
-	VCVTPH2PS    (BX), X7
-	VMOVDQU      8(DI), Y8
-	VPSIGNB      Y5, Y8, Y8
-	VPMADDUBSW   Y8, Y6, Y8
-	VPMADDWD     Y0, Y8, Y8
-	VCVTDQ2PS    Y8, Y8
-	VMULSS       (DI), X7, X5
-	VBROADCASTSS X5, Y5
-	VFMADD231PS  Y5, Y8, Y2
-	VMOVDQU      2(SI), Y5
-	VPSIGNB      Y5, Y5, Y6
-	VCVTPH2PS    (SI), X7
-	VMOVDQU      8(DI), Y8
-	VPSIGNB      Y5, Y8, Y8
-	VPMADDUBSW   Y8, Y6, Y8
-	VPMADDWD     Y0, Y8, Y8
-	VCVTDQ2PS    Y8, Y8
-	VMULSS       (DI), X7, X5
-	VBROADCASTSS X5, Y5
-	VFMADD231PS  Y5, Y8, Y3
-	VMOVDQU      2(DX), Y5
-	VPSIGNB      Y5, Y5, Y6
-	VCVTPH2PS    (DX), X7
-	VMOVDQU      8(DI), Y8
-	VPSIGNB      Y5, Y8, Y8
-	VPMADDUBSW   Y8, Y6, Y8
-	VPMADDWD     Y0, Y8, Y8
-	VCVTDQ2PS    Y8, Y8
-	VMULSS       (DI), X7, X5
-	VBROADCASTSS X5, Y5
-	VFMADD231PS  Y5, Y8, Y4
-	ADDQ         $0x00000022, CX
-	ADDQ         $0x00000022, BX
-	ADDQ         $0x00000022, SI
-	ADDQ         $0x00000022, DX
-	ADDQ         $0x00000028, DI
-	DECQ         AX
-	JNZ          dotQ8_0AVX2w4_loop
-	VEXTRACTF128 $0x01, Y1, X0
-	VADDPS       X1, X0, X0
-	VMOVHLPS     X0, X0, X1
-	VADDPS       X1, X0, X0
-	VMOVSHDUP    X0, X1
-	VADDSS       X1, X0, X0
-	VMOVSS       X0, (R8)
-	VEXTRACTF128 $0x01, Y2, X0
-	VADDPS       X2, X0, X0
-	VMOVHLPS     X0, X0, X1
-	VADDPS       X1, X0, X0
-	VMOVSHDUP    X0, X1
-	VADDSS       X1, X0, X0
-	VMOVSS       X0, 4(R8)
-	VEXTRACTF128 $0x01, Y3, X0
-	VADDPS       X3, X0, X0
-	VMOVHLPS     X0, X0, X1
-	VADDPS       X1, X0, X0
-	VMOVSHDUP    X0, X1
-	VADDSS       X1, X0, X0
-	VMOVSS       X0, 8(R8)
-	VEXTRACTF128 $0x01, Y4, X0
-	VADDPS       X4, X0, X0
-	VMOVHLPS     X0, X0, X1
-	VADDPS       X1, X0, X0
-	VMOVSHDUP    X0, X1
-	VADDSS       X1, X0, X0
-	VMOVSS       X0, 12(R8)
-	VZEROUPPER
-	RET
-
 // func dotF32AVX2(n int, w *byte, a *byte) float32
 // Requires: AVX, FMA3, SSE
 TEXT ·dotF32AVX2(SB), NOSPLIT, $0-28
@@ -3582,33 +3353,33 @@ packQ4_0AVX2_loop:
 	VPINSRW      $0x03, (DX), X0, X0
 	VCVTPH2PS    X0, X0
 	VINSERTF128  $0x01, X0, Y0, Y1
+	VBROADCASTSS f32_0<>+0(SB), Y2
+	VMULPS       Y2, Y0, Y0
 	VMOVUPS      Y1, 128(DI)
-	VBROADCASTSS f32_0<>+0(SB), Y1
-	VMULPS       Y1, Y0, Y0
 	VMOVUPS      Y0, 160(DI)
-	VMOVDQU      2(CX), X2
-	VPSRLW       $0x04, X2, X0
-	VINSERTI128  $0x01, X0, Y2, Y2
-	VPAND        c0F<>+0(SB), Y2, Y2
-	VMOVDQU      Y2, (DI)
-	ADDQ         $0x00000012, CX
-	VMOVDQU      2(BX), X3
+	VMOVDQU      2(CX), X3
 	VPSRLW       $0x04, X3, X0
 	VINSERTI128  $0x01, X0, Y3, Y3
 	VPAND        c0F<>+0(SB), Y3, Y3
-	VMOVDQU      Y3, 32(DI)
-	ADDQ         $0x00000012, BX
-	VMOVDQU      2(SI), X4
+	VMOVDQU      2(BX), X4
 	VPSRLW       $0x04, X4, X0
 	VINSERTI128  $0x01, X0, Y4, Y4
 	VPAND        c0F<>+0(SB), Y4, Y4
-	VMOVDQU      Y4, 64(DI)
-	ADDQ         $0x00000012, SI
-	VMOVDQU      2(DX), X5
+	VMOVDQU      2(SI), X5
 	VPSRLW       $0x04, X5, X0
 	VINSERTI128  $0x01, X0, Y5, Y5
 	VPAND        c0F<>+0(SB), Y5, Y5
-	VMOVDQU      Y5, 96(DI)
+	VMOVDQU      2(DX), X6
+	VPSRLW       $0x04, X6, X0
+	VINSERTI128  $0x01, X0, Y6, Y6
+	VPAND        c0F<>+0(SB), Y6, Y6
+	VMOVDQU      Y3, (DI)
+	VMOVDQU      Y4, 32(DI)
+	VMOVDQU      Y5, 64(DI)
+	VMOVDQU      Y6, 96(DI)
+	ADDQ         $0x00000012, CX
+	ADDQ         $0x00000012, BX
+	ADDQ         $0x00000012, SI
 	ADDQ         $0x00000012, DX
 	ADDQ         $0x000000c0, DI
 	DECQ         AX
@@ -3715,6 +3486,78 @@ dotQ4_0AVX2p4_loop:
 	VZEROUPPER
 	RET
 
+// func dotQ4_0AVX2m4(nb int, w *byte, wstride int, a *byte, out *float32)
+// Requires: AVX, AVX2, F16C, FMA3, MMX+
+TEXT ·dotQ4_0AVX2m4(SB), NOSPLIT, $0-40
+	MOVQ   nb+0(FP), AX
+	MOVQ   w+8(FP), CX
+	MOVQ   wstride+16(FP), DX
+	LEAQ   (CX)(DX*1), BX
+	LEAQ   (BX)(DX*1), SI
+	LEAQ   (SI)(DX*1), DX
+	MOVQ   wstride+16(FP), DI
+	SHLQ   $0x02, DI
+	MOVQ   a+24(FP), R8
+	VXORPS Y0, Y0, Y0
+
+dotQ4_0AVX2m4_loop:
+	PREFETCHT0   (CX)(DI*1)
+	PREFETCHT0   (BX)(DI*1)
+	PREFETCHT0   (SI)(DI*1)
+	PREFETCHT0   (DX)(DI*1)
+	MOVWLZX      (CX), R9
+	VMOVD        R9, X1
+	VPINSRW      $0x01, (BX), X1, X1
+	VPINSRW      $0x02, (SI), X1, X1
+	VPINSRW      $0x03, (DX), X1, X1
+	VCVTPH2PS    X1, X1
+	VINSERTF128  $0x01, X1, Y1, Y2
+	VBROADCASTSS f32_0<>+0(SB), Y3
+	VMULPS       Y3, Y1, Y1
+	VMOVDQU      2(CX), X4
+	VPSRLW       $0x04, X4, X3
+	VINSERTI128  $0x01, X3, Y4, Y4
+	VPAND        c0F<>+0(SB), Y4, Y4
+	VMOVDQU      2(BX), X5
+	VPSRLW       $0x04, X5, X3
+	VINSERTI128  $0x01, X3, Y5, Y5
+	VPAND        c0F<>+0(SB), Y5, Y5
+	VMOVDQU      2(SI), X6
+	VPSRLW       $0x04, X6, X3
+	VINSERTI128  $0x01, X3, Y6, Y6
+	VPAND        c0F<>+0(SB), Y6, Y6
+	VMOVDQU      2(DX), X7
+	VPSRLW       $0x04, X7, X3
+	VINSERTI128  $0x01, X3, Y7, Y7
+	VPAND        c0F<>+0(SB), Y7, Y7
+	VPMADDUBSW   8(R8), Y4, Y3
+	VPMADDUBSW   8(R8), Y5, Y8
+	VPMADDUBSW   8(R8), Y6, Y9
+	VPMADDUBSW   8(R8), Y7, Y10
+	VPHADDW      Y8, Y3, Y3
+	VPHADDW      Y10, Y9, Y9
+	VPHADDW      Y9, Y3, Y3
+	VPMADDWD     ones16<>+0(SB), Y3, Y3
+	VCVTDQ2PS    Y3, Y3
+	VBROADCASTSS (R8), Y8
+	VMULPS       Y2, Y8, Y8
+	VFMADD231PS  Y8, Y3, Y0
+	VBROADCASTSS 4(R8), Y2
+	VFMADD231PS  Y1, Y2, Y0
+	ADDQ         $0x00000012, CX
+	ADDQ         $0x00000012, BX
+	ADDQ         $0x00000012, SI
+	ADDQ         $0x00000012, DX
+	ADDQ         $0x00000028, R8
+	DECQ         AX
+	JNZ          dotQ4_0AVX2m4_loop
+	MOVQ         out+32(FP), AX
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X0, X1, X1
+	VMOVUPS      X1, (AX)
+	VZEROUPPER
+	RET
+
 // func packQ8_0AVX2(nb int, w *byte, wstride int, dst *byte)
 // Requires: AVX, F16C
 TEXT ·packQ8_0AVX2(SB), NOSPLIT, $0-32
@@ -3736,16 +3579,16 @@ packQ8_0AVX2_loop:
 	VINSERTF128 $0x01, X0, Y0, Y1
 	VMOVUPS     Y1, 128(DI)
 	VMOVDQU     2(CX), Y1
+	VMOVDQU     2(BX), Y2
+	VMOVDQU     2(SI), Y3
+	VMOVDQU     2(DX), Y4
 	VMOVDQU     Y1, (DI)
+	VMOVDQU     Y2, 32(DI)
+	VMOVDQU     Y3, 64(DI)
+	VMOVDQU     Y4, 96(DI)
 	ADDQ        $0x00000022, CX
-	VMOVDQU     2(BX), Y1
-	VMOVDQU     Y1, 32(DI)
 	ADDQ        $0x00000022, BX
-	VMOVDQU     2(SI), Y1
-	VMOVDQU     Y1, 64(DI)
 	ADDQ        $0x00000022, SI
-	VMOVDQU     2(DX), Y1
-	VMOVDQU     Y1, 96(DI)
 	ADDQ        $0x00000022, DX
 	ADDQ        $0x000000c0, DI
 	DECQ        AX
@@ -3877,6 +3720,71 @@ dotQ8_0AVX2p4_loop:
 	VEXTRACTF128 $0x01, Y3, X0
 	VADDPS       X3, X0, X0
 	VMOVUPS      X0, 48(AX)
+	VZEROUPPER
+	RET
+
+// func dotQ8_0AVX2m4(nb int, w *byte, wstride int, a *byte, out *float32)
+// Requires: AVX, AVX2, F16C, FMA3, MMX+
+TEXT ·dotQ8_0AVX2m4(SB), NOSPLIT, $0-40
+	MOVQ   nb+0(FP), AX
+	MOVQ   w+8(FP), CX
+	MOVQ   wstride+16(FP), DX
+	LEAQ   (CX)(DX*1), BX
+	LEAQ   (BX)(DX*1), SI
+	LEAQ   (SI)(DX*1), DX
+	MOVQ   wstride+16(FP), DI
+	SHLQ   $0x02, DI
+	MOVQ   a+24(FP), R8
+	VXORPS Y0, Y0, Y0
+
+dotQ8_0AVX2m4_loop:
+	PREFETCHT0   (CX)(DI*1)
+	PREFETCHT0   (BX)(DI*1)
+	PREFETCHT0   (SI)(DI*1)
+	PREFETCHT0   (DX)(DI*1)
+	MOVWLZX      (CX), R9
+	VMOVD        R9, X1
+	VPINSRW      $0x01, (BX), X1, X1
+	VPINSRW      $0x02, (SI), X1, X1
+	VPINSRW      $0x03, (DX), X1, X1
+	VCVTPH2PS    X1, X1
+	VINSERTF128  $0x01, X1, Y1, Y2
+	VMOVDQU      2(CX), Y3
+	VMOVDQU      2(BX), Y4
+	VMOVDQU      2(SI), Y5
+	VMOVDQU      2(DX), Y6
+	VMOVDQU      8(R8), Y7
+	VPSIGNB      Y7, Y7, Y8
+	VPSIGNB      Y7, Y3, Y3
+	VPMADDUBSW   Y3, Y8, Y3
+	VPMADDWD     ones16<>+0(SB), Y3, Y3
+	VPSIGNB      Y7, Y4, Y4
+	VPMADDUBSW   Y4, Y8, Y4
+	VPMADDWD     ones16<>+0(SB), Y4, Y4
+	VPSIGNB      Y7, Y5, Y5
+	VPMADDUBSW   Y5, Y8, Y5
+	VPMADDWD     ones16<>+0(SB), Y5, Y5
+	VPSIGNB      Y7, Y6, Y6
+	VPMADDUBSW   Y6, Y8, Y6
+	VPMADDWD     ones16<>+0(SB), Y6, Y6
+	VPHADDD      Y4, Y3, Y3
+	VPHADDD      Y6, Y5, Y5
+	VPHADDD      Y5, Y3, Y3
+	VCVTDQ2PS    Y3, Y3
+	VBROADCASTSS (R8), Y4
+	VMULPS       Y2, Y4, Y4
+	VFMADD231PS  Y4, Y3, Y0
+	ADDQ         $0x00000022, CX
+	ADDQ         $0x00000022, BX
+	ADDQ         $0x00000022, SI
+	ADDQ         $0x00000022, DX
+	ADDQ         $0x00000028, R8
+	DECQ         AX
+	JNZ          dotQ8_0AVX2m4_loop
+	MOVQ         out+32(FP), AX
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X0, X1, X1
+	VMOVUPS      X1, (AX)
 	VZEROUPPER
 	RET
 

@@ -7,8 +7,8 @@ import "math/bits"
 // asmBlock describes the assembly kernels of one block type: x1 multiplies
 // nb blocks of one weight row with one activation row, x4 with four
 // activation rows stride bytes apart, w4 four weight rows wstride bytes
-// apart with one activation row (nil for the k-quants); the tiles write
-// out[0:4].
+// apart with one activation row (nil for the k-quants; for the types with
+// a Tile, the kernel of the tile's arithmetic); the tiles write out[0:4].
 type asmBlock struct {
 	bs, wsize, asize int // elements per block, weight and activation bytes per block
 	x1               func(nb int, w, a *byte) float32

@@ -104,11 +104,6 @@ func dotQ2_KAVX2x4(nb int, w *byte, a *byte, stride int, out *float32)
 //go:noescape
 func dotQ3_KAVX2x4(nb int, w *byte, a *byte, stride int, out *float32)
 
-// dotQ4_0AVX2w4 is the Q4_0 × Q8A kernel for nb blocks. Four weight rows wstride bytes apart, one activation row.
-//
-//go:noescape
-func dotQ4_0AVX2w4(nb int, w *byte, wstride int, a *byte, out *float32)
-
 // dotQ4_1AVX2w4 is the Q4_1 × Q8A kernel for nb blocks. Four weight rows wstride bytes apart, one activation row.
 //
 //go:noescape
@@ -123,11 +118,6 @@ func dotQ5_0AVX2w4(nb int, w *byte, wstride int, a *byte, out *float32)
 //
 //go:noescape
 func dotQ5_1AVX2w4(nb int, w *byte, wstride int, a *byte, out *float32)
-
-// dotQ8_0AVX2w4 is the Q8_0 × Q8A kernel for nb blocks. Four weight rows wstride bytes apart, one activation row.
-//
-//go:noescape
-func dotQ8_0AVX2w4(nb int, w *byte, wstride int, a *byte, out *float32)
 
 // dotF32AVX2 is the float × float32 kernel for n values, n a positive multiple of 8.
 //
@@ -149,6 +139,11 @@ func packQ4_0AVX2(nb int, w *byte, wstride int, dst *byte)
 //go:noescape
 func dotQ4_0AVX2p4(nb int, panel *byte, a *byte, astride int, out *float32)
 
+// dotQ4_0AVX2m4 is the Q4_0 × Q8A kernel of the tile's arithmetic for four weight rows wstride bytes apart by one activation row, nb blocks: out[c] = w_c · a.
+//
+//go:noescape
+func dotQ4_0AVX2m4(nb int, w *byte, wstride int, a *byte, out *float32)
+
 // packQ8_0AVX2 packs nb blocks of four Q8_0 weight rows wstride bytes apart into a panel for the tile kernel.
 //
 //go:noescape
@@ -158,6 +153,11 @@ func packQ8_0AVX2(nb int, w *byte, wstride int, dst *byte)
 //
 //go:noescape
 func dotQ8_0AVX2p4(nb int, panel *byte, a *byte, astride int, out *float32)
+
+// dotQ8_0AVX2m4 is the Q8_0 × Q8A kernel of the tile's arithmetic for four weight rows wstride bytes apart by one activation row, nb blocks: out[c] = w_c · a.
+//
+//go:noescape
+func dotQ8_0AVX2m4(nb int, w *byte, wstride int, a *byte, out *float32)
 
 // dotF32AVX2w4 is the float × float32 kernel for four weight rows wstride bytes apart and one activation row of n values, n a positive multiple of 8.
 //

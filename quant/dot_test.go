@@ -238,9 +238,11 @@ func TestDotRows(t *testing.T) {
 }
 
 // TestMatVec checks MatVec against Dot on every tier: the same results, bit
-// for bit (a tile of weight rows runs each row's one-row instructions), for
-// tile remainders of every size and weight rows that are not adjacent; and
-// the tiers' FloatMatVec within rounding.
+// for bit (a tile of weight rows runs each row's one-row instructions),
+// except for the types with a Tile, whose whole tiles of four rows must
+// give exactly Tile's results (and Dot's within rounding); for tile
+// remainders of every size and weight rows that are not adjacent; and the
+// tiers' FloatMatVec within rounding.
 func TestMatVec(t *testing.T) {
 	for _, typ := range kernelTypes {
 		t.Run(typ.String(), func(t *testing.T) {
@@ -257,8 +259,14 @@ func TestMatVec(t *testing.T) {
 						}
 						out := make([]float32, rows)
 						k.MatVec(c.n, w, stride, c.a, out)
+						tiled := tileProducts(k, c.n, w, stride, c.a, rows)
 						for r := range rows {
 							want := k.Dot(c.n, w[r*stride:r*stride+len(c.w)], c.a)
+							if r < len(tiled) {
+								assert.Equal(t, tiled[r], out[r], "%s tier %s rows=%d r=%d: MatVec against Tile", typ, tr.name, rows, r)
+								assert.InDelta(t, want, out[r], 1e-5*(1+math.Abs(float64(want)))*float64(c.n), "%s tier %s rows=%d r=%d", typ, tr.name, rows, r)
+								continue
+							}
 							assert.Equal(t, want, out[r], "%s tier %s rows=%d r=%d", typ, tr.name, rows, r)
 							if tr.floatMatVec == nil {
 								continue
@@ -284,6 +292,26 @@ func TestMatVec(t *testing.T) {
 			}
 		})
 	}
+}
+
+// tileProducts returns, where k has a Tile, the products of a with the
+// weight rows in whole tiles of four (the rows MatVec runs the tile's
+// arithmetic on), through Tile with a repeated four times; nil otherwise.
+func tileProducts(k Kernel, n int, w []byte, wStride int, a []byte, rows int) []float32 {
+	if k.Tile == nil {
+		return nil
+	}
+	acts := make([]byte, 4*len(a))
+	for r := range 4 {
+		copy(acts[r*len(a):], a)
+	}
+	var got []float32
+	out := make([]float32, 16)
+	for i := 0; i+4 <= rows; i += 4 {
+		k.Tile(n, w[i*wStride:], wStride, acts, len(a), out, make([]byte, TileScratch(n)))
+		got = append(got, out[:4]...)
+	}
+	return got
 }
 
 // TestTile checks the tile kernels against Dot for every pair of four

@@ -87,9 +87,10 @@ func TestMatMul(t *testing.T) {
 }
 
 // TestMatMulRowIndependent checks that a row's product does not depend on
-// the rows batched with it (prefill pads the batch so that every row runs
-// the same kernel), which keeps a sequence's results the same whatever
-// else the scheduler batches it with.
+// the rows batched with it, nor on whether it is alone (a decode step):
+// prefill pads the batch so that every row runs the same kernel, and the
+// decode mat-vec runs the tile's arithmetic. A sequence's results are so
+// the same whatever else the scheduler batches it with.
 func TestMatMulRowIndependent(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	for _, typ := range []quant.Type{quant.Q4_0, quant.Q8_0, quant.Q4_K} {
@@ -106,7 +107,7 @@ func TestMatMulRowIndependent(t *testing.T) {
 			return read(b, dst)
 		}
 		all := product(0, 7)
-		for _, span := range [][2]int{{5, 7}, {2, 5}, {0, 3}} { // one row would be a decode step: another kernel
+		for _, span := range [][2]int{{5, 7}, {2, 5}, {0, 3}, {6, 7}} { // {6, 7}: one row, as a decode step
 			part := product(span[0], span[1])
 			require.Equal(t, all[span[0]*rows:span[1]*rows], part, "%s rows %v", typ, span)
 		}

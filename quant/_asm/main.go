@@ -102,6 +102,9 @@ func main() {
 	constants()
 	for _, sh := range shapes {
 		for _, k := range blocks32 {
+			if sh.weights && hasTile(k) {
+				continue // mat32 is their four-row mat-vec kernel
+			}
 			dot32(k, sh)
 		}
 		if sh.weights {
@@ -119,9 +122,10 @@ func main() {
 	dotFloat("dotF32AVX2", kF32)
 	dotFloat("dotF16AVX2", kF16)
 	for _, k := range blocks32 {
-		if k.name == "Q4_0" || k.name == "Q8_0" {
+		if hasTile(k) {
 			pack32(k)
 			tile32(k)
+			mat32(k)
 		}
 	}
 	dotFloatW4("dotF32AVX2w4", kF32, 1)
@@ -422,14 +426,12 @@ const (
 	panelBlock = 192 // bytes per block
 )
 
-// pack32 packs nb blocks of four weight rows wstride bytes apart into a
-// panel at dst.
-func pack32(k block32) {
-	name := fmt.Sprintf("pack%sAVX2", k.name)
-	TEXT(name, NOSPLIT, "func(nb int, w *byte, wstride int, dst *byte)")
-	Pragma("noescape")
-	Doc(name + " packs nb blocks of four " + k.name + " weight rows wstride bytes apart into a panel for the tile kernel.")
-	nb := Load(Param("nb"), GP64())
+// hasTile reports whether k has the tile kernels (pack32, tile32, mat32).
+func hasTile(k block32) bool { return k.name == "Q4_0" || k.name == "Q8_0" }
+
+// rows4 loads four weight rows' pointers, the first from param w, the
+// others wstride bytes apart.
+func rows4() []Register {
 	ws := []Register{Load(Param("w"), GP64())}
 	stride := Load(Param("wstride"), GP64())
 	for c := 1; c < 4; c++ {
@@ -437,8 +439,13 @@ func pack32(k block32) {
 		LEAQ(Mem{Base: ws[c-1], Index: stride, Scale: 1}, p)
 		ws = append(ws, p)
 	}
-	dst := Load(Param("dst"), GP64())
-	Label(name + "_loop")
+	return ws
+}
+
+// scales4 returns, for the current block of four weight rows, their
+// scales as float32 (dw0..dw3, dw0..dw3) and, for q4_0, -8·(dw0..dw3, 0,
+// 0, 0, 0) (nil otherwise).
+func scales4(k block32, ws []Register) (dw, corr VecVirtual) {
 	g := GP32()
 	x := XMM()
 	MOVWLZX(Mem{Base: ws[0]}, g)
@@ -448,27 +455,56 @@ func pack32(k block32) {
 	}
 	lo := YMM()
 	VCVTPH2PS(x, lo.AsX()) // the upper lanes are zeroed
-	dw := YMM()
+	dw = YMM()
 	VINSERTF128(Imm(1), lo.AsX(), lo, dw)
-	VMOVUPS(dw, Mem{Base: dst, Disp: panelD})
 	if k.corr != 0 {
 		f := YMM()
 		VBROADCASTSS(f32Const(k.corr), f)
 		VMULPS(f, lo, lo)
-		VMOVUPS(lo, Mem{Base: dst, Disp: panelCorr})
+		corr = lo
 	}
+	return dw, corr
+}
+
+// weights4 loads the current block of four weight rows as bytes: q4_0's
+// nibbles unpacked (0..15), q8_0's as they are.
+func weights4(k block32, ws []Register) [4]VecVirtual {
+	var wq [4]VecVirtual
 	for c, wr := range ws {
-		q := YMM()
+		wq[c] = YMM()
 		if k.signed {
-			VMOVDQU(Mem{Base: wr, Disp: k.qs}, q)
-		} else {
-			VMOVDQU(Mem{Base: wr, Disp: k.qs}, q.AsX())
-			hi := XMM()
-			VPSRLW(Imm(4), q.AsX(), hi)
-			VINSERTI128(Imm(1), hi, q, q)
-			VPAND(c0F, q, q)
+			VMOVDQU(Mem{Base: wr, Disp: k.qs}, wq[c])
+			continue
 		}
+		VMOVDQU(Mem{Base: wr, Disp: k.qs}, wq[c].AsX())
+		hi := XMM()
+		VPSRLW(Imm(4), wq[c].AsX(), hi)
+		VINSERTI128(Imm(1), hi, wq[c], wq[c])
+		VPAND(c0F, wq[c], wq[c])
+	}
+	return wq
+}
+
+// pack32 packs nb blocks of four weight rows wstride bytes apart into a
+// panel at dst.
+func pack32(k block32) {
+	name := fmt.Sprintf("pack%sAVX2", k.name)
+	TEXT(name, NOSPLIT, "func(nb int, w *byte, wstride int, dst *byte)")
+	Pragma("noescape")
+	Doc(name + " packs nb blocks of four " + k.name + " weight rows wstride bytes apart into a panel for the tile kernel.")
+	nb := Load(Param("nb"), GP64())
+	ws := rows4()
+	dst := Load(Param("dst"), GP64())
+	Label(name + "_loop")
+	dw, corr := scales4(k, ws)
+	VMOVUPS(dw, Mem{Base: dst, Disp: panelD})
+	if corr != nil {
+		VMOVUPS(corr, Mem{Base: dst, Disp: panelCorr})
+	}
+	for c, q := range weights4(k, ws) {
 		VMOVDQU(q, Mem{Base: dst, Disp: panelW + 32*c})
+	}
+	for _, wr := range ws {
 		ADDQ(U32(k.size), wr)
 	}
 	ADDQ(U32(panelBlock), dst)
@@ -478,18 +514,71 @@ func pack32(k block32) {
 	RET()
 }
 
+// tileStep adds one block of four weight rows (wq, scales dw and, for
+// q4_0, corr) times the activation block at ar into acc: the integer sums
+// of the four rows against the activation block are folded (VPHADDW or
+// VPHADDD, exact) into one register, lane c and c+4 holding halves of
+// row c's, so that one conversion and one multiply-add serve four rows.
+// The offset of q4_0 goes in through the activation block sum, on the
+// lower lanes only; q8_0's weights are signed, so each pair multiplies |a|
+// by w·sign(a). tile32 and mat32 run exactly these instructions, so that
+// a row's product is the same in a tile and alone.
+func tileStep(k block32, wq [4]VecVirtual, dw, corr Op, ar Register, acc VecVirtual) {
+	var p [4]VecVirtual
+	var aq, aabs VecVirtual
+	if k.signed {
+		aq, aabs = YMM(), YMM()
+		VMOVDQU(Mem{Base: ar, Disp: q8aQs}, aq)
+		VPSIGNB(aq, aq, aabs)
+	}
+	for c := range p {
+		p[c] = YMM()
+		if k.signed {
+			VPSIGNB(aq, wq[c], p[c])
+			VPMADDUBSW(p[c], aabs, p[c])
+			VPMADDWD(ones16, p[c], p[c])
+		} else {
+			VPMADDUBSW(Mem{Base: ar, Disp: q8aQs}, wq[c], p[c])
+		}
+	}
+	if k.signed {
+		VPHADDD(p[1], p[0], p[0])
+		VPHADDD(p[3], p[2], p[2])
+		VPHADDD(p[2], p[0], p[0])
+	} else {
+		// Nibbles: a 16-bit pair sum is at most 2·15·127, so four of them
+		// still fit in 16 bits; fold in 16 bits, widen once.
+		VPHADDW(p[1], p[0], p[0])
+		VPHADDW(p[3], p[2], p[2])
+		VPHADDW(p[2], p[0], p[0])
+		VPMADDWD(ones16, p[0], p[0])
+	}
+	VCVTDQ2PS(p[0], p[0])
+	sc := YMM()
+	VBROADCASTSS(Mem{Base: ar}, sc)
+	VMULPS(dw, sc, sc)
+	VFMADD231PS(sc, p[0], acc)
+	if k.corr != 0 {
+		sa := YMM()
+		VBROADCASTSS(Mem{Base: ar, Disp: 4}, sa)
+		VFMADD231PS(corr, sa, acc)
+	}
+}
+
+// storeTile writes acc's four row sums (lanes c and c+4 added) to out.
+func storeTile(acc VecVirtual, out Mem) {
+	h := XMM()
+	VEXTRACTF128(Imm(1), acc, h)
+	VADDPS(acc.AsX(), h, h)
+	VMOVUPS(h, out)
+}
+
 // tile32 is the kernel of a 4×4 tile of a matrix product (prefill): a
 // panel of four weight rows (pack32) by four activation rows astride bytes
-// apart, out[4r+c] = w_c · a_r. Where dot32's tiles spend a conversion, a
-// scale and a fused multiply-add on every (weight, activation) block pair,
-// here the integer sums of the four weight rows' blocks against one
-// activation block are folded (VPHADDW/VPHADDD, exact) into one register,
-// lane c and c+4 holding halves of pair c, so that one conversion and one
-// multiply-add serve four pairs, with the four weight scales side by side.
-// The offset of q4_0 goes in through the activation block sums, on the
-// lower lanes only. q8_0's weights are signed: each pair multiplies |a| by
-// w·sign(a). Results agree with dot32's within float32 rounding (they sum
-// in another order).
+// apart, out[4r+c] = w_c · a_r, each activation row by tileStep. Where
+// dot32's tiles spend a conversion, a scale and a fused multiply-add on
+// every (weight, activation) block pair, this spends them on four. Results
+// agree with dot32's within float32 rounding (they sum in another order).
 func tile32(k block32) {
 	name := fmt.Sprintf("dot%sAVX2p4", k.name)
 	TEXT(name, NOSPLIT, "func(nb int, panel *byte, a *byte, astride int, out *float32)")
@@ -516,45 +605,7 @@ func tile32(k block32) {
 		VMOVDQU(Mem{Base: pw, Disp: panelW + 32*c}, wq[c])
 	}
 	for r, ar := range as {
-		var p [4]VecVirtual
-		var aq, aabs VecVirtual
-		if k.signed {
-			aq, aabs = YMM(), YMM()
-			VMOVDQU(Mem{Base: ar, Disp: q8aQs}, aq)
-			VPSIGNB(aq, aq, aabs)
-		}
-		for c := range p {
-			p[c] = YMM()
-			if k.signed {
-				VPSIGNB(aq, wq[c], p[c])
-				VPMADDUBSW(p[c], aabs, p[c])
-				VPMADDWD(ones16, p[c], p[c])
-			} else {
-				VPMADDUBSW(Mem{Base: ar, Disp: q8aQs}, wq[c], p[c])
-			}
-		}
-		if k.signed {
-			VPHADDD(p[1], p[0], p[0])
-			VPHADDD(p[3], p[2], p[2])
-			VPHADDD(p[2], p[0], p[0])
-		} else {
-			// Nibbles: a 16-bit pair sum is at most 2·15·127, so four of
-			// them still fit in 16 bits; fold in 16 bits, widen once.
-			VPHADDW(p[1], p[0], p[0])
-			VPHADDW(p[3], p[2], p[2])
-			VPHADDW(p[2], p[0], p[0])
-			VPMADDWD(ones16, p[0], p[0])
-		}
-		VCVTDQ2PS(p[0], p[0])
-		sc := YMM()
-		VBROADCASTSS(Mem{Base: ar}, sc)
-		VMULPS(Mem{Base: pw, Disp: panelD}, sc, sc)
-		VFMADD231PS(sc, p[0], acc[r])
-		if k.corr != 0 {
-			sa := YMM()
-			VBROADCASTSS(Mem{Base: ar, Disp: 4}, sa)
-			VFMADD231PS(Mem{Base: pw, Disp: panelCorr}, sa, acc[r])
-		}
+		tileStep(k, wq, Mem{Base: pw, Disp: panelD}, Mem{Base: pw, Disp: panelCorr}, ar, acc[r])
 	}
 	ADDQ(U32(panelBlock), pw)
 	for _, ar := range as {
@@ -564,11 +615,47 @@ func tile32(k block32) {
 	JNZ(LabelRef(name + "_loop"))
 	out := Load(Param("out"), GP64())
 	for r := range acc {
-		h := XMM()
-		VEXTRACTF128(Imm(1), acc[r], h)
-		VADDPS(acc[r].AsX(), h, h)
-		VMOVUPS(h, Mem{Base: out, Disp: 16 * r})
+		storeTile(acc[r], Mem{Base: out, Disp: 16 * r})
 	}
+	VZEROUPPER()
+	RET()
+}
+
+// mat32 is the matrix-vector kernel of the tile's arithmetic: four weight
+// rows wstride bytes apart, read and unpacked as pack32 does, by one
+// activation row, by tileStep. Decoding a token (one row) and prefilling
+// (tiles) so give a row the same result bit for bit, and the continuous
+// batching of the daemon does not change a request's logits. Like the
+// other four-row mat-vec kernels it prefetches the next four rows.
+func mat32(k block32) {
+	name := fmt.Sprintf("dot%sAVX2m4", k.name)
+	TEXT(name, NOSPLIT, "func(nb int, w *byte, wstride int, a *byte, out *float32)")
+	Pragma("noescape")
+	Doc(name + " is the " + k.name + " × Q8A kernel of the tile's arithmetic for four weight rows wstride bytes apart by one activation row, nb blocks: out[c] = w_c · a.")
+	nb := Load(Param("nb"), GP64())
+	ws := rows4()
+	pf := Load(Param("wstride"), GP64())
+	SHLQ(Imm(2), pf)
+	a := Load(Param("a"), GP64())
+	acc := YMM()
+	zero(acc)
+	Label(name + "_loop")
+	for _, wr := range ws {
+		PREFETCHT0(Mem{Base: wr, Index: pf, Scale: 1})
+	}
+	dw, corr := scales4(k, ws)
+	var co Op
+	if corr != nil {
+		co = corr
+	}
+	tileStep(k, weights4(k, ws), dw, co, a, acc)
+	for _, wr := range ws {
+		ADDQ(U32(k.size), wr)
+	}
+	ADDQ(U32(q8aSize), a)
+	DECQ(nb)
+	JNZ(LabelRef(name + "_loop"))
+	storeTile(acc, Mem{Base: Load(Param("out"), GP64())})
 	VZEROUPPER()
 	RET()
 }
