@@ -152,7 +152,7 @@ func (s *Scorer) flush(sums []float64) error {
 
 // Greedy continues each prompt by n tokens, each the most likely one.
 func (s *Scorer) Greedy(prompts [][]int32, n int) ([][]int32, error) {
-	return s.continueAll(prompts, n, func(_ int, logits []float32) int32 { return argmax(logits) })
+	return s.continueAll(prompts, n, func(_ int, logits []float32) int32 { return engine.Argmax(logits) })
 }
 
 // Sample continues each prompt by n tokens drawn by a sampler of cfg; the
@@ -239,16 +239,4 @@ func crossEntropy(logits []float32, target int32) float64 {
 		s += math.Exp(float64(v) - mx)
 	}
 	return mx + math.Log(s) - float64(logits[target])
-}
-
-// argmax is the index of the largest logit, the lowest on ties (as the
-// engine's greedy sampler); -1 when every logit is NaN.
-func argmax(logits []float32) int32 {
-	best := int32(-1)
-	for i, v := range logits {
-		if !math.IsNaN(float64(v)) && (best < 0 || v > logits[best]) {
-			best = int32(i)
-		}
-	}
-	return best
 }

@@ -133,7 +133,7 @@ func greedy(t testing.TB, e *Engine, prompt []int32, n int) []int32 {
 	var out []int32
 	for len(out) < n {
 		require.NoError(t, e.Step(batch, logits))
-		id := argmax(logits)
+		id := Argmax(logits)
 		out = append(out, id)
 		batch = []Entry{{Seq: seq, Token: id, Pos: int32(seq.Len()), Logits: true}}
 	}

@@ -197,9 +197,9 @@ func (s *Sampler) Sample(logits []float32) int32 {
 		// Every filter keeps the best token, so greedy is the argmax. NaN
 		// compares false and +Inf wins, so raw logits need no copy.
 		if s.penalize {
-			id = argmax(s.penalized(logits))
+			id = Argmax(s.penalized(logits))
 		} else {
-			id = argmax(logits)
+			id = Argmax(logits)
 		}
 	} else if c := s.candidates(logits); len(c) > 0 {
 		id = s.draw(c)
@@ -260,9 +260,9 @@ func sanitizeLogit(l float32) float32 {
 	return l
 }
 
-// argmax returns the index of the largest value, the lowest on ties, or -1
-// when every value is -Inf.
-func argmax(w []float32) int32 {
+// Argmax is the greedy choice: the index of the largest value, the lowest
+// on ties (NaN never wins), or -1 when every value is -Inf or NaN.
+func Argmax(w []float32) int32 {
 	best := int32(-1)
 	top := float32(math.Inf(-1))
 	for i, l := range w {

@@ -143,7 +143,7 @@ func TestSampleTopK1IsGreedy(t *testing.T) {
 		s := newTestSampler(t, SamplerConfig{Temperature: temp, TopK: 1, TopP: 0.5, Seed: 7})
 		for i := range 50 {
 			logits := samplerLogits(uint64(i), 500)
-			assert.Equal(t, argmax(logits), s.Sample(logits), "temperature %v, step %d", temp, i)
+			assert.Equal(t, Argmax(logits), s.Sample(logits), "temperature %v, step %d", temp, i)
 		}
 	}
 }
