@@ -278,6 +278,21 @@ func (k kernel) emit(sh shape) {
 	RET()
 }
 
+// scaledAdd adds d·da·v to acc (subtracts it when sub), da being the
+// scale of the activation block at a: the last step of every k-quant
+// kernel, for its sums and for its minimum or offset terms.
+func scaledAdd(d Register, a Register, v, acc VecVirtual, sub bool) {
+	x := XMM()
+	VMULSS(Mem{Base: a}, d, x)
+	s := YMM()
+	VBROADCASTSS(x, s)
+	if sub {
+		VFNMADD231PS(s, v, acc)
+		return
+	}
+	VFMADD231PS(s, v, acc)
+}
+
 // hsum adds the 8 lanes of y into lane 0 of the returned register.
 func hsum(y VecVirtual) Register {
 	x := XMM()
@@ -724,12 +739,9 @@ func dotQ4K(q5K bool, sh shape) {
 				p := YMM()
 				VPMADDWD(Mem{Base: a[r], Disp: q8kBsums}, ymin, p)
 				VCVTDQ2PS(p, p)
-				x := XMM()
-				VMOVSHDUP(dd, x)
-				VMULSS(Mem{Base: a[r]}, x, x) // dmin·da
-				s := YMM()
-				VBROADCASTSS(x, s)
-				VFNMADD231PS(s, p, acc[r])
+				dmin := XMM()
+				VMOVSHDUP(dd, dmin)
+				scaledAdd(dmin, a[r], p, acc[r], true)
 			}
 
 			var qh VecVirtual
@@ -779,11 +791,7 @@ func dotQ4K(q5K bool, sh shape) {
 			}
 			for r := range rows {
 				VCVTDQ2PS(sumi[r], sumi[r])
-				x := XMM()
-				VMULSS(Mem{Base: a[r]}, dd, x) // d·da
-				s := YMM()
-				VBROADCASTSS(x, s)
-				VFMADD231PS(s, sumi[r], acc[r])
+				scaledAdd(dd, a[r], sumi[r], acc[r], false)
 			}
 		},
 	}.emit(sh)
@@ -851,11 +859,7 @@ func dotQ6K(sh shape) {
 			}
 			for r := range rows {
 				VCVTDQ2PS(nsum[r], nsum[r])
-				x := XMM()
-				VMULSS(Mem{Base: a[r]}, dd, x)
-				s := YMM()
-				VBROADCASTSS(x, s)
-				VFNMADD231PS(s, nsum[r], acc[r])
+				scaledAdd(dd, a[r], nsum[r], acc[r], true)
 			}
 		},
 	}.emit(sh)
@@ -1235,12 +1239,9 @@ func dotQ2K(sh shape) {
 				p := YMM()
 				VPMADDWD(Mem{Base: a[r], Disp: q8kBsums}, ymin, p)
 				VCVTDQ2PS(p, p)
-				x := XMM()
-				VMOVSHDUP(dd, x)
-				VMULSS(Mem{Base: a[r]}, x, x) // dmin·da
-				s := YMM()
-				VBROADCASTSS(x, s)
-				VFNMADD231PS(s, p, acc[r])
+				dmin := XMM()
+				VMOVSHDUP(dd, dmin)
+				scaledAdd(dmin, a[r], p, acc[r], true)
 			}
 			ysc := YMM() // low lane: sc0, sc2, …, sc14; high lane: sc1, sc3, …
 			VPSHUFB(q6Order, raw, raw)
@@ -1271,11 +1272,7 @@ func dotQ2K(sh shape) {
 			}
 			for r := range rows {
 				VCVTDQ2PS(sumi[r], sumi[r])
-				x := XMM()
-				VMULSS(Mem{Base: a[r]}, dd, x) // d·da
-				s := YMM()
-				VBROADCASTSS(x, s)
-				VFMADD231PS(s, sumi[r], acc[r])
+				scaledAdd(dd, a[r], sumi[r], acc[r], false)
 			}
 		},
 	}.emit(sh)
@@ -1371,11 +1368,7 @@ func dotQ3K(sh shape) {
 			}
 			for r := range rows {
 				VCVTDQ2PS(nsum[r], nsum[r])
-				x := XMM()
-				VMULSS(Mem{Base: a[r]}, dd, x)
-				s := YMM()
-				VBROADCASTSS(x, s)
-				VFNMADD231PS(s, nsum[r], acc[r])
+				scaledAdd(dd, a[r], nsum[r], acc[r], true)
 			}
 		},
 	}.emit(sh)
