@@ -127,6 +127,24 @@ func (sp *sparsePolicy) wantsScores(layer int) bool {
 	return sp.score != nil && sp.score.Wants(layer) && sp.score.WantsScores(layer)
 }
 
+// wantsHidden reports whether sp reads the residual stream entering layer.
+func (sp *sparsePolicy) wantsHidden(layer int) bool {
+	return sp.hidden != nil && sp.hidden.WantsHidden(layer)
+}
+
+// wantsKeys reports whether sp reads layer's keys.
+func (sp *sparsePolicy) wantsKeys(layer int) bool { return sp.keys != nil && sp.keys.WantsKeys(layer) }
+
+// anyWants reports whether wants holds at layer for a policy in use.
+func (s *sparsity) anyWants(wants func(*sparsePolicy, int) bool, layer int) bool {
+	for _, sp := range s.byKey {
+		if wants(sp, layer) {
+			return true
+		}
+	}
+	return false
+}
+
 // newSparsity returns the dispatcher of a model of nLayer layers; pred,
 // when not nil, is the model's LeMo pattern predictor.
 func newSparsity(nLayer int, pred *prune.Predictor) *sparsity {
@@ -202,26 +220,14 @@ func (s *sparsity) disable(seq *engine.Sequence) {
 // Wants implements engine.AttentionObserver: the layers any policy in use
 // ranks rows at. With none in use the attention kernel writes no
 // probabilities.
-func (s *sparsity) Wants(layer int) bool {
-	for _, sp := range s.byKey {
-		if sp.wants(layer) {
-			return true
-		}
-	}
-	return false
-}
+func (s *sparsity) Wants(layer int) bool { return s.anyWants((*sparsePolicy).wants, layer) }
 
 // WantsScores implements engine.ScoreObserver. The engine hands over
 // either scores or probabilities at a layer, for the whole batch: scores
 // when any policy in use ranks from them there (Observe turns them into
 // probabilities for the others).
 func (s *sparsity) WantsScores(layer int) bool {
-	for _, sp := range s.byKey {
-		if sp.wantsScores(layer) {
-			return true
-		}
-	}
-	return false
+	return s.anyWants((*sparsePolicy).wantsScores, layer)
 }
 
 // Observe implements engine.AttentionObserver: seq's attention goes to its
@@ -284,12 +290,7 @@ func softmaxInto(dst, x []float32) {
 // WantsHidden implements engine.HiddenObserver: the layers any policy in
 // use reads the residual stream at.
 func (s *sparsity) WantsHidden(layer int) bool {
-	for _, sp := range s.byKey {
-		if sp.hidden != nil && sp.hidden.WantsHidden(layer) {
-			return true
-		}
-	}
-	return false
+	return s.anyWants((*sparsePolicy).wantsHidden, layer)
 }
 
 // ObserveHidden implements engine.HiddenObserver. Every policy that wants
@@ -297,7 +298,7 @@ func (s *sparsity) WantsHidden(layer int) bool {
 // passes over the others.
 func (s *sparsity) ObserveHidden(layer int, rows []engine.Row, x []float32) {
 	for _, sp := range s.byKey {
-		if sp.hidden != nil && sp.hidden.WantsHidden(layer) {
+		if sp.wantsHidden(layer) {
 			sp.hidden.ObserveHidden(layer, rows, x)
 		}
 	}
@@ -305,20 +306,13 @@ func (s *sparsity) ObserveHidden(layer int, rows []engine.Row, x []float32) {
 
 // WantsKeys implements engine.KeyObserver: the layers any policy in use
 // reads the keys at.
-func (s *sparsity) WantsKeys(layer int) bool {
-	for _, sp := range s.byKey {
-		if sp.keys != nil && sp.keys.WantsKeys(layer) {
-			return true
-		}
-	}
-	return false
-}
+func (s *sparsity) WantsKeys(layer int) bool { return s.anyWants((*sparsePolicy).wantsKeys, layer) }
 
 // ObserveKeys implements engine.KeyObserver, as ObserveHidden does for
 // the residual stream.
 func (s *sparsity) ObserveKeys(layer int, rows []engine.Row, k []float32) {
 	for _, sp := range s.byKey {
-		if sp.keys != nil && sp.keys.WantsKeys(layer) {
+		if sp.wantsKeys(layer) {
 			sp.keys.ObserveKeys(layer, rows, k)
 		}
 	}
