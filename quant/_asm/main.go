@@ -191,24 +191,14 @@ func (k kernel) emit(sh shape) {
 	ws := []Register{Load(Param("w"), GP64())}
 	var as []Register
 	var out Register
-	tile := func(first Register, strideParam string) []Register {
-		ps := []Register{first}
-		stride := Load(Param(strideParam), GP64())
-		for r := 1; r < sh.rows; r++ {
-			p := GP64()
-			LEAQ(Mem{Base: ps[r-1], Index: stride, Scale: 1}, p)
-			ps = append(ps, p)
-		}
-		return ps
-	}
 	switch {
 	case sh.rows == 1:
 		as = []Register{Load(Param("a"), GP64())}
 	case sh.weights:
-		ws = tile(ws[0], "wstride")
+		ws = strided(ws[0], "wstride", sh.rows)
 		as = []Register{Load(Param("a"), GP64())}
 	default:
-		as = tile(Load(Param("a"), GP64()), "stride")
+		as = strided(Load(Param("a"), GP64()), "stride", sh.rows)
 	}
 	if sh.rows > 1 {
 		out = Load(Param("out"), GP64())
@@ -444,17 +434,17 @@ const (
 // hasTile reports whether k has the tile kernels (pack32, tile32, mat32).
 func hasTile(k block32) bool { return k.name == "Q4_0" || k.name == "Q8_0" }
 
-// rows4 loads four weight rows' pointers, the first from param w, the
-// others wstride bytes apart.
-func rows4() []Register {
-	ws := []Register{Load(Param("w"), GP64())}
-	stride := Load(Param("wstride"), GP64())
-	for c := 1; c < 4; c++ {
+// strided returns the pointers of n rows: first, then each the stride
+// parameter's bytes after the one before.
+func strided(first Register, strideParam string, n int) []Register {
+	ps := []Register{first}
+	stride := Load(Param(strideParam), GP64())
+	for r := 1; r < n; r++ {
 		p := GP64()
-		LEAQ(Mem{Base: ws[c-1], Index: stride, Scale: 1}, p)
-		ws = append(ws, p)
+		LEAQ(Mem{Base: ps[r-1], Index: stride, Scale: 1}, p)
+		ps = append(ps, p)
 	}
-	return ws
+	return ps
 }
 
 // scales4 returns, for the current block of four weight rows, their
@@ -508,7 +498,7 @@ func pack32(k block32) {
 	Pragma("noescape")
 	Doc(name + " packs nb blocks of four " + k.name + " weight rows wstride bytes apart into a panel for the tile kernel.")
 	nb := Load(Param("nb"), GP64())
-	ws := rows4()
+	ws := strided(Load(Param("w"), GP64()), "wstride", 4)
 	dst := Load(Param("dst"), GP64())
 	Label(name + "_loop")
 	dw, corr := scales4(k, ws)
@@ -601,13 +591,7 @@ func tile32(k block32) {
 	Doc(name + " is the " + k.name + " × Q8A kernel for a tile of a panel of four weight rows (nb blocks) by four activation rows astride bytes apart: out[4r+c] = w_c · a_r.")
 	nb := Load(Param("nb"), GP64())
 	pw := Load(Param("panel"), GP64())
-	as := []Register{Load(Param("a"), GP64())}
-	stride := Load(Param("astride"), GP64())
-	for r := 1; r < 4; r++ {
-		p := GP64()
-		LEAQ(Mem{Base: as[r-1], Index: stride, Scale: 1}, p)
-		as = append(as, p)
-	}
+	as := strided(Load(Param("a"), GP64()), "astride", 4)
 	var acc [4]VecVirtual
 	for r := range acc {
 		acc[r] = YMM()
@@ -648,7 +632,7 @@ func mat32(k block32) {
 	Pragma("noescape")
 	Doc(name + " is the " + k.name + " × Q8A kernel of the tile's arithmetic for four weight rows wstride bytes apart by one activation row, nb blocks: out[c] = w_c · a.")
 	nb := Load(Param("nb"), GP64())
-	ws := rows4()
+	ws := strided(Load(Param("w"), GP64()), "wstride", 4)
 	pf := Load(Param("wstride"), GP64())
 	SHLQ(Imm(2), pf)
 	a := Load(Param("a"), GP64())
@@ -914,19 +898,12 @@ func dotFloatW4(name string, ft floatKind, acts int) {
 	}
 	Pragma("noescape")
 	n := Load(Param("n"), GP64())
-	w := Load(Param("w"), GP64())
-	stride := Load(Param("wstride"), GP64())
+	ws := strided(Load(Param("w"), GP64()), "wstride", 4)
 	var as, outs []Register
 	if acts == 1 {
 		as = []Register{Load(Param("a"), GP64())}
 	} else {
 		as = []Register{Load(Param("a0"), GP64()), Load(Param("a1"), GP64())}
-	}
-	ws := []Register{w}
-	for r := 1; r < 4; r++ {
-		p := GP64()
-		LEAQ(Mem{Base: ws[r-1], Index: stride, Scale: 1}, p)
-		ws = append(ws, p)
 	}
 	acc := make([][4]VecVirtual, acts)
 	for j := range acc {
