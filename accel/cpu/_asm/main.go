@@ -8,6 +8,7 @@ package main
 
 import (
 	"math"
+	"strconv"
 
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
@@ -27,19 +28,12 @@ var consts = map[float32]Mem{}
 func bcast(v float32) VecVirtual {
 	m, ok := consts[v]
 	if !ok {
-		m = ConstData("f32_"+itoa(len(consts)), U32(math.Float32bits(v)))
+		m = ConstData("f32_"+strconv.Itoa(len(consts)), U32(math.Float32bits(v)))
 		consts[v] = m
 	}
 	y := YMM()
 	VBROADCASTSS(m, y)
 	return y
-}
-
-func itoa(i int) string {
-	if i < 10 {
-		return string(rune('0' + i))
-	}
-	return itoa(i/10) + string(rune('0'+i%10))
 }
 
 // exp emits e^v for the 8 lanes of v, as accel/cpu's expf computes it
