@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"math"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -172,11 +171,11 @@ func (s *sparsity) enable(seq *engine.Sequence, spec prune.Spec) error {
 // at modelPath (prune.PredictorPath), or returns nil when there is none.
 func loadPredictor(modelPath string, nEmbd int) (*prune.Predictor, error) {
 	path := prune.PredictorPath(modelPath)
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
 	p, err := prune.LoadPredictor(path)
-	if err != nil {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, nil
+	case err != nil:
 		return nil, err
 	}
 	if p.Dim != nEmbd {
