@@ -153,12 +153,12 @@ func (w *weight) row(i int, out []float32) {
 	_ = quant.Dequantize(w.m.Type, w.m.Data[i*w.rowLen:(i+1)*w.rowLen], out[:w.m.Cols])
 }
 
-// panelFor returns worker t's panel buffer with at least n bytes.
-func (b *Backend) panelFor(t, n int) []byte {
-	if cap(b.panels[t]) < n {
-		b.panels[t] = make([]byte, n)
+// sized returns *buf resized to n, reallocated if it is too small.
+func sized[T any](buf *[]T, n int) []T {
+	if cap(*buf) < n {
+		*buf = make([]T, n)
 	}
-	return b.panels[t][:n]
+	return (*buf)[:n]
 }
 
 // scratchFor returns worker t's scratch slice with at least n values. It

@@ -96,7 +96,7 @@ func (m *matmulTask) tiles(t, lo, hi, r0, r1 int) int {
 	w, n, al := m.w, m.w.m.Rows, m.w.actRowLen
 	rows := (r1 - r0 + 3) &^ 3
 	out := m.b.scratchFor(t, 4*rows)
-	panel := m.b.panelFor(t, quant.TileScratch(w.m.Cols))
+	panel := sized(&m.b.panels[t], quant.TileScratch(w.m.Cols))
 	i := lo
 	for ; i+4 <= hi; i += 4 {
 		w.kernel.Tile(w.m.Cols, w.m.Data[i*w.rowLen:], w.rowLen, m.act[r0*al:], al, out, panel)

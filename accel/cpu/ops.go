@@ -109,10 +109,7 @@ type ropeTask struct {
 
 func (t *ropeTask) run(w, lo, hi int) {
 	r, half := &t.r, t.r.Dims/2
-	if cap(t.b.angles[w]) < 2*half {
-		t.b.angles[w] = make([]float64, 2*half)
-	}
-	cs := t.b.angles[w][:2*half]
+	cs := sized(&t.b.angles[w], 2*half)
 	for row := lo; row < hi; row++ {
 		for i := range half {
 			cs[2*i+1], cs[2*i] = math.Sincos(float64(t.pos[row]) * r.Freqs[i])
