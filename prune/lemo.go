@@ -70,15 +70,10 @@ func (m *LeMo) WantsHidden(layer int) bool { return m.pred != nil && m.cfg.stage
 func (m *LeMo) Observe(layer int, seq *engine.Sequence, past, rows, heads int, scores []float32) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := m.seqs[seq]
+	st := m.scoresFor(seq, past, rows, heads, scores)
 	if st == nil {
 		return
 	}
-	st.scored = false
-	if rows <= 1 || len(scores) < heads*rows*(past+rows) {
-		return
-	}
-	st.scores = slices.Grow(st.scores[:0], rows)[:rows]
 	informativeness(attention{probs: scores, past: past, rows: rows}, heads, st.scores)
 	st.scored = true
 }

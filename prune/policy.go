@@ -27,6 +27,24 @@ type seqState struct {
 	keys   []float32 // key rows of the current rows (Zero-TPrune's similarity stage)
 }
 
+// scoresFor starts the ranking of seq's rows of one forward pass from
+// attention m (heads × rows × (past+rows) values): it returns seq's state
+// with its scores sized for the rows, not yet scored, or nil when seq is
+// not enabled or there is nothing to rank. The caller holds p.mu and sets
+// scored once it has filled the scores.
+func (p *policy) scoresFor(seq *engine.Sequence, past, rows, heads int, m []float32) *seqState {
+	st := p.seqs[seq]
+	if st == nil {
+		return nil
+	}
+	st.scored = false
+	if rows <= 1 || len(m) < heads*rows*(past+rows) {
+		return nil
+	}
+	st.scores = slices.Grow(st.scores[:0], rows)[:rows]
+	return st
+}
+
 // init sets p up for cfg, defaults filled in.
 func (p *policy) init(cfg Config) error {
 	cfg = cfg.withDefaults()

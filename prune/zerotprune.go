@@ -49,15 +49,10 @@ func (z *ZeroTPrune) Wants(layer int) bool { return z.cfg.stage(layer) >= 0 }
 func (z *ZeroTPrune) Observe(layer int, seq *engine.Sequence, past, rows, heads int, probs []float32) {
 	z.mu.Lock()
 	defer z.mu.Unlock()
-	st := z.seqs[seq]
+	st := z.scoresFor(seq, past, rows, heads, probs)
 	if st == nil {
 		return
 	}
-	st.scored = false
-	if rows <= 1 || len(probs) < heads*rows*(past+rows) {
-		return
-	}
-	st.scores = slices.Grow(st.scores[:0], rows)[:rows]
 	st.work = slices.Grow(st.work[:0], heads*rows)[:heads*rows]
 	z.rank(attention{probs: probs, past: past, rows: rows}, heads, st.work, st.scores)
 	st.scored = true
