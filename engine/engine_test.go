@@ -242,3 +242,48 @@ func TestTruncate(t *testing.T) {
 	assert.Less(t, fixture.RelL2(got, ref[3*nv:]), 1e-5)
 	assert.Error(t, seq.Truncate(5))
 }
+
+// StepTo then StepFrom at any layer computes what one Step does, bit for
+// bit, and StepFrom runs again from the same residual stream on a
+// truncated sequence (what an adapter's trainer does with frozen layers).
+func TestStepToStepFrom(t *testing.T) {
+	e := openEngine(t, fixture.Path(t, "gguf", "tiny-qwen2-q8_0.gguf"), Options{Cache: CacheF32, BatchSize: 5})
+	c := e.Config()
+	ref := promptLogits(t, e, testIDs)
+	for layer := 1; layer < c.NLayer; layer++ {
+		seq, err := e.NewSequence(nil)
+		require.NoError(t, err)
+		batch := make([]Entry, len(testIDs))
+		for i, id := range testIDs {
+			batch[i] = Entry{Seq: seq, Token: id, Pos: int32(i), Logits: true}
+		}
+		x := make([]float32, len(batch)*c.NEmbd)
+		require.NoError(t, e.StepTo(batch, layer, x))
+		for again := range 2 {
+			got := make([]float32, len(testIDs)*c.NVocab)
+			require.NoError(t, e.StepFrom(batch, layer, x, got))
+			assert.Equal(t, ref, got, "layer %d", layer)
+			assert.Equal(t, len(testIDs), seq.Len())
+			if again == 1 {
+				assert.Error(t, seq.Truncate(1), "layers below %d hold no rows", layer)
+			}
+			require.NoError(t, seq.Truncate(0))
+		}
+		seq.Free()
+	}
+	seq, err := e.NewSequence(nil)
+	require.NoError(t, err)
+	batch := []Entry{{Seq: seq, Token: 1}}
+	for _, tc := range []struct {
+		name string
+		run  func() error
+	}{
+		{"StepTo layer 0", func() error { return e.StepTo(batch, 0, make([]float32, c.NEmbd)) }},
+		{"StepTo past the last layer", func() error { return e.StepTo(batch, c.NLayer+1, make([]float32, c.NEmbd)) }},
+		{"StepFrom the output", func() error { return e.StepFrom(batch, c.NLayer, make([]float32, c.NEmbd), nil) }},
+		{"StepTo short residual", func() error { return e.StepTo(batch, 1, make([]float32, c.NEmbd-1)) }},
+		{"StepFrom short residual", func() error { return e.StepFrom(batch, 1, make([]float32, 1), nil) }},
+	} {
+		assert.ErrorIs(t, tc.run(), ErrBatch, tc.name)
+	}
+}

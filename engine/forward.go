@@ -6,8 +6,9 @@ import (
 	"github.com/edged/edged/accel"
 )
 
-// forward computes one slice of at most BatchSize rows.
-func (e *Engine) forward(batch []Entry, logits []float32) error {
+// forward computes one slice of at most BatchSize rows through the layers
+// of sp (see run).
+func (e *Engine) forward(batch []Entry, sp span, x, logits []float32) error {
 	a, be := &e.act, e.be
 	n := len(batch)
 	ids, pos, rows := a.ids[:n], a.pos[:n], a.rows[:n]
@@ -15,9 +16,13 @@ func (e *Engine) forward(batch []Entry, logits []float32) error {
 		ids[i], pos[i] = en.Token, en.Pos
 		rows[i] = Row{Seq: en.Seq, Pos: en.Pos, Logits: en.Logits}
 	}
-	be.Embed(a.x, e.w.tokEmbd, ids)
+	if sp.from == 0 {
+		be.Embed(a.x, e.w.tokEmbd, ids)
+	} else {
+		be.Write(a.x, 0, x)
+	}
 	hidden, _ := e.opts.Hooks.Observer.(HiddenObserver)
-	for l := range e.w.layers {
+	for l := sp.from; l < sp.to; l++ {
 		if hidden != nil && hidden.WantsHidden(l) {
 			e.observeHidden(hidden, l, rows)
 		}
@@ -28,8 +33,16 @@ func (e *Engine) forward(batch []Entry, logits []float32) error {
 			rows, pos = e.selectRows(l, rows, pos)
 		}
 	}
+	// The first layer run sees every row, whatever a selector drops later.
 	for _, en := range batch {
-		en.Seq.tokens = en.Seq.n[0] - en.Seq.prefix
+		en.Seq.tokens = en.Seq.n[sp.from] - en.Seq.prefix
+	}
+	if sp.to < e.cfg.NLayer {
+		if len(rows) != n {
+			return fmt.Errorf("%w: a token selector dropped rows before layer %d", ErrBatch, sp.to)
+		}
+		be.Read(x, a.x, 0)
+		return nil
 	}
 	return e.output(rows, logits)
 }

@@ -66,16 +66,17 @@ func (s *Sequence) Len() int { return s.tokens }
 // rows pruned away accounted for).
 func (s *Sequence) CacheLen(layer int) int { return s.n[layer] }
 
-// Truncate forgets every token after the first n, keeping the prefix. It is
-// exact only when no token selector dropped rows of the sequence (then
-// layers hold different counts); otherwise it returns an error.
+// Truncate forgets every token after the first n, keeping the prefix.
+// Truncate(0) always succeeds; otherwise it is exact only when every layer
+// holds every token (no token selector dropped rows, no StepTo or
+// StepFrom ran only some layers), and returns an error when not.
 func (s *Sequence) Truncate(n int) error {
 	if n < 0 || n > s.tokens {
 		return fmt.Errorf("engine: truncate to %d tokens of %d", n, s.tokens)
 	}
 	for l := range s.n {
-		if s.n[l] != s.prefix+s.tokens {
-			return fmt.Errorf("engine: truncate: layer %d holds %d rows after pruning; start a new sequence", l, s.n[l])
+		if n > 0 && s.n[l] != s.prefix+s.tokens {
+			return fmt.Errorf("engine: truncate: layer %d holds %d rows, not the %d of every token; start a new sequence", l, s.n[l], s.prefix+s.tokens)
 		}
 	}
 	for l := range s.n {

@@ -21,7 +21,50 @@ var ErrBatch = errors.New("invalid batch")
 // entries of one sequence must be consecutive and continue that sequence;
 // batches longer than Options.BatchSize are computed in slices.
 func (e *Engine) Step(batch []Entry, logits []float32) error {
-	if err := e.validate(batch, logits); err != nil {
+	return e.run(batch, span{to: e.cfg.NLayer}, nil, logits)
+}
+
+// StepTo runs batch through layers [0, layer) only and writes the residual
+// stream entering layer (NLayer: leaving the last), NEmbd values per
+// entry, into x. With StepFrom it
+// splits a Step in two: a caller whose changes (an adapter's) start at
+// layer computes the frozen layers below once and runs only the rest
+// again. The sequences' caches of layers below layer advance; those of
+// layer and above do not. No token selector may drop rows of batch.
+func (e *Engine) StepTo(batch []Entry, layer int, x []float32) error {
+	if layer < 1 || layer > e.cfg.NLayer {
+		return fmt.Errorf("%w: layer %d of %d", ErrBatch, layer, e.cfg.NLayer)
+	}
+	if len(x) != len(batch)*e.cfg.NEmbd {
+		return fmt.Errorf("%w: %d residual values for %d rows of %d", ErrBatch, len(x), len(batch), e.cfg.NEmbd)
+	}
+	return e.run(batch, span{to: layer}, x, nil)
+}
+
+// StepFrom continues batch from x, the residual stream entering layer
+// (NEmbd values per entry, as StepTo writes it): it runs layers [layer,
+// NLayer) and writes the logits as Step does. Only the caches of layer
+// and above advance, so a sequence run this way serves further StepFrom
+// calls from the same layer, or Truncate(0), and not Step.
+func (e *Engine) StepFrom(batch []Entry, layer int, x, logits []float32) error {
+	if layer < 0 || layer >= e.cfg.NLayer {
+		return fmt.Errorf("%w: layer %d of %d", ErrBatch, layer, e.cfg.NLayer)
+	}
+	if len(x) != len(batch)*e.cfg.NEmbd {
+		return fmt.Errorf("%w: %d residual values for %d rows of %d", ErrBatch, len(x), len(batch), e.cfg.NEmbd)
+	}
+	return e.run(batch, span{from: layer, to: e.cfg.NLayer}, x, logits)
+}
+
+// span is a range of layers [from, to) a forward pass runs.
+type span struct{ from, to int }
+
+// run validates batch and runs it through the layers of sp in slices of
+// at most BatchSize rows. x is the residual stream entering sp.from when
+// that is not 0, and receives the one entering sp.to when that is not the
+// last layer; logits are computed only when sp ends at the last layer.
+func (e *Engine) run(batch []Entry, sp span, x, logits []float32) error {
+	if err := e.validate(batch, sp, logits); err != nil {
 		return err
 	}
 	for len(batch) > 0 {
@@ -32,15 +75,26 @@ func (e *Engine) Step(batch []Entry, logits []float32) error {
 				nLogits++
 			}
 		}
-		if err := e.forward(batch[:n], logits[:nLogits*e.cfg.NVocab]); err != nil {
+		var xs []float32
+		if x != nil {
+			xs, x = x[:n*e.cfg.NEmbd], x[n*e.cfg.NEmbd:]
+		}
+		var ls []float32
+		if sp.to == e.cfg.NLayer {
+			ls, logits = logits[:nLogits*e.cfg.NVocab], logits[nLogits*e.cfg.NVocab:]
+		}
+		if err := e.forward(batch[:n], sp, xs, ls); err != nil {
 			return err
 		}
-		logits, batch = logits[nLogits*e.cfg.NVocab:], batch[n:]
+		batch = batch[n:]
 	}
 	return nil
 }
 
-func (e *Engine) validate(batch []Entry, logits []float32) error {
+// validate checks batch for a pass over the layers of sp: the caches of
+// its first layer bound the context, and logits need room only when it
+// ends at the output.
+func (e *Engine) validate(batch []Entry, sp span, logits []float32) error {
 	nLogits := 0
 	e.stepID++
 	var prev *Sequence
@@ -62,14 +116,14 @@ func (e *Engine) validate(batch []Entry, logits []float32) error {
 			en.Seq.mark, prev, added = e.stepID, en.Seq, 0
 		}
 		added++
-		if en.Seq.n[0]+added > e.opts.Context {
+		if en.Seq.n[sp.from]+added > e.opts.Context {
 			return fmt.Errorf("%w: entry %d: the sequence's context of %d tokens is full", ErrBatch, i, e.opts.Context)
 		}
 		if en.Logits {
 			nLogits++
 		}
 	}
-	if len(logits) < nLogits*e.cfg.NVocab {
+	if sp.to == e.cfg.NLayer && len(logits) < nLogits*e.cfg.NVocab {
 		return fmt.Errorf("%w: %d logits rows requested, room for %d", ErrBatch, nLogits, len(logits)/e.cfg.NVocab)
 	}
 	return nil
