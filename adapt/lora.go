@@ -22,6 +22,8 @@ type LoRA struct {
 	// Pairs are the adapted projections, ordered by layer, then projection.
 	Pairs []*LoRAPair
 	index map[target]*LoRAPair
+	// frozenA: training moves B only (InitFromInputs chose A).
+	frozenA bool
 }
 
 // LoRAPair is the adapter of one projection.
@@ -146,7 +148,7 @@ func (lo *LoRA) Params() []Param {
 	ps := make([]Param, 0, 2*len(lo.Pairs))
 	for _, p := range lo.Pairs {
 		name := fmt.Sprintf("blk.%d.%s.weight", p.Layer, projName(p.Proj))
-		ps = append(ps, Param{Name: name + ".lora_a", Data: p.A}, Param{Name: name + ".lora_b", Data: p.B})
+		ps = append(ps, Param{Name: name + ".lora_a", Data: p.A, Frozen: lo.frozenA}, Param{Name: name + ".lora_b", Data: p.B})
 	}
 	return ps
 }

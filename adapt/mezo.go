@@ -138,9 +138,12 @@ func (m *MeZO) sampleSeed(step, k int) uint64 {
 	return mix(mix(m.opts.Seed) ^ (uint64(step)*uint64(m.opts.Samples) + uint64(k)))
 }
 
-// perturb adds scale·z(seed) to every parameter.
+// perturb adds scale·z(seed) to every trained parameter.
 func (m *MeZO) perturb(seed uint64, scale float32) {
 	for t, p := range m.params {
+		if p.Frozen {
+			continue
+		}
 		key := stream(seed, t)
 		for i := range p.Data {
 			p.Data[i] += scale * gaussian(key, i)
@@ -206,6 +209,9 @@ func (m *MeZO) update(lr float64) {
 	n := float64(len(m.grads))
 	decay := float32(1 - lr*m.opts.WeightDecay)
 	for t, p := range m.params {
+		if p.Frozen {
+			continue
+		}
 		if decay != 1 {
 			for i := range p.Data {
 				p.Data[i] *= decay

@@ -6,11 +6,14 @@ import (
 	"github.com/edged/edged/engine"
 )
 
-// Param is one trainable tensor of an adapter: its name in the adapter
-// file and its float32 values, which an optimizer updates in place.
+// Param is one tensor of an adapter: its name in the adapter file and its
+// float32 values, which an optimizer updates in place unless Frozen.
 type Param struct {
 	Name string
 	Data []float32
+	// Frozen tensors are saved and checkpointed but not trained (a LoRA's
+	// A when its rows were chosen from data, see LoRA.InitFromInputs).
+	Frozen bool
 }
 
 // Trainable is an adapter MeZO can train: *LoRA or *Prefix.
@@ -28,6 +31,9 @@ type Trainable interface {
 	// cacheRows is the number of cache rows the adapter fills before a
 	// sequence's first token. Token positions start at 0 all the same.
 	cacheRows() int
+	// firstLayer is the lowest layer whose output the adapter changes:
+	// the layers below compute the same whatever its values.
+	firstLayer() int
 }
 
 func (lo *LoRA) attach(e *engine.Engine) (*engine.Sequence, error) {
@@ -53,10 +59,18 @@ func (lo *LoRA) detach(e *engine.Engine, s *engine.Sequence) {
 func (lo *LoRA) live() bool     { return true }
 func (lo *LoRA) cacheRows() int { return 0 }
 
+func (lo *LoRA) firstLayer() int {
+	if len(lo.Pairs) == 0 {
+		return 0
+	}
+	return lo.Pairs[0].Layer // pairs are sorted by layer
+}
+
 func (p *Prefix) attach(e *engine.Engine) (*engine.Sequence, error) { return e.NewSequence(p) }
 func (p *Prefix) detach(_ *engine.Engine, s *engine.Sequence)       { s.Free() }
 func (p *Prefix) live() bool                                        { return false }
 func (p *Prefix) cacheRows() int                                    { return p.Len }
+func (p *Prefix) firstLayer() int                                   { return 0 }
 
 // base is the absent adapter: a Scorer over base runs the plain model.
 type base struct{}
@@ -66,3 +80,4 @@ func (base) attach(e *engine.Engine) (*engine.Sequence, error) { return e.NewSeq
 func (base) detach(_ *engine.Engine, s *engine.Sequence)       { s.Free() }
 func (base) live() bool                                        { return true }
 func (base) cacheRows() int                                    { return 0 }
+func (base) firstLayer() int                                   { return 0 }

@@ -1,6 +1,8 @@
 package adapt
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"runtime"
@@ -26,6 +28,15 @@ type Scorer struct {
 	targets []int32
 	owner   []int // the example of each target
 	logits  []float32
+
+	// from is the adapter's lowest layer. The layers below it compute the
+	// same for an example whatever the adapter's values, so Loss runs
+	// them once per example (engine.StepTo) and keeps the residual stream
+	// entering from, keyed by the example's tokens; later calls start
+	// there (engine.StepFrom).
+	from   int
+	frozen map[string][]float32
+	x      []float32 // the pending entries' residual rows, when from > 0
 }
 
 // NewScorer returns a Scorer of e with adapter a; nil runs the base model.
@@ -34,7 +45,7 @@ func NewScorer(e *engine.Engine, a Trainable) *Scorer {
 	if a == nil {
 		a = base{}
 	}
-	return &Scorer{e: e, a: a}
+	return &Scorer{e: e, a: a, from: a.firstLayer(), frozen: map[string][]float32{}}
 }
 
 // Close frees the Scorer's sequences.
@@ -72,7 +83,7 @@ func (s *Scorer) sequences(n int) ([]*engine.Sequence, error) {
 
 // Loss is the mean cross-entropy of the completion tokens of examples.
 func (s *Scorer) Loss(examples []Example) (float64, error) {
-	sums, counts, err := s.crossEntropies(examples)
+	sums, counts, err := s.crossEntropies(examples, s.from)
 	if err != nil {
 		return 0, err
 	}
@@ -87,7 +98,7 @@ func (s *Scorer) Loss(examples []Example) (float64, error) {
 
 // Losses is the mean cross-entropy of each example's completion tokens.
 func (s *Scorer) Losses(examples []Example) ([]float64, error) {
-	sums, counts, err := s.crossEntropies(examples)
+	sums, counts, err := s.crossEntropies(examples, s.from)
 	if err != nil {
 		return nil, err
 	}
@@ -99,55 +110,126 @@ func (s *Scorer) Losses(examples []Example) ([]float64, error) {
 
 // crossEntropies returns per example the summed cross-entropy of its
 // completion tokens and their count. The examples run as one batch, cut
-// into engine Steps of at most maxScoredRows scored rows.
-func (s *Scorer) crossEntropies(examples []Example) ([]float64, []int, error) {
+// into engine Steps of at most maxScoredRows scored rows, from layer from
+// (0, or s.from with the residual streams of frozenRows).
+func (s *Scorer) crossEntropies(examples []Example, from int) ([]float64, []int, error) {
+	for i, ex := range examples {
+		if len(ex.Prompt) == 0 || len(ex.Completion) == 0 {
+			return nil, nil, fmt.Errorf("adapt: example %d: prompt and completion must not be empty", i)
+		}
+	}
+	var frozen [][]float32
+	if from > 0 {
+		var err error
+		if frozen, err = s.frozenRows(examples); err != nil {
+			return nil, nil, err
+		}
+	}
 	seqs, err := s.sequences(len(examples))
 	if err != nil {
 		return nil, nil, err
 	}
 	sums, counts := make([]float64, len(examples)), make([]int, len(examples))
-	s.batch, s.targets, s.owner = s.batch[:0], s.targets[:0], s.owner[:0]
+	s.batch, s.targets, s.owner, s.x = s.batch[:0], s.targets[:0], s.owner[:0], s.x[:0]
+	width := s.e.Config().NEmbd
 	for i, ex := range examples {
-		if len(ex.Prompt) == 0 || len(ex.Completion) == 0 {
-			return nil, nil, fmt.Errorf("adapt: example %d: prompt and completion must not be empty", i)
-		}
 		for j := range len(ex.Prompt) + len(ex.Completion) - 1 {
 			scored := j >= len(ex.Prompt)-1
 			s.batch = append(s.batch, engine.Entry{Seq: seqs[i], Token: tokenAt(ex, j), Pos: int32(j), Logits: scored})
+			if frozen != nil {
+				s.x = append(s.x, frozen[i][j*width:(j+1)*width]...)
+			}
 			if !scored {
 				continue
 			}
 			s.targets, s.owner = append(s.targets, tokenAt(ex, j+1)), append(s.owner, i)
 			counts[i]++
 			if len(s.targets) == maxScoredRows {
-				if err := s.flush(sums); err != nil {
+				if err := s.flush(sums, from); err != nil {
 					return nil, nil, err
 				}
 			}
 		}
 	}
-	if err := s.flush(sums); err != nil {
+	if err := s.flush(sums, from); err != nil {
 		return nil, nil, err
 	}
 	return sums, counts, nil
 }
 
-// flush runs the pending entries and adds the cross-entropy of each
-// scored row to its example's sum.
-func (s *Scorer) flush(sums []float64) error {
+// flush runs the pending entries, from layer from, and adds the
+// cross-entropy of each scored row to its example's sum.
+func (s *Scorer) flush(sums []float64, from int) error {
 	if len(s.batch) == 0 {
 		return nil
 	}
 	nv := s.e.Config().NVocab
 	s.logits = grow(s.logits, len(s.targets)*nv)
-	if err := s.e.Step(s.batch, s.logits); err != nil {
+	var err error
+	if from > 0 {
+		err = s.e.StepFrom(s.batch, from, s.x, s.logits)
+	} else {
+		err = s.e.Step(s.batch, s.logits)
+	}
+	if err != nil {
 		return fmt.Errorf("adapt: %w", err)
 	}
 	for r, tgt := range s.targets {
 		sums[s.owner[r]] += crossEntropy(s.logits[r*nv:(r+1)*nv], tgt)
 	}
-	s.batch, s.targets, s.owner = s.batch[:0], s.targets[:0], s.owner[:0]
+	s.batch, s.targets, s.owner, s.x = s.batch[:0], s.targets[:0], s.owner[:0], s.x[:0]
 	return nil
+}
+
+// frozenRows returns for each example the residual stream entering layer
+// s.from at each of its rows but the last, running the layers below for
+// the examples not seen before.
+func (s *Scorer) frozenRows(examples []Example) ([][]float32, error) {
+	width := s.e.Config().NEmbd
+	out := make([][]float32, len(examples))
+	var missing []int
+	for i, ex := range examples {
+		if out[i] = s.frozen[tokensKey(ex)]; out[i] == nil {
+			missing = append(missing, i)
+		}
+	}
+	for len(missing) > 0 {
+		group := missing[:min(len(missing), maxScoredRows)]
+		missing = missing[len(group):]
+		seqs, err := s.sequences(len(group))
+		if err != nil {
+			return nil, err
+		}
+		s.batch = s.batch[:0]
+		for k, i := range group {
+			for j := range len(examples[i].Prompt) + len(examples[i].Completion) - 1 {
+				s.batch = append(s.batch, engine.Entry{Seq: seqs[k], Token: tokenAt(examples[i], j), Pos: int32(j)})
+			}
+		}
+		x := make([]float32, len(s.batch)*width)
+		if err := s.e.StepTo(s.batch, s.from, x); err != nil {
+			return nil, fmt.Errorf("adapt: %w", err)
+		}
+		for _, i := range group {
+			n := (len(examples[i].Prompt) + len(examples[i].Completion) - 1) * width
+			out[i], x = x[:n:n], x[n:]
+			s.frozen[tokensKey(examples[i])] = out[i]
+		}
+	}
+	return out, nil
+}
+
+// tokensKey identifies an example by its tokens.
+func tokensKey(ex Example) string {
+	b := make([]byte, 0, 4*(len(ex.Prompt)+len(ex.Completion))+4)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(ex.Prompt)))
+	for _, t := range ex.Prompt {
+		b = binary.LittleEndian.AppendUint32(b, uint32(t))
+	}
+	for _, t := range ex.Completion {
+		b = binary.LittleEndian.AppendUint32(b, uint32(t))
+	}
+	return string(b)
 }
 
 // Greedy continues each prompt by n tokens, each the most likely one.
@@ -239,4 +321,36 @@ func crossEntropy(logits []float32, target int32) float64 {
 		s += math.Exp(float64(v) - mx)
 	}
 	return mx + math.Log(s) - float64(logits[target])
+}
+
+// Inputs runs examples as Loss does and returns the rows that enter
+// projection p of layer, width values each (the projection's input size),
+// for every scored row of every example in order: the row of the last
+// prompt token and of each completion token but the last. The engine must
+// have an adapt.Set as its Hooks.Delta.
+func (s *Scorer) Inputs(examples []Example, layer int, p engine.Proj, width int) ([][]float32, error) {
+	set, ok := s.e.Options().Hooks.Delta.(*Set)
+	if !ok {
+		return nil, errors.New("adapt: recording inputs needs an engine with an adapt.Set as Hooks.Delta")
+	}
+	rec := &recorder{layer: layer, proj: p, width: width}
+	set.record(rec)
+	_, _, err := s.crossEntropies(examples, 0)
+	set.record(nil)
+	if err != nil {
+		return nil, err
+	}
+	var out [][]float32
+	at := 0
+	for _, ex := range examples {
+		n := len(ex.Prompt) + len(ex.Completion) - 1
+		for j := len(ex.Prompt) - 1; j < n; j++ {
+			out = append(out, rec.rows[(at+j)*width:(at+j+1)*width])
+		}
+		at += n
+	}
+	if at*width != len(rec.rows) {
+		return nil, fmt.Errorf("adapt: recorded %d rows of blk.%d.%s, want %d", len(rec.rows)/width, layer, projName(p), at)
+	}
+	return out, nil
 }

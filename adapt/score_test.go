@@ -65,3 +65,51 @@ func TestScorerGreedy(t *testing.T) {
 		assert.Equal(t, gen.IDs, got[i], "prompt %d", i)
 	}
 }
+
+// A Scorer whose LoRA starts above layer 0 runs the layers below once per
+// example and later losses from their cached output; the losses are
+// those of the whole forward pass, bit for bit, as the adapter changes.
+func TestScorerFrozenLayers(t *testing.T) {
+	m := aidreams(t)
+	set := NewSet()
+	e := newEngine(t, m, set)
+	lo, err := NewLoRA(m, LoRAOptions{Rank: 4, Projs: []engine.Proj{engine.ProjDown, engine.ProjV}, Layers: []int{2, 3}, Seed: 3})
+	require.NoError(t, err)
+	sc := NewScorer(e, lo)
+	defer sc.Close()
+	require.Equal(t, 2, sc.from)
+	examples := append([]Example{{Prompt: []int32{1, 300}, Completion: []int32{429}}}, trainPairs...)
+	for round := range 3 {
+		randomize(lo, uint64(round), 0.05)
+		got, err := sc.Losses(examples)
+		require.NoError(t, err)
+		sums, counts, err := sc.crossEntropies(examples, 0)
+		require.NoError(t, err)
+		for i := range sums {
+			assert.Equal(t, sums[i]/float64(counts[i]), got[i], "round %d, example %d", round, i)
+		}
+		assert.Len(t, sc.frozen, len(examples), "each example's lower layers ran once")
+	}
+}
+
+// Inputs returns the rows entering a projection at the scored rows, as the
+// LoRA sees them: a one-row adapter with A = e₀ and B = 1 adds input[0].
+func TestScorerInputs(t *testing.T) {
+	m := aidreams(t)
+	e := newEngine(t, m, NewSet())
+	sc := NewScorer(e, nil)
+	defer sc.Close()
+	rows, err := sc.Inputs(trainPairs, 3, engine.ProjDown, m.Config.NFF)
+	require.NoError(t, err)
+	want := 0
+	for _, ex := range trainPairs {
+		want += len(ex.Completion)
+	}
+	require.Len(t, rows, want)
+	for _, r := range rows {
+		require.Len(t, r, m.Config.NFF)
+	}
+	assert.NotEqual(t, rows[0], rows[1])
+	_, err = NewScorer(newEngine(t, m, nil), nil).Inputs(trainPairs, 3, engine.ProjDown, m.Config.NFF)
+	assert.Error(t, err, "no Set to record through")
+}

@@ -1,6 +1,7 @@
 package adapt
 
 import (
+	"fmt"
 	"sync"
 
 	"github.com/edged/edged/accel"
@@ -22,6 +23,25 @@ type Set struct {
 	mu    sync.RWMutex // guards bySeq; Apply holds it for reading
 	bySeq map[*engine.Sequence][]Applied
 	s     scratch // used only inside Apply, which the engine never runs concurrently
+	// rec, while set, copies the rows entering one projection (see
+	// Scorer.Inputs); only Apply touches its rows.
+	rec *recorder
+}
+
+// recorder collects the rows entering projection proj of layer, width
+// values each, in the order the engine computed them.
+type recorder struct {
+	layer int
+	proj  engine.Proj
+	width int
+	rows  []float32
+}
+
+// record starts (r not nil) or stops copying a projection's input rows.
+func (s *Set) record(r *recorder) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rec = r
 }
 
 // NewSet returns an empty Set: every sequence runs the base model.
@@ -56,6 +76,14 @@ func (s *Set) Adapters(seq *engine.Sequence) []Applied {
 func (s *Set) Apply(b accel.Backend, layer int, p engine.Proj, x, y accel.Buffer, rows []engine.Row) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if r := s.rec; r != nil && r.layer == layer && r.proj == p {
+		if x.Len() < len(rows)*r.width {
+			return fmt.Errorf("adapt: recording blk.%d.%s: %d values for %d rows of %d", layer, projName(p), x.Len(), len(rows), r.width)
+		}
+		n := len(r.rows)
+		r.rows = append(r.rows, make([]float32, len(rows)*r.width)...)
+		b.Read(r.rows[n:], x, 0)
+	}
 	for from := 0; from < len(rows); {
 		to := from + 1
 		for to < len(rows) && rows[to].Seq == rows[from].Seq {

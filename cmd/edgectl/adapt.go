@@ -18,10 +18,10 @@ import (
 
 // adaptFlags are the flags of edgectl adapt beyond the engine's.
 type adaptFlags struct {
-	method, data, eval, out, outType, projs, log, ckpt, resume, schedule string
-	steps, batch, samples, rank, prefixLen, ckptEvery, replay, replayLen int
-	lr, eps, decay, alpha, maxGrad                                       float64
-	seed                                                                 uint64
+	method, data, eval, out, outType, projs, layers, init, log, ckpt, resume, schedule string
+	steps, batch, samples, rank, prefixLen, ckptEvery, replay, replayLen, initRef      int
+	lr, eps, decay, alpha, maxGrad                                                     float64
+	seed                                                                               uint64
 }
 
 func (a *adaptFlags) register(fs *flag.FlagSet) {
@@ -42,6 +42,9 @@ func (a *adaptFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&a.rank, "rank", 8, "LoRA rank")
 	fs.Float64Var(&a.alpha, "alpha", 16, "LoRA alpha (scale alpha/rank)")
 	fs.StringVar(&a.projs, "projs", "q,v", "LoRA projections: comma-separated of q, k, v, o, gate, up, down")
+	fs.StringVar(&a.layers, "layers", "", "LoRA `layers`: comma-separated (empty: all)")
+	fs.StringVar(&a.init, "init", "random", "LoRA initialisation: random (A random, both trained) or data (A from the training inputs against the model's own text, frozen; only B trained)")
+	fs.IntVar(&a.initRef, "init-ref", 64, "with --init data: samples of the model's own text (48 tokens each) that A should leave alone")
 	fs.IntVar(&a.prefixLen, "prefix-len", 5, "prefix rows, initialised from the K/V of the training prompts' tokens")
 	fs.IntVar(&a.replay, "replay", 0, "add this many of the base model's own samples (from BOS) to the training data, so that training keeps what the model did (rehearsal)")
 	fs.IntVar(&a.replayLen, "replay-len", 24, "tokens per replay sample")
@@ -94,7 +97,7 @@ func runAdapt(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
-	trainee, save, err := af.newAdapter(l, train)
+	trainee, save, err := af.newAdapter(l, tok, train)
 	if err != nil {
 		return err
 	}
@@ -138,7 +141,7 @@ func (a *adaptFlags) mezoOptions() (adapt.MeZOOptions, error) {
 }
 
 // newAdapter makes the adapter to train and the function that saves it.
-func (a *adaptFlags) newAdapter(l *loaded, train []adapt.Example) (adapt.Trainable, func(string, quant.Type) error, error) {
+func (a *adaptFlags) newAdapter(l *loaded, tok *model.Tokenizer, train []adapt.Example) (adapt.Trainable, func(string, quant.Type) error, error) {
 	if a.method == "prefix" {
 		var tokens []int32
 		for i := 0; len(tokens) < a.prefixLen; i++ {
@@ -158,11 +161,61 @@ func (a *adaptFlags) newAdapter(l *loaded, train []adapt.Example) (adapt.Trainab
 		}
 		projs = append(projs, p)
 	}
-	lo, err := adapt.NewLoRA(l.model, adapt.LoRAOptions{Rank: a.rank, Alpha: float32(a.alpha), Projs: projs, Seed: a.seed})
+	var layers []int
+	if a.layers != "" {
+		var err error
+		if layers, err = parseLayers(a.layers); err != nil {
+			return nil, nil, err
+		}
+	}
+	lo, err := adapt.NewLoRA(l.model, adapt.LoRAOptions{Rank: a.rank, Alpha: float32(a.alpha), Projs: projs, Layers: layers, Seed: a.seed})
 	if err != nil {
 		return nil, nil, err
 	}
+	switch a.init {
+	case "random":
+	case "data":
+		if err := a.initFromData(l, tok, lo, train); err != nil {
+			return nil, nil, err
+		}
+	default:
+		return nil, nil, fmt.Errorf("--init %q: want random or data", a.init)
+	}
 	return lo, func(path string, t quant.Type) error { return adapt.SaveLoRA(path, lo, t) }, nil
+}
+
+// initRefSeed offsets the sampler seeds of --init data's reference text
+// from those of replay and of adapt eval's held-out samples.
+const initRefSeed = 1 << 41
+
+// initRidge is the whitening ridge of --init data, relative to the mean
+// eigenvalue of the reference inputs' second moment.
+const initRidge = 1e-2
+
+// initFromData sets every pair's A from the inputs of its projection: the
+// training examples' scored rows against --init-ref samples of the base
+// model's own text (see adapt.LoRA.InitFromInputs).
+func (a *adaptFlags) initFromData(l *loaded, tok *model.Tokenizer, lo *adapt.LoRA, train []adapt.Example) error {
+	base := adapt.NewScorer(l.engine, nil)
+	defer base.Close()
+	ref, err := selfSamples(base, bosOf(tok), a.initRef, 48, initRefSeed+a.seed<<20)
+	if err != nil {
+		return fmt.Errorf("--init data: %w", err)
+	}
+	for _, pr := range lo.Pairs {
+		keys, err := base.Inputs(train, pr.Layer, pr.Proj, pr.In)
+		if err != nil {
+			return fmt.Errorf("--init data: %w", err)
+		}
+		refIn, err := base.Inputs(ref, pr.Layer, pr.Proj, pr.In)
+		if err != nil {
+			return fmt.Errorf("--init data: %w", err)
+		}
+		if err := lo.InitFromInputs(pr, keys, refIn, initRidge); err != nil {
+			return fmt.Errorf("--init data: %w", err)
+		}
+	}
+	return nil
 }
 
 // replaySeed offsets the sampler seeds of replay samples from the small
