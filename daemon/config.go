@@ -591,6 +591,18 @@ func (m *ModelSpec) setSparsity(key string, v *unstable.Node) error {
 			s.Window = &n
 		}
 		return err
+	case "similarity":
+		f, err := tomlNumber(v)
+		if err == nil {
+			s.Similarity = &f
+		}
+		return err
+	case "block":
+		n, err := tomlInt(v)
+		if err == nil {
+			s.Block = &n
+		}
+		return err
 	case "layers":
 		if v.Kind != unstable.Array {
 			return fmt.Errorf("want an array of layers such as [1, 3], got %s", kindName(v.Kind))
@@ -605,7 +617,7 @@ func (m *ModelSpec) setSparsity(key string, v *unstable.Node) error {
 		}
 		return nil
 	}
-	return fmt.Errorf("unknown key sparsity.%s (want method, keep, layers or window)", key)
+	return fmt.Errorf("unknown key sparsity.%s (want method, keep, layers, window, similarity or block)", key)
 }
 
 // tomlString reads a string value.

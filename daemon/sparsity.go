@@ -31,15 +31,23 @@ func resolveSparsity(req, def *protocol.Sparsity, nLayer int) (*prune.Spec, erro
 	if spec.Off() {
 		return nil, nil
 	}
-	// A zero given explicitly would read as "the default" in a prune.Spec.
-	if (s.Keep != nil && *s.Keep == 0) || (s.Window != nil && *s.Window == 0) {
-		return nil, protocol.ParamErrorf(protocol.CodeInvalidValue, "sparsity", "sparsity: keep and window must be positive when given")
+	// A zero given explicitly would read as "the default" in a prune.Spec
+	// (a zero similarity share is a setting: no similarity stage).
+	if (s.Keep != nil && *s.Keep == 0) || (s.Window != nil && *s.Window == 0) || (s.Block != nil && *s.Block == 0) {
+		return nil, protocol.ParamErrorf(protocol.CodeInvalidValue, "sparsity", "sparsity: keep, window and block must be positive when given")
 	}
 	if s.Keep != nil {
 		spec.Keep = *s.Keep
 	}
 	if s.Window != nil {
 		spec.Window = *s.Window
+	}
+	if s.Similarity != nil {
+		share := *s.Similarity // the spec outlives the request
+		spec.Similarity = &share
+	}
+	if s.Block != nil {
+		spec.Block = *s.Block
 	}
 	if err := spec.Validate(nLayer); err != nil {
 		// prune joins its problems with newlines; a wire message is one line.
@@ -152,14 +160,16 @@ func newSparsity(nLayer int, pred *prune.Predictor) *sparsity {
 
 // enable puts seq on the policy of spec, making the policy if no running
 // sequence uses it yet. A lemo spec whose layers the model's predictor
-// covers scores blocks with the predictor (at the block size it was
-// trained for) instead of q·k.
+// covers, and that asks for no other block size than the predictor's,
+// scores blocks with the predictor (at the block size it was trained for)
+// instead of q·k.
 func (s *sparsity) enable(seq *engine.Sequence, spec prune.Spec) error {
-	if spec.Method == "lemo" && s.pred != nil {
-		cfg := spec.Config()
-		cfg.Block = s.pred.Block
+	if spec.Method == prune.MethodLeMo && s.pred != nil && (spec.Block == 0 || spec.Block == s.pred.Block) {
+		ps := spec
+		ps.Block = s.pred.Block
+		cfg := ps.Config()
 		if s.pred.Covers(cfg) == nil {
-			return s.enableOn(seq, spec.String()+" predictor", func() (prune.Policy, error) {
+			return s.enableOn(seq, ps.String()+" predictor", func() (prune.Policy, error) {
 				return prune.NewLeMo(cfg, s.pred)
 			})
 		}

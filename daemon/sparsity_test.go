@@ -197,11 +197,16 @@ func TestSparsityBadSpecs(t *testing.T) {
 	for _, tc := range []struct{ sparsity, want string }{
 		{`{"method":"magic"}`, `method "magic": want one of lemo, none, random, recent, zerotprune`},
 		{`{"method":"zerotprune","keep":1.5}`, "keep 1.5"},
-		{`{"method":"zerotprune","keep":0}`, "keep and window must be positive"},
+		{`{"method":"zerotprune","keep":0}`, "keep, window and block must be positive"},
 		{`{"method":"recent","layers":[4]}`, "the model has layers 0 to 3"},
 		{`{"method":"recent","layers":[2,1]}`, "increasing"},
 		{`{"method":"random","window":-3}`, "window -3"},
 		{`{"keep":0.5}`, "sparsity.method is required"},
+		{`{"method":"lemo","similarity":0.5}`, "only zerotprune has a similarity stage"},
+		{`{"method":"zerotprune","block":4}`, "only lemo scores blocks"},
+		{`{"method":"zerotprune","similarity":1.5}`, "similarity share 1.5"},
+		{`{"method":"lemo","block":0}`, "block must be positive"},
+		{`{"method":"lemo","block":-4}`, "block -4"},
 	} {
 		body := `{"model":"aid","prompt":"x","max_tokens":2,"sparsity":` + tc.sparsity + `}`
 		resp, data := post(t, c, "/v1/completions", body)
@@ -253,11 +258,22 @@ name = "b"
 path = "/m/b.gguf"
 sparsity.method = "recent"
 sparsity.window = 8
+[[model]]
+name = "c"
+path = "/m/c.gguf"
+sparsity = { method = "zerotprune", similarity = 0.5 }
+[[model]]
+name = "d"
+path = "/m/d.gguf"
+sparsity.method = "lemo"
+sparsity.block = 16
 `
 	o, err := load(t, file, nil)
 	require.NoError(t, err)
 	assert.Equal(t, &protocol.Sparsity{Method: "zerotprune", Keep: ptr(0.7), Layers: []int{1, 2}}, o.Specs[0].Sparsity)
 	assert.Equal(t, &protocol.Sparsity{Method: "recent", Window: ptr(8)}, o.Specs[1].Sparsity)
+	assert.Equal(t, &protocol.Sparsity{Method: "zerotprune", Similarity: ptr(0.5)}, o.Specs[2].Sparsity)
+	assert.Equal(t, &protocol.Sparsity{Method: "lemo", Block: ptr(16)}, o.Specs[3].Sparsity)
 
 	bad := `[[model]]
 name = "a"
@@ -269,10 +285,14 @@ path = "/m/b.gguf"
 sparsity.method = "recent"
 sparsity.keep = 3
 sparsity.depth = 1
+[[model]]
+name = "c"
+path = "/m/c.gguf"
+sparsity = { method = "recent", block = 8 }
 `
 	_, err = load(t, bad, nil)
 	require.ErrorIs(t, err, ErrConfig)
-	for _, want := range []string{"edged.toml:4: model.sparsity: keep: want a number", "edged.toml:10: model.sparsity.depth: unknown key", `model "b": default sparsity: prune: invalid config: keep 3`} {
+	for _, want := range []string{"edged.toml:4: model.sparsity: keep: want a number", "edged.toml:10: model.sparsity.depth: unknown key", `model "b": default sparsity: prune: invalid config: keep 3`, `model "c": default sparsity: prune: invalid config: block 8: only lemo scores blocks`} {
 		assert.Contains(t, err.Error(), want)
 	}
 
@@ -460,9 +480,9 @@ func TestSparsityLeMoGetsScores(t *testing.T) {
 	assert.Equal(t, wantKept, rec.pos[seqs[0]])
 	assert.Equal(t, (len(prompt)+1)/2, seqs[0].CacheLen(2), "half the prompt after layer 1")
 
-	// LeMo's ranking of 64-row blocks of a short prompt favours the early
+	// LeMo's ranking of 64-row blocks of a short prompt may keep the same
 	// blocks whether it reads scores or probabilities, so the kept rows
-	// above cannot tell them apart: look at what it is handed.
+	// above need not tell them apart: look at what it is handed.
 	alone, via := newObservedLeMo(t), newObservedLeMo(t)
 	stepAlone(t, newEngine, alone, prompt)
 	disp = newSparsity(mdl.Config.NLayer, nil)
@@ -638,4 +658,48 @@ func TestSparsityPredictorNextToModel(t *testing.T) {
 	require.NoError(t, prune.SavePredictor(prune.PredictorPath(path), pred))
 	_, err = openInstance("aid", o.Specs[0], path, o.Engine, o.Scheduler, newMetrics())
 	require.ErrorContains(t, err, "hidden states of 32 values, the model's have 64")
+}
+
+// A request's similarity and block reach the policy it runs on: the
+// similarity stage (on by default, off with a zero share) asks for the
+// layer's keys, a block size other than the predictor's is scored by q·k
+// at that size, and the predictor's own (or none) by the predictor.
+func TestSparsitySimilarityAndBlockReachPolicy(t *testing.T) {
+	mdl, newEngine := aidreamsEngines(t)
+	e := newEngine(engine.Hooks{})
+	pred := &prune.Predictor{Block: 4, Dim: mdl.Config.NEmbd, Layers: map[int]*prune.MLP{1: randomMLP(mdl.Config.NEmbd)}}
+	for _, tc := range []struct {
+		req       string
+		want      prune.Spec // the policy's settings
+		keys      bool       // WantsKeys(1): the similarity stage
+		predicted bool       // WantsHidden(1): the predictor scores
+	}{
+		{`{"method":"zerotprune","keep":0.5}`, prune.Spec{Method: "zerotprune", Keep: 0.5, Similarity: ptr(prune.DefaultSimilarity)}, true, false},
+		{`{"method":"zerotprune","keep":0.5,"similarity":0.25}`, prune.Spec{Method: "zerotprune", Keep: 0.5, Similarity: ptr(0.25)}, true, false},
+		{`{"method":"zerotprune","keep":0.5,"similarity":0}`, prune.Spec{Method: "zerotprune", Keep: 0.5, Similarity: ptr(0.0)}, false, false},
+		{`{"method":"lemo","keep":0.5}`, prune.Spec{Method: "lemo", Keep: 0.5, Block: 4}, false, true},
+		{`{"method":"lemo","keep":0.5,"block":4}`, prune.Spec{Method: "lemo", Keep: 0.5, Block: 4}, false, true},
+		{`{"method":"lemo","keep":0.5,"block":8}`, prune.Spec{Method: "lemo", Keep: 0.5, Block: 8}, false, false},
+	} {
+		var req protocol.Sparsity
+		require.NoError(t, json.Unmarshal([]byte(tc.req), &req), tc.req)
+		spec, err := resolveSparsity(&req, nil, mdl.Config.NLayer)
+		require.NoError(t, err, tc.req)
+		s := newSparsity(mdl.Config.NLayer, pred)
+		seq, err := e.NewSequence(nil)
+		require.NoError(t, err)
+		require.NoError(t, s.enable(seq, *spec), tc.req)
+		key := tc.want.String()
+		if tc.predicted {
+			key += " predictor"
+		}
+		if assert.Contains(t, s.byKey, key, tc.req) {
+			got := s.byKey[key].p.(interface{ Config() prune.Config }).Config()
+			assert.Equal(t, tc.want.Config(), got, tc.req)
+		}
+		assert.Equal(t, tc.keys, s.WantsKeys(1), tc.req)
+		assert.Equal(t, tc.predicted, s.WantsHidden(1), tc.req)
+		s.disable(seq)
+		seq.Free()
+	}
 }

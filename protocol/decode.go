@@ -243,6 +243,9 @@ func checkSparsity(p *problems, s *Sparsity) {
 	if len(s.Layers) > MaxSparsityLayers {
 		p.add(CodeTooLarge, "sparsity", "sparsity.layers holds %d layers, more than %d", len(s.Layers), MaxSparsityLayers)
 	}
+	if s.Block != nil && *s.Block > MaxSparsityBlock {
+		p.add(CodeTooLarge, "sparsity", "sparsity.block %d exceeds %d", *s.Block, MaxSparsityBlock)
+	}
 }
 
 func checkN(p *problems, n *int) {

@@ -22,9 +22,12 @@ const (
 	// MaxMaxTokens is the largest max_tokens.
 	MaxMaxTokens = 1 << 20
 	// MaxSparsityLayers is the most layers a sparsity request names;
-	// MaxMethodBytes the longest method name.
+	// MaxMethodBytes the longest method name; MaxSparsityBlock the largest
+	// LeMo block, a prompt's most tokens (a larger block would be one
+	// block all the same).
 	MaxSparsityLayers = 1024
 	MaxMethodBytes    = 64
+	MaxSparsityBlock  = MaxPromptTokens
 
 	// Sampling ranges (inclusive).
 	MaxTemperature   = 5.0

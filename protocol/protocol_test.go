@@ -3,6 +3,8 @@ package protocol
 import (
 	"encoding/json"
 	"errors"
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -22,16 +24,35 @@ func TestDecodeCompletion(t *testing.T) {
 	if !r.Prompt.IsTokens || len(r.Prompt.Tokens) != 3 || len(r.Stop) != 2 {
 		t.Fatalf("decoded %+v", r)
 	}
-	r, err = DecodeCompletion([]byte(`{"model":"m","prompt":"x","sparsity":{"method":"recent","keep":0.25,"layers":[0,2],"window":4}}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s := r.Sparsity; s == nil || s.Method != "recent" || *s.Keep != 0.25 || len(s.Layers) != 2 || *s.Window != 4 {
-		t.Fatalf("decoded sparsity %+v", r.Sparsity)
-	}
 	r, err = DecodeCompletion([]byte(`{"model":"m","prompt":["one"]}`))
 	if err != nil || r.Prompt.Text != "one" {
 		t.Fatalf("%+v %v", r, err)
+	}
+}
+
+// Each sparsity field arrives as given; a field left out stays nil (the
+// daemon fills prune's defaults).
+func TestDecodeSparsity(t *testing.T) {
+	f, n := func(v float64) *float64 { return &v }, func(v int) *int { return &v }
+	for _, c := range []struct {
+		sparsity string
+		want     Sparsity
+	}{
+		{`{"method":"none"}`, Sparsity{Method: "none"}},
+		{`{"method":"recent","keep":0.25,"layers":[0,2],"window":4}`, Sparsity{Method: "recent", Keep: f(0.25), Layers: []int{0, 2}, Window: n(4)}},
+		{`{"method":"zerotprune","similarity":0.5}`, Sparsity{Method: "zerotprune", Similarity: f(0.5)}},
+		{`{"method":"zerotprune","similarity":0}`, Sparsity{Method: "zerotprune", Similarity: f(0)}},
+		{`{"method":"lemo","keep":0.7,"block":4}`, Sparsity{Method: "lemo", Keep: f(0.7), Block: n(4)}},
+		{`{"method":"lemo","block":` + strconv.Itoa(MaxSparsityBlock) + `}`, Sparsity{Method: "lemo", Block: n(MaxSparsityBlock)}},
+	} {
+		r, err := DecodeCompletion([]byte(`{"model":"m","prompt":"x","sparsity":` + c.sparsity + `}`))
+		if err != nil {
+			t.Errorf("%s: %v", c.sparsity, err)
+			continue
+		}
+		if !reflect.DeepEqual(r.Sparsity, &c.want) {
+			t.Errorf("%s: decoded %+v, want %+v", c.sparsity, *r.Sparsity, c.want)
+		}
 	}
 }
 
@@ -72,6 +93,9 @@ func TestDecodeErrors(t *testing.T) {
 		{`{"model":"m","prompt":"x","sparsity":{"method":"recent","depth":3}}`, CodeUnknownField, "depth"},
 		{`{"model":"m","prompt":"x","sparsity":{"method":"` + strings.Repeat("m", MaxMethodBytes+1) + `"}}`, CodeTooLarge, "sparsity"},
 		{`{"model":"m","prompt":"x","sparsity":{"method":"recent","layers":[` + strings.Repeat("1,", MaxSparsityLayers) + `1]}}`, CodeTooLarge, "sparsity"},
+		{`{"model":"m","prompt":"x","sparsity":{"method":"lemo","block":` + strconv.Itoa(MaxSparsityBlock+1) + `}}`, CodeTooLarge, "sparsity"},
+		{`{"model":"m","prompt":"x","sparsity":{"method":"lemo","block":2.5}}`, CodeInvalidValue, "sparsity.block"},
+		{`{"model":"m","prompt":"x","sparsity":{"method":"zerotprune","similarity":"half"}}`, CodeInvalidValue, "sparsity.similarity"},
 		{"{\"model\":\"m\",\"prompt\":\"\xff\"}", CodeInvalidUTF8, ""},
 		{`{"model":"m","prompt":"` + big + `"}`, CodeTooLarge, "prompt"},
 		{`{"model":"m","prompt":"` + strings.Repeat("a", MaxBodyBytes) + `"}`, CodeTooLarge, ""},

@@ -83,6 +83,14 @@ type Sparsity struct {
 	Layers []int `json:"layers,omitempty"`
 	// Window is how many of the last prompt tokens are always kept.
 	Window *int `json:"window,omitempty"`
+	// Similarity is, for zerotprune only, the share in [0, 1] of the
+	// dropped tokens that its similarity stage picks (tokens whose keys
+	// are most like a kept token's); 0 leaves the stage out, nil takes
+	// prune's default (the stage on).
+	Similarity *float64 `json:"similarity,omitempty"`
+	// Block is, for lemo only, its block size: tokens are scored, and
+	// dropped, in blocks of Block consecutive positions.
+	Block *int `json:"block,omitempty"`
 }
 
 // Message is one chat message.

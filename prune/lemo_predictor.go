@@ -45,9 +45,8 @@ func (p *Predictor) Covers(cfg Config) error {
 }
 
 // scoreRows writes to out, for each row of seg, the predicted log score of
-// its block (positions pos/block alike): the MLP's estimate of the content
-// part plus the log of how many of seg's rows see the block (see
-// TrainPredictor). x holds seg's hidden states.
+// its block (positions pos/block alike; see TrainPredictor). x holds seg's
+// hidden states.
 func (p *Predictor) scoreRows(layer int, seg []engine.Row, x []float32, block int, out []float32) error {
 	mlp := p.Layers[layer]
 	switch {
@@ -60,7 +59,7 @@ func (p *Predictor) scoreRows(layer int, seg []engine.Row, x []float32, block in
 	hid := make([]float32, mlp.Hidden)
 	forBlocks(seg, block, func(start, end int) {
 		blockInput(x[start*p.Dim:end*p.Dim], feat)
-		s := mlp.forward(feat, hid) + float32(math.Log(float64(seenBy(start, end, len(seg)))))
+		s := mlp.forward(feat, hid)
 		for i := start; i < end; i++ {
 			out[i] = s
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edged/edged/engine"
+	"github.com/edged/edged/model"
 )
 
 // hotScores returns pre-softmax scores [heads][n][n]: every row gives
@@ -34,16 +35,41 @@ func hotScores(heads, n int, hi float32, hot ...int) []float32 {
 }
 
 func TestInformativeness(t *testing.T) {
-	// Two heads, three rows each; negative scores count as zero.
-	s := []float32{
-		1, 0, 0, 2, -1, 0, 3, 1, 2,
-		1, 0, 0, -4, 1, 0, 1, 1, 1,
+	for _, c := range []struct {
+		name   string
+		heads  int
+		scores []float32 // [head][row][row]
+		want   []float32
+	}{
+		{
+			// Head 0 scales its queries by 1, 1, 1/2 (the mean of what
+			// each sees is 1, 2/2, 6/3): row 0 peaks at 2 (query 1), row 1
+			// at 0.5, row 2 at 1. Head 1 scales by 1, 2, 1: peaks 1, 2, 1.
+			// Negative scores count as zero.
+			"two heads", 2, []float32{
+				1, 0, 0, 2, -1, 0, 3, 1, 2,
+				1, 0, 0, -4, 1, 0, 1, 1, 1,
+			}, []float32{3, 2.5, 2},
+		},
+		{
+			// Every query spreads its scores evenly, at its own scale:
+			// row 0, seen by every query, scores no higher than the last,
+			// seen by one.
+			"uniform", 1, []float32{
+				5, 0, 0, 0.1, 0.1, 0, 3, 3, 3,
+			}, []float32{1, 1, 1},
+		},
+		{
+			// A query whose scores are all negative attends to nothing.
+			"negative", 1, []float32{
+				-1, 0, 0, -1, -2, 0, -3, 4, 0,
+			}, []float32{0, 3, 0},
+		},
+	} {
+		info := make([]float32, len(c.want))
+		informativeness(attention{probs: c.scores, past: 0, rows: len(c.want)}, c.heads, info)
+		assert.InDeltaSlice(t, c.want, info, 1e-6, c.name)
 	}
-	info := make([]float32, 3)
-	informativeness(attention{probs: s, past: 0, rows: 3}, 2, info)
-	// Row 0 is seen by 3 queries: 1+2+3 + 1+0+1; row 1 by 2: 0+1 + 1+1;
-	// row 2 by 1: 2+1.
-	assert.InDeltaSlice(t, []float32{8, 3, 3}, info, 1e-6)
 }
 
 func TestPoolBlocks(t *testing.T) {
@@ -118,7 +144,7 @@ func TestPredictorScoresBlocks(t *testing.T) {
 	assert.Equal(t, out[2], out[3])
 	feat, hid := make([]float32, dim), make([]float32, 3)
 	blockInput(x[4*dim:], feat)
-	assert.Equal(t, p.Layers[0].forward(feat, hid)+float32(math.Log(1)), out[4], "one row sees the last block")
+	assert.Equal(t, p.Layers[0].forward(feat, hid), out[4], "the last block, of one row")
 	assert.ErrorIs(t, p.scoreRows(1, rows, x, 2, out), ErrConfig, "no MLP for the layer")
 	assert.ErrorIs(t, p.scoreRows(0, rows, x[:7], 2, out), ErrConfig, "width")
 }
@@ -132,6 +158,33 @@ func TestPredictorFileRoundTrip(t *testing.T) {
 	assert.Equal(t, p, got)
 	_, err = ParsePredictor([]byte("GGUF"))
 	require.ErrorIs(t, err, ErrPredictorFile)
+}
+
+// A predictor trained on another version of LeMo's scores, such as one
+// written before lemo.score existed, is refused: its MLP would rank blocks
+// by something else.
+func TestPredictorFileScoreVersion(t *testing.T) {
+	for _, c := range []struct {
+		version any // nil: no lemo.score key
+		want    string
+	}{
+		{nil, "version 1, this build ranks by version 2"},
+		{uint32(3), "version 3, this build ranks by version 2"},
+		{"two", "lemo.score"},
+	} {
+		w := model.NewWriter()
+		for k, v := range map[string]any{keyGeneralType: predictorType, keyLeMoBlock: uint32(4), keyLeMoDim: uint32(2), keyLeMoHidden: uint32(2)} {
+			require.NoError(t, w.Set(k, v))
+		}
+		if c.version != nil {
+			require.NoError(t, w.Set(keyLeMoScore, c.version))
+		}
+		path := filepath.Join(t.TempDir(), "old.lemo.gguf")
+		require.NoError(t, w.WriteFile(path))
+		_, err := LoadPredictor(path)
+		require.ErrorIs(t, err, ErrPredictorFile, "%v", c.version)
+		assert.Contains(t, err.Error(), c.want)
+	}
 }
 
 // FuzzParsePredictor: no input makes the parser panic, and what it

@@ -16,7 +16,7 @@ type Recording struct {
 	Layer  int
 	Inputs [][]float32 // [block][Dim], as blockInput makes them
 	Scores []float32   // [block]
-	Seen   []float32   // [block] how many query rows see a row of the block, mean
+	Seen   []float32   // [block] how many query rows see a row of the block, mean (Overlap's position baseline)
 }
 
 // Recorder collects a Predictor's training data from dense prefills: at
@@ -112,12 +112,12 @@ func DefaultTrainOptions() TrainOptions {
 }
 
 // TrainPredictor fits one MLP per recorded layer by mean squared error
-// with Adam. A block's informativeness is a sum over the query rows that
-// see it, and the hidden state carries no position (RoPE acts inside
-// attention only), so the MLP learns the content part, log(score/seen),
-// and the predictor adds log(seen), which it knows exactly. Only the order
-// of a prefill's blocks matters to LeMo, so the targets are centred per
-// prefill (see targets).
+// with Adam, to the log of a block's informativeness. That is a maximum
+// over the query rows that see the block, not a sum (see
+// informativeness), so it holds no count of them, which the MLP, whose
+// input carries no position (RoPE acts inside attention only), could not
+// learn. Only the order of a prefill's blocks matters to LeMo, so the
+// targets are centred per prefill (see targets).
 func TrainPredictor(recs []Recording, block int, opt TrainOptions) (*Predictor, error) {
 	if len(recs) == 0 || len(recs[0].Inputs) == 0 {
 		return nil, fmt.Errorf("%w: no recorded blocks to train on", ErrConfig)
@@ -128,10 +128,10 @@ func TrainPredictor(recs []Recording, block int, opt TrainOptions) (*Predictor, 
 	p := &Predictor{Block: block, Dim: len(recs[0].Inputs[0]), Layers: map[int]*MLP{}}
 	byLayer := map[int][]sample{}
 	for _, rec := range recs {
-		if len(rec.Scores) != len(rec.Inputs) || len(rec.Seen) != len(rec.Inputs) {
-			return nil, fmt.Errorf("%w: recording of %d inputs, %d scores, %d counts", ErrConfig, len(rec.Inputs), len(rec.Scores), len(rec.Seen))
+		if len(rec.Scores) != len(rec.Inputs) {
+			return nil, fmt.Errorf("%w: recording of %d inputs, %d scores", ErrConfig, len(rec.Inputs), len(rec.Scores))
 		}
-		for i, t := range targets(rec.Scores, rec.Seen) {
+		for i, t := range targets(rec.Scores) {
 			if len(rec.Inputs[i]) != p.Dim {
 				return nil, fmt.Errorf("%w: recorded inputs of widths %d and %d", ErrConfig, p.Dim, len(rec.Inputs[i]))
 			}
@@ -150,13 +150,12 @@ type sample struct {
 	target float32
 }
 
-// targets are the logs of one prefill's block scores per seeing query
-// row, less their mean.
-func targets(scores, seen []float32) []float32 {
+// targets are the logs of one prefill's block scores, less their mean.
+func targets(scores []float32) []float32 {
 	t := make([]float32, len(scores))
 	var mean float64
 	for i, s := range scores {
-		v := math.Log(float64(s)/float64(seen[i]) + 1e-6)
+		v := math.Log(float64(s) + 1e-6)
 		t[i] = float32(v)
 		mean += v
 	}
@@ -278,7 +277,7 @@ func (a *adam) step(m *MLP, g *grads) {
 // Overlap is how well a predictor picks the blocks LeMo keeps.
 type Overlap struct {
 	Predicted float64 // share of the truly kept blocks the predictor keeps too
-	Position  float64 // the same for log(seen) alone, the part the MLP does not learn
+	Position  float64 // the same for ranking by how many queries see a block (the start first)
 	Chance    float64 // the same for a random choice: the kept share
 }
 
@@ -300,8 +299,8 @@ func (p *Predictor) Overlap(recs []Recording, keep float64) (Overlap, error) {
 			if len(in) != p.Dim {
 				return Overlap{}, fmt.Errorf("%w: input width %d, the predictor's is %d", ErrConfig, len(in), p.Dim)
 			}
-			pos[i] = float32(math.Log(float64(rec.Seen[i])))
-			pred[i] = mlp.forward(in, hid) + pos[i]
+			pos[i] = rec.Seen[i]
+			pred[i] = mlp.forward(in, hid)
 		}
 		k := int(math.Ceil(keep*float64(len(pred)) - 1e-9))
 		truth := top(rec.Scores, k)

@@ -17,6 +17,7 @@ import (
 // model (M.lemo.gguf):
 //
 //	general.type  = "lemo-predictor"
+//	lemo.score    = the informativeness it was trained on (uint32, scoreVersion)
 //	lemo.block    = block size (uint32)
 //	lemo.dim      = input width, the model's NEmbd (uint32)
 //	lemo.hidden   = MLP width (uint32)
@@ -25,10 +26,17 @@ import (
 const (
 	keyGeneralType = "general.type"
 	predictorType  = "lemo-predictor"
+	keyLeMoScore   = "lemo.score"
 	keyLeMoBlock   = "lemo.block"
 	keyLeMoDim     = "lemo.dim"
 	keyLeMoHidden  = "lemo.hidden"
 	maxPredictor   = 1 << 16 // bound on block, dim and hidden read from a file
+
+	// scoreVersion names the informativeness a predictor learns. Files
+	// without lemo.score were trained on the paper's plain sum, version 1:
+	// their MLP leaves out the count of seeing queries that scoreRows used
+	// to add, and would rank blocks wrongly with today's scoreRows.
+	scoreVersion = 2
 )
 
 var predictorTensor = regexp.MustCompile(`^blk\.(\d{1,4})\.lemo_(w1|b1|w2|b2)$`)
@@ -49,7 +57,7 @@ func SavePredictor(path string, p *Predictor) error {
 	for _, kv := range []struct {
 		k string
 		v any
-	}{{keyGeneralType, predictorType}, {keyLeMoBlock, uint32(p.Block)}, {keyLeMoDim, uint32(p.Dim)}, {keyLeMoHidden, uint32(hidden)}} {
+	}{{keyGeneralType, predictorType}, {keyLeMoScore, uint32(scoreVersion)}, {keyLeMoBlock, uint32(p.Block)}, {keyLeMoDim, uint32(p.Dim)}, {keyLeMoHidden, uint32(hidden)}} {
 		if err := w.Set(kv.k, kv.v); err != nil {
 			return fmt.Errorf("prune: save predictor: %w", err)
 		}
@@ -107,6 +115,12 @@ func ParsePredictor(data []byte) (*Predictor, error) {
 	}
 	if t, _ := f.String(keyGeneralType); t != predictorType {
 		return nil, fmt.Errorf("%w: general.type is %q, want %q", ErrPredictorFile, t, predictorType)
+	}
+	switch v, err := f.IntOr(keyLeMoScore, 1); {
+	case err != nil:
+		return nil, fmt.Errorf("%w: %w", ErrPredictorFile, err)
+	case v != scoreVersion:
+		return nil, fmt.Errorf("%w: trained on LeMo scores of version %d, this build ranks by version %d: train it again (edgectl lemo train)", ErrPredictorFile, v, scoreVersion)
 	}
 	var dims [3]int
 	for i, k := range []string{keyLeMoBlock, keyLeMoDim, keyLeMoHidden} {

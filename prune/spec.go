@@ -12,13 +12,29 @@ import (
 )
 
 // Spec asks for a policy by name with its main settings, as a request or
-// a config file gives them. Zero fields take the defaults of Config.
+// a config file gives them. Zero fields take the defaults of Config; so
+// does a nil Similarity, since a zero share is a setting (no similarity
+// stage).
+//
+// Similarity applies to zerotprune only and Block to lemo only: a Spec
+// that sets one for another method is invalid rather than silently
+// ignored, so that a request cannot believe it tuned a setting that does
+// nothing (For clears them when one set of settings serves several
+// methods).
 type Spec struct {
-	Method string
-	Keep   float64
-	Layers []int
-	Window int
+	Method     string
+	Keep       float64
+	Layers     []int
+	Window     int
+	Similarity *float64 // Config.Similarity: the share of Zero-TPrune's dropped rows its similarity stage picks
+	Block      int      // Config.Block: LeMo's block size
 }
+
+// Method names with settings of their own (see Spec).
+const (
+	MethodZeroTPrune = "zerotprune"
+	MethodLeMo       = "lemo"
+)
 
 // MethodNone names no policy: the sequence runs dense. A request gives it
 // to turn off a model's default.
@@ -40,10 +56,10 @@ const randomSeed = 1
 // methods builds a policy of each method name from a configuration.
 // Adding a method is adding its entry here.
 var methods = map[string]func(Config) (Policy, error){
-	"zerotprune": func(c Config) (Policy, error) { return asPolicy(NewZeroTPrune(c)) },
-	"lemo":       func(c Config) (Policy, error) { return asPolicy(NewLeMo(c, nil)) },
-	"recent":     func(c Config) (Policy, error) { return asPolicy(NewRecent(c)) },
-	"random":     func(c Config) (Policy, error) { return asPolicy(NewRandom(c, randomSeed)) },
+	MethodZeroTPrune: func(c Config) (Policy, error) { return asPolicy(NewZeroTPrune(c)) },
+	MethodLeMo:       func(c Config) (Policy, error) { return asPolicy(NewLeMo(c, nil)) },
+	"recent":         func(c Config) (Policy, error) { return asPolicy(NewRecent(c)) },
+	"random":         func(c Config) (Policy, error) { return asPolicy(NewRandom(c, randomSeed)) },
 }
 
 // asPolicy keeps a constructor's nil pointer from becoming a non-nil
@@ -66,9 +82,28 @@ func Methods() []string {
 // Off reports whether s asks for no policy.
 func (s Spec) Off() bool { return s.Method == MethodNone }
 
+// For returns s for method, less the settings that do not apply to it.
+func (s Spec) For(method string) Spec {
+	s.Method = method
+	if method != MethodZeroTPrune {
+		s.Similarity = nil
+	}
+	if method != MethodLeMo {
+		s.Block = 0
+	}
+	return s
+}
+
 // Config is s's configuration with the defaults filled in.
 func (s Spec) Config() Config {
-	return Config{Keep: s.Keep, Layers: s.Layers, Window: s.Window}.withDefaults()
+	c := Config{Keep: s.Keep, Layers: s.Layers, Window: s.Window, Block: s.Block}.withDefaults()
+	switch {
+	case s.Similarity != nil:
+		c.Similarity = *s.Similarity
+	case s.Method == MethodZeroTPrune:
+		c.Similarity = DefaultConfig().Similarity
+	}
+	return c
 }
 
 // Validate reports every problem of s for a model of nLayer layers (nLayer
@@ -81,6 +116,12 @@ func (s Spec) Validate(nLayer int) error {
 	var errs []error
 	if _, ok := methods[s.Method]; !ok {
 		errs = append(errs, fmt.Errorf("%w: method %q: want one of %s", ErrConfig, s.Method, strings.Join(Methods(), ", ")))
+	}
+	if s.Similarity != nil && s.Method != MethodZeroTPrune {
+		errs = append(errs, fmt.Errorf("%w: similarity %v: only zerotprune has a similarity stage", ErrConfig, *s.Similarity))
+	}
+	if s.Block != 0 && s.Method != MethodLeMo {
+		errs = append(errs, fmt.Errorf("%w: block %d: only lemo scores blocks", ErrConfig, s.Block))
 	}
 	c := s.Config()
 	if err := c.validate(); err != nil {
@@ -104,8 +145,9 @@ func (s Spec) New() (Policy, error) {
 }
 
 // String is s with the defaults filled in, such as "zerotprune keep=0.5
-// layers=1 window=16": specs that give the same policy give the same
-// string.
+// layers=1 window=16 similarity=0.5" or "lemo keep=0.5 layers=1 window=16
+// block=64": specs that give the same policy give the same string. Only
+// the method's own settings are named.
 func (s Spec) String() string {
 	if s.Off() {
 		return MethodNone
@@ -115,5 +157,12 @@ func (s Spec) String() string {
 	for i, l := range c.Layers {
 		layers[i] = strconv.Itoa(l)
 	}
-	return fmt.Sprintf("%s keep=%s layers=%s window=%d", s.Method, strconv.FormatFloat(c.Keep, 'g', -1, 64), strings.Join(layers, ","), c.Window)
+	str := fmt.Sprintf("%s keep=%s layers=%s window=%d", s.Method, strconv.FormatFloat(c.Keep, 'g', -1, 64), strings.Join(layers, ","), c.Window)
+	switch s.Method {
+	case MethodZeroTPrune:
+		str += " similarity=" + strconv.FormatFloat(c.Similarity, 'g', -1, 64)
+	case MethodLeMo:
+		str += " block=" + strconv.Itoa(c.Block)
+	}
+	return str
 }

@@ -15,7 +15,7 @@ import (
 
 // sparsityMethods are the policies eval-sparsity knows; the baselines are
 // measured beside the chosen method on the same sequences.
-var sparsityMethods = []string{"zerotprune", "lemo", "recent", "random"}
+var sparsityMethods = []string{prune.MethodZeroTPrune, prune.MethodLeMo, "recent", "random"}
 
 // runEvalSparsity measures what token sparsity costs in quality and saves
 // in prefill time and KV cache. For each sequence (drawn from the model
@@ -33,7 +33,7 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 	layers := fs.String("layers", "1", "comma-separated `layers` after which rows are dropped")
 	window := fs.Int("window", prune.DefaultWindow, "last prefix rows always kept")
 	iters := fs.Int("iterations", prune.DefaultIterations, "weighted PageRank iterations (zerotprune)")
-	similarity := fs.Float64("similarity", 0, "share of the dropped rows Zero-TPrune's similarity stage picks, in [0, 1] (0: no similarity stage)")
+	similarity := fs.Float64("similarity", prune.DefaultSimilarity, "share of the dropped rows Zero-TPrune's similarity stage picks, in [0, 1] (0: no similarity stage)")
 	block := fs.Int("block", 0, "LeMo's block size (default: the predictor's, else 64)")
 	predictor := fs.String("predictor", "", "LeMo pattern predictor `file` (edgectl lemo train); without it LeMo ranks by q·k")
 	samples := fs.Int("self-sample", 8, "evaluation sequences sampled from the model itself")
@@ -57,19 +57,19 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 	case *samples < 1 || *length < 2 || *cont < 1:
 		return usageError(fs, "--self-sample and --cont must be at least 1, --len at least 2")
 	}
+	// The flags give one set of settings; each method takes those that
+	// apply to it, with prune.Spec's defaults and checks, as a request's
+	// do in the daemon.
+	settings := prune.Spec{Keep: *keep, Layers: ls, Window: *window, Similarity: similarity, Block: *block}
 	var pred *prune.Predictor
 	if *predictor != "" {
 		if pred, err = prune.LoadPredictor(*predictor); err != nil {
 			return err
 		}
-		if *block == 0 {
-			*block = pred.Block
+		if settings.Block == 0 {
+			settings.Block = pred.Block
 		}
 	}
-	if *block == 0 {
-		*block = prune.DefaultBlock
-	}
-	cfg := prune.Config{Keep: *keep, Layers: ls, Window: *window, Iterations: *iters, Block: *block, Similarity: *similarity}
 	names := []string{*method}
 	if *baselines {
 		for _, m := range sparsityMethods {
@@ -80,6 +80,12 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	methods := make([]*sparsityMethod, len(names))
 	for i, n := range names {
+		spec := settings.For(n)
+		if err := spec.Validate(0); err != nil {
+			return usageError(fs, "%v", err)
+		}
+		cfg := spec.Config()
+		cfg.Iterations = *iters
 		if methods[i], err = newSparsityMethod(n, cfg, pred, *seed); err != nil {
 			return usageError(fs, "%v", err)
 		}
@@ -106,7 +112,7 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	report.Model, report.Keep, report.Layers, report.Window, report.Iterations = l.path, *keep, ls, *window, *iters
-	report.Block, report.Predictor, report.Similarity = *block, *predictor, *similarity
+	report.Block, report.Predictor, report.Similarity = settings.For(prune.MethodLeMo).Config().Block, *predictor, *similarity
 	report.Threads = l.engine.Backend().(interface{ Threads() int }).Threads()
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(report)
@@ -144,13 +150,13 @@ type sparsityMethod struct {
 func newSparsityMethod(name string, cfg prune.Config, pred *prune.Predictor, seed uint64) (*sparsityMethod, error) {
 	m := &sparsityMethod{name: name}
 	switch name {
-	case "zerotprune":
+	case prune.MethodZeroTPrune:
 		z, err := prune.NewZeroTPrune(cfg)
 		if err != nil {
 			return nil, err
 		}
 		m.policy, m.obs = z, z
-	case "lemo":
+	case prune.MethodLeMo:
 		lm, err := prune.NewLeMo(cfg, pred)
 		if err != nil {
 			return nil, err

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edged/edged/internal/fixture"
+	"github.com/edged/edged/prune"
 )
 
 func TestEvalSparsity(t *testing.T) {
@@ -22,6 +23,7 @@ func TestEvalSparsity(t *testing.T) {
 	}
 	r := run("1")
 	assert.Equal(t, "zerotprune", r.Method)
+	assert.Equal(t, prune.DefaultSimilarity, r.Similarity, "the similarity stage is on by default")
 	assert.Equal(t, 2, r.Sequences)
 	assert.Zero(t, r.NLLIncreasePct, "keep 1 is dense")
 	assert.Zero(t, r.KL)
@@ -41,6 +43,9 @@ func TestEvalSparsity(t *testing.T) {
 	assert.Equal(t, 2, code)
 	code, _, _ = edgectl(t, "eval-sparsity", "--model", path, "--len", "300", "--cont", "8", "--self-sample", "1")
 	assert.Equal(t, 2, code, "longer than the context")
+	code, _, stderr := edgectl(t, "eval-sparsity", "--model", path, "--method", "lemo", "--similarity", "1.5")
+	assert.Equal(t, 2, code, "the zerotprune baseline takes the similarity share")
+	assert.Contains(t, stderr, "similarity share 1.5")
 }
 
 // lemo train writes a predictor that eval-sparsity's lemo method loads;
