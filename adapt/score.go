@@ -26,8 +26,12 @@ type Scorer struct {
 	seqs    []*engine.Sequence
 	batch   []engine.Entry
 	targets []int32
-	owner   []int // the example of each target
+	owner   []int       // the example of each target
+	refs    [][]float32 // the reference log-probabilities of each target, or nil
 	logits  []float32
+	// collect, when not nil, receives the log-probabilities of every
+	// scored row (LogProbs).
+	collect *[][]float32
 
 	// from is the adapter's lowest layer. The layers below it compute the
 	// same for an example whatever the adapter's values, so Loss runs
@@ -113,9 +117,21 @@ func (s *Scorer) Losses(examples []Example) ([]float64, error) {
 // into engine Steps of at most maxScoredRows scored rows, from layer from
 // (0, or s.from with the residual streams of frozenRows).
 func (s *Scorer) crossEntropies(examples []Example, from int) ([]float64, []int, error) {
+	nv := s.e.Config().NVocab
 	for i, ex := range examples {
 		if len(ex.Prompt) == 0 || len(ex.Completion) == 0 {
 			return nil, nil, fmt.Errorf("adapt: example %d: prompt and completion must not be empty", i)
+		}
+		if ex.Reference == nil {
+			continue
+		}
+		if len(ex.Reference) != len(ex.Completion) {
+			return nil, nil, fmt.Errorf("adapt: example %d: %d reference rows for %d completion tokens", i, len(ex.Reference), len(ex.Completion))
+		}
+		for _, r := range ex.Reference {
+			if len(r) != nv {
+				return nil, nil, fmt.Errorf("adapt: example %d: a reference row of %d values, want %d", i, len(r), nv)
+			}
 		}
 	}
 	var frozen [][]float32
@@ -130,7 +146,7 @@ func (s *Scorer) crossEntropies(examples []Example, from int) ([]float64, []int,
 		return nil, nil, err
 	}
 	sums, counts := make([]float64, len(examples)), make([]int, len(examples))
-	s.batch, s.targets, s.owner, s.x = s.batch[:0], s.targets[:0], s.owner[:0], s.x[:0]
+	s.batch, s.targets, s.owner, s.refs, s.x = s.batch[:0], s.targets[:0], s.owner[:0], s.refs[:0], s.x[:0]
 	width := s.e.Config().NEmbd
 	for i, ex := range examples {
 		for j := range len(ex.Prompt) + len(ex.Completion) - 1 {
@@ -143,6 +159,11 @@ func (s *Scorer) crossEntropies(examples []Example, from int) ([]float64, []int,
 				continue
 			}
 			s.targets, s.owner = append(s.targets, tokenAt(ex, j+1)), append(s.owner, i)
+			var ref []float32
+			if ex.Reference != nil {
+				ref = ex.Reference[j-len(ex.Prompt)+1]
+			}
+			s.refs = append(s.refs, ref)
 			counts[i]++
 			if len(s.targets) == maxScoredRows {
 				if err := s.flush(sums, from); err != nil {
@@ -175,9 +196,17 @@ func (s *Scorer) flush(sums []float64, from int) error {
 		return fmt.Errorf("adapt: %w", err)
 	}
 	for r, tgt := range s.targets {
-		sums[s.owner[r]] += crossEntropy(s.logits[r*nv:(r+1)*nv], tgt)
+		row := s.logits[r*nv : (r+1)*nv]
+		if s.refs[r] != nil {
+			sums[s.owner[r]] += klDivergence(s.refs[r], row)
+		} else {
+			sums[s.owner[r]] += crossEntropy(row, tgt)
+		}
+		if s.collect != nil {
+			*s.collect = append(*s.collect, logSoftmax(row))
+		}
 	}
-	s.batch, s.targets, s.owner, s.x = s.batch[:0], s.targets[:0], s.owner[:0], s.x[:0]
+	s.batch, s.targets, s.owner, s.refs, s.x = s.batch[:0], s.targets[:0], s.owner[:0], s.refs[:0], s.x[:0]
 	return nil
 }
 
@@ -312,6 +341,34 @@ func tokenAt(ex Example, j int) int32 {
 
 // crossEntropy is -log softmax(logits)[target], computed in float64.
 func crossEntropy(logits []float32, target int32) float64 {
+	return logSumExp(logits) - float64(logits[target])
+}
+
+// klDivergence is KL(p ‖ softmax(logits)) for p given as log-probabilities
+// ref, computed in float64.
+func klDivergence(ref, logits []float32) float64 {
+	lse := logSumExp(logits)
+	var kl float64
+	for v, lp := range ref {
+		if p := math.Exp(float64(lp)); p > 0 {
+			kl += p * (float64(lp) - (float64(logits[v]) - lse))
+		}
+	}
+	return kl
+}
+
+// logSoftmax returns log softmax(logits) as a new slice.
+func logSoftmax(logits []float32) []float32 {
+	lse := logSumExp(logits)
+	out := make([]float32, len(logits))
+	for v, x := range logits {
+		out[v] = float32(float64(x) - lse)
+	}
+	return out
+}
+
+// logSumExp is log Σ exp(logits), computed in float64.
+func logSumExp(logits []float32) float64 {
 	mx := math.Inf(-1)
 	for _, v := range logits {
 		mx = max(mx, float64(v))
@@ -320,7 +377,25 @@ func crossEntropy(logits []float32, target int32) float64 {
 	for _, v := range logits {
 		s += math.Exp(float64(v) - mx)
 	}
-	return mx + math.Log(s) - float64(logits[target])
+	return mx + math.Log(s)
+}
+
+// LogProbs returns, for each example in order, the log-probabilities the
+// model gives at its scored rows (len(Completion) rows of NVocab values):
+// the Reference of a rehearsal example. They take 4·NVocab bytes a row.
+func (s *Scorer) LogProbs(examples []Example) ([][][]float32, error) {
+	var rows [][]float32
+	s.collect = &rows
+	_, _, err := s.crossEntropies(examples, s.from)
+	s.collect = nil
+	if err != nil {
+		return nil, err
+	}
+	out := make([][][]float32, len(examples))
+	for i, ex := range examples {
+		out[i], rows = rows[:len(ex.Completion):len(ex.Completion)], rows[len(ex.Completion):]
+	}
+	return out, nil
 }
 
 // Inputs runs examples as Loss does and returns the rows that enter

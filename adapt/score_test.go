@@ -113,3 +113,39 @@ func TestScorerInputs(t *testing.T) {
 	_, err = NewScorer(newEngine(t, m, nil), nil).Inputs(trainPairs, 3, engine.ProjDown, m.Config.NFF)
 	assert.Error(t, err, "no Set to record through")
 }
+
+// An example whose Reference is the model's own distribution scores zero;
+// once the adapter moves the model it scores KL(reference ‖ model) > 0,
+// and Reference rows of the wrong shape are refused.
+func TestScorerReference(t *testing.T) {
+	m := aidreams(t)
+	set := NewSet()
+	e := newEngine(t, m, set)
+	lo, err := NewLoRA(m, LoRAOptions{Rank: 2, Layers: []int{1}, Seed: 5})
+	require.NoError(t, err)
+	sc := NewScorer(e, lo)
+	defer sc.Close()
+	refs, err := sc.LogProbs(trainPairs)
+	require.NoError(t, err)
+	kept := make([]Example, len(trainPairs))
+	for i, ex := range trainPairs {
+		require.Len(t, refs[i], len(ex.Completion))
+		kept[i] = Example{Prompt: ex.Prompt, Completion: ex.Completion, Reference: refs[i]}
+	}
+	l, err := sc.Loss(kept)
+	require.NoError(t, err)
+	assert.InDelta(t, 0, l, 1e-6)
+	randomize(lo, 1, 0.1)
+	moved, err := sc.Losses(kept)
+	require.NoError(t, err)
+	for i := range moved {
+		assert.Greater(t, moved[i], 1e-4, "example %d", i)
+	}
+	bad := kept[0]
+	bad.Reference = bad.Reference[1:]
+	_, err = sc.Loss([]Example{bad})
+	assert.Error(t, err)
+	bad.Reference = [][]float32{{0}, {0}, {0}, {0}}
+	_, err = sc.Loss([]Example{bad})
+	assert.Error(t, err)
+}

@@ -46,7 +46,7 @@ func (a *adaptFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.init, "init", "random", "LoRA initialisation: random (A random, both trained) or data (A from the training inputs against the model's own text, frozen; only B trained)")
 	fs.IntVar(&a.initRef, "init-ref", 64, "with --init data: samples of the model's own text (48 tokens each) that A should leave alone")
 	fs.IntVar(&a.prefixLen, "prefix-len", 5, "prefix rows, initialised from the K/V of the training prompts' tokens")
-	fs.IntVar(&a.replay, "replay", 0, "add this many of the base model's own samples (from BOS) to the training data, so that training keeps what the model did (rehearsal)")
+	fs.IntVar(&a.replay, "replay", 0, "add this many of the base model's own samples (from BOS) to the training data, scored by KL(base ‖ adapted) at every token, so that training keeps what the model did (rehearsal)")
 	fs.IntVar(&a.replayLen, "replay-len", 24, "tokens per replay sample")
 	fs.StringVar(&a.log, "log", "", "JSON-lines log `file` of every step")
 	fs.StringVar(&a.ckpt, "checkpoint", "", "checkpoint `file` written every --checkpoint-every steps and at the end")
@@ -224,13 +224,21 @@ func (a *adaptFlags) initFromData(l *loaded, tok *model.Tokenizer, lo *adapt.LoR
 const replaySeed = 1 << 40
 
 // replaySamples draws --replay sequences from the base model, before any
-// adapter is attached.
+// adapter is attached, with the base model's distributions at every token
+// as their reference: training then pays KL(base ‖ adapted) on them.
 func (a *adaptFlags) replaySamples(l *loaded, tok *model.Tokenizer) ([]adapt.Example, error) {
 	base := adapt.NewScorer(l.engine, nil)
 	defer base.Close()
 	ex, err := selfSamples(base, bosOf(tok), a.replay, a.replayLen, replaySeed+a.seed<<20)
 	if err != nil {
 		return nil, fmt.Errorf("--replay: %w", err)
+	}
+	refs, err := base.LogProbs(ex)
+	if err != nil {
+		return nil, fmt.Errorf("--replay: %w", err)
+	}
+	for i := range ex {
+		ex[i].Reference = refs[i]
 	}
 	return ex, nil
 }
