@@ -18,14 +18,14 @@ import (
 var sparsityMethods = []string{prune.MethodZeroTPrune, prune.MethodLeMo, "recent", "random"}
 
 // runEvalSparsity measures what token sparsity costs in quality and saves
-// in prefill time and KV cache. For each sequence (drawn from the model
-// itself, seeded) it prefills the first --len tokens densely and with the
-// policy, then feeds the next --cont tokens one decode step at a time
-// (teacher forcing) and compares the next-token distributions of the two
-// runs: negative log-likelihood of the sequence's actual tokens, top-1
-// agreement and KL(dense ‖ sparse).
+// in prefill time, attention work and KV cache. For each sequence (drawn
+// from the model itself, seeded, or read from a --data file) it prefills
+// the first --len tokens densely and with the policy, then feeds the next
+// --cont tokens one decode step at a time (teacher forcing) and compares
+// the next-token distributions of the two runs: negative log-likelihood of
+// the sequence's actual tokens, top-1 agreement and KL(dense ‖ sparse).
 func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("eval-sparsity", "--model M --method zerotprune|lemo|recent|random --keep R [--predictor P] [--self-sample N --len L --cont C] [--json]", stderr)
+	fs := newFlags("eval-sparsity", "--model M --method zerotprune|lemo|recent|random --keep R [--predictor P] [--data FILE | --self-sample N] [--len L --cont C] [--json]", stderr)
 	var ef engineFlags
 	ef.register(fs, "f32")
 	method := fs.String("method", "zerotprune", "sparsity `policy`: "+strings.Join(sparsityMethods, ", "))
@@ -37,6 +37,7 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 	block := fs.Int("block", 0, "LeMo's block size (default: the predictor's, else 64)")
 	predictor := fs.String("predictor", "", "LeMo pattern predictor `file` (edgectl lemo train); without it LeMo ranks by q·k")
 	samples := fs.Int("self-sample", 8, "evaluation sequences sampled from the model itself")
+	data := fs.String("data", "", `JSONL `+"`file`"+` of evaluation sequences instead of self-sampling, one {"text": "..."} or {"ids": [...]} a line, each at least --len + --cont tokens`)
 	length := fs.Int("len", 400, "prefix tokens (BOS included) prefilled with sparsity")
 	cont := fs.Int("cont", 100, "continuation tokens scored after the prefix")
 	seed := fs.Uint64("seed", 1, "seed of the self-sampling and of the random baseline")
@@ -54,6 +55,8 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 		return usageError(fs, "--method %q: want one of %s", *method, strings.Join(sparsityMethods, ", "))
 	case err != nil:
 		return usageError(fs, "%v", err)
+	case *data != "" && isSet(fs, "self-sample"):
+		return usageError(fs, "give --data or --self-sample, not both")
 	case *samples < 1 || *length < 2 || *cont < 1:
 		return usageError(fs, "--self-sample and --cont must be at least 1, --len at least 2")
 	}
@@ -104,13 +107,27 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 		return usageError(fs, "--len + --cont = %d exceeds the context of %d", n, l.engine.Options().Context)
 	}
 	ev := &sparsityEval{ctx: ctx, e: l.engine, hook: hook, prefix: *length, cont: *cont, bos: 1}
-	if tok, err := l.tokenizer(); err == nil && tok.BOS() >= 0 {
+	// A model without a tokenizer can still be evaluated on self-samples
+	// (BOS 1, llama2.c's) or on "ids" lines.
+	tok, _ := l.tokenizer()
+	if tok != nil && tok.BOS() >= 0 {
 		ev.bos = tok.BOS()
 	}
-	report, err := ev.run(methods, *samples, *seed, float32(*temp))
+	var seqs [][]int32
+	if *data != "" {
+		seqs, err = readSparsityDataFile(*data, tok, l.engine.Config().NVocab, *length+*cont)
+	} else {
+		seqs, err = ev.sample(*samples, *seed, float32(*temp))
+	}
 	if err != nil {
 		return err
 	}
+	report, err := ev.run(methods, seqs)
+	if err != nil {
+		return err
+	}
+	// The seed is reported either way: it also seeds the random baseline.
+	report.Data, report.Seed = *data, *seed
 	report.Model, report.Keep, report.Layers, report.Window, report.Iterations = l.path, *keep, ls, *window, *iters
 	report.Block, report.Predictor, report.Similarity = settings.For(prune.MethodLeMo).Config().Block, *predictor, *similarity
 	report.Threads = l.engine.Backend().(interface{ Threads() int }).Threads()

@@ -33,9 +33,10 @@ type sparsityReport struct {
 	Predictor      string  `json:"predictor,omitempty"` // LeMo's predictor file
 	Threads        int     `json:"threads"`
 	Sequences      int     `json:"sequences"`
+	Data           string  `json:"data,omitempty"` // the --data file; absent: self-sampled with seed
 	PrefixLen      int     `json:"prefix_len"`
 	ContLen        int     `json:"continuation_len"`
-	Seed           uint64  `json:"seed"`
+	Seed           uint64  `json:"seed"`             // of the self-sampling and the random baseline
 	DenseNLL       float64 `json:"dense_nll"`        // mean per continuation token
 	DensePrefillMS float64 `json:"dense_prefill_ms"` // summed over the sequences
 	DenseKVRows    int     `json:"dense_kv_rows"`    // cache rows over all layers after a prefill, mean
@@ -54,6 +55,12 @@ type methodFigures struct {
 	PrefillSpeedup float64 `json:"prefill_speedup"`
 	KVRows         float64 `json:"kv_rows"` // cache rows over all layers after a prefill, mean
 	KVBytesRatio   float64 `json:"kv_bytes_ratio"`
+	// Attention FLOPs of the prefills, summed over the sequences (see
+	// prefillWork); the dense figure is repeated in each method's so
+	// that every entry, baselines included, reads on its own.
+	AttnFLOPs      int64   `json:"attn_flops"`
+	DenseAttnFLOPs int64   `json:"dense_attn_flops"`
+	AttnFLOPsRatio float64 `json:"attn_flops_ratio"`
 
 	// sums while measuring
 	nll, kl float64
@@ -63,19 +70,20 @@ type methodFigures struct {
 }
 
 // passResult is one run over a sequence: the next-token log-probabilities
-// at each continuation position, the prefill time and the cache rows.
+// at each continuation position, the prefill time, the cache rows and the
+// prefill's attention FLOPs.
 type passResult struct {
-	logp    [][]float64 // [cont][vocab]
-	prefill time.Duration
-	kvRows  int
+	logp      [][]float64 // [cont][vocab]
+	prefill   time.Duration
+	kvRows    int
+	attnFLOPs int64
 }
 
-func (ev *sparsityEval) run(methods []*sparsityMethod, samples int, seed uint64, temp float32) (*sparsityReport, error) {
-	r := &sparsityReport{Sequences: samples, PrefixLen: ev.prefix, ContLen: ev.cont, Seed: seed}
-	seqs, err := ev.sample(samples, seed, temp)
-	if err != nil {
-		return nil, err
-	}
+// run measures every method on seqs (each prefix+cont tokens long) against
+// the dense runs.
+func (ev *sparsityEval) run(methods []*sparsityMethod, seqs [][]int32) (*sparsityReport, error) {
+	samples := len(seqs)
+	r := &sparsityReport{Sequences: samples, PrefixLen: ev.prefix, ContLen: ev.cont}
 	dense, err := ev.pass(seqs, nil)
 	if err != nil {
 		return nil, err
@@ -83,10 +91,12 @@ func (ev *sparsityEval) run(methods []*sparsityMethod, samples int, seed uint64,
 	var denseNLL float64
 	var densePrefill time.Duration
 	denseKV := 0
+	var denseAttn int64
 	for s, ids := range seqs {
 		denseNLL += nll(dense[s].logp, ids[ev.prefix:])
 		densePrefill += dense[s].prefill
 		denseKV += dense[s].kvRows
+		denseAttn += dense[s].attnFLOPs
 	}
 	figs := make([]methodFigures, len(methods))
 	for i, m := range methods {
@@ -99,6 +109,7 @@ func (ev *sparsityEval) run(methods []*sparsityMethod, samples int, seed uint64,
 			f.nll += nll(sparse[s].logp, ids[ev.prefix:])
 			f.prefill += sparse[s].prefill
 			f.kvRows += sparse[s].kvRows
+			f.AttnFLOPs += sparse[s].attnFLOPs
 			for k := range sparse[s].logp {
 				f.kl += kl(dense[s].logp[k], sparse[s].logp[k])
 				if argmax64(dense[s].logp[k]) == argmax64(sparse[s].logp[k]) {
@@ -122,6 +133,8 @@ func (ev *sparsityEval) run(methods []*sparsityMethod, samples int, seed uint64,
 		f.PrefillSpeedup = float64(densePrefill) / float64(f.prefill)
 		f.KVRows = float64(f.kvRows) / float64(samples)
 		f.KVBytesRatio = float64(f.kvRows) / float64(denseKV)
+		f.DenseAttnFLOPs = denseAttn
+		f.AttnFLOPsRatio = float64(f.AttnFLOPs) / float64(denseAttn)
 	}
 	r.methodFigures = figs[0]
 	if len(figs) > 1 {
@@ -221,9 +234,7 @@ func (ev *sparsityEval) pass(ids [][]int32, m *sparsityMethod) ([]passResult, er
 			return nil, err
 		}
 		res[s].prefill = time.Since(start)
-		for l := range ev.e.Config().NLayer {
-			res[s].kvRows += seq.CacheLen(l)
-		}
+		res[s].kvRows, res[s].attnFLOPs = ev.prefillWork(seq)
 		res[s].logp = append(res[s].logp, logSoftmax(logits[:nv]))
 	}
 	batch = batch[:len(seqs)]
@@ -242,6 +253,31 @@ func (ev *sparsityEval) pass(ids [][]int32, m *sparsityMethod) ([]passResult, er
 		}
 	}
 	return res, nil
+}
+
+// prefillWork returns the cache rows a prefill left over all layers and
+// the floating-point operations its attention took (two per multiply-add), both from what the engine cached
+// (seq.CacheLen), so they count what ran, whatever the policy chose.
+//
+// The attention count covers the attention kernels only (q·k scores and
+// the probability-weighted sum of values), not the q/k/v/o projections or
+// the feed-forward, which scale linearly with the rows and whose saving
+// the prefill time shows. In a causal prefill into an empty cache, layer l
+// computes attention for the n_l rows that entered it, row i over itself
+// and the i earlier rows kept there, so n_l(n_l+1)/2 query-key pairs, each
+// costing headDim multiply-adds for q·k and headDim for p·v in every query
+// head, 4·headDim FLOPs. n_l is CacheLen(l): a layer stores KV for exactly the rows it
+// computed. A pruning layer therefore still counts densely, as it runs:
+// rows are dropped only after it, for the layers that follow.
+func (ev *sparsityEval) prefillWork(seq *engine.Sequence) (kvRows int, attnFLOPs int64) {
+	cfg := ev.e.Config()
+	perPair := int64(4 * cfg.NHead * cfg.HeadDim)
+	for l := range cfg.NLayer {
+		n := int64(seq.CacheLen(l))
+		kvRows += int(n)
+		attnFLOPs += perPair * n * (n + 1) / 2
+	}
+	return kvRows, attnFLOPs
 }
 
 func logSoftmax(logits []float32) []float64 {
@@ -294,14 +330,19 @@ func argmax64(v []float64) int {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func (r *sparsityReport) print(w io.Writer) {
-	fmt.Fprintf(w, "%s: %d sequences, prefix %d, continuation %d, keep %g after layers %v, window %d, %d threads\n",
-		r.Model, r.Sequences, r.PrefixLen, r.ContLen, r.Keep, r.Layers, r.Window, r.Threads)
-	fmt.Fprintf(w, "dense: NLL %.4f/token, prefill %.1f ms, %d KV rows\n\n", r.DenseNLL, r.DensePrefillMS, r.DenseKVRows)
+	source := fmt.Sprintf("self-sampled (seed %d)", r.Seed)
+	if r.Data != "" {
+		source = "from " + r.Data
+	}
+	fmt.Fprintf(w, "%s: %d sequences %s, prefix %d, continuation %d, keep %g after layers %v, window %d, %d threads\n",
+		r.Model, r.Sequences, source, r.PrefixLen, r.ContLen, r.Keep, r.Layers, r.Window, r.Threads)
+	fmt.Fprintf(w, "dense: NLL %.4f/token, prefill %.1f ms, %d KV rows, %d attention FLOPs\n\n",
+		r.DenseNLL, r.DensePrefillMS, r.DenseKVRows, r.DenseAttnFLOPs)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "method\tNLL\tNLL +%\ttop-1\tKL\tprefill ms\tspeedup\tKV rows\tKV ratio\t")
+	fmt.Fprintln(tw, "method\tNLL\tNLL +%\ttop-1\tKL\tprefill ms\tspeedup\tKV rows\tKV ratio\tattn FLOPs\tattn ratio\t")
 	line := func(f methodFigures) {
-		fmt.Fprintf(tw, "%s\t%.4f\t%.2f\t%.3f\t%.4f\t%.1f\t%.2f\t%.0f\t%.3f\t\n", f.Method, f.NLL, f.NLLIncreasePct,
-			f.Top1Agreement, f.KL, f.PrefillMS, f.PrefillSpeedup, f.KVRows, f.KVBytesRatio)
+		fmt.Fprintf(tw, "%s\t%.4f\t%.2f\t%.3f\t%.4f\t%.1f\t%.2f\t%.0f\t%.3f\t%d\t%.3f\t\n", f.Method, f.NLL, f.NLLIncreasePct,
+			f.Top1Agreement, f.KL, f.PrefillMS, f.PrefillSpeedup, f.KVRows, f.KVBytesRatio, f.AttnFLOPs, f.AttnFLOPsRatio)
 	}
 	line(r.methodFigures)
 	for _, m := range sparsityMethods {

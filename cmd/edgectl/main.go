@@ -39,7 +39,7 @@ var commands = map[string]command{
 	"lora":     {"merge LoRA adapters into a model (lora merge)", runLoRA},
 	"lemo":     {"train LeMo's token-sparsity pattern predictor (lemo train)", runLeMo},
 
-	"eval-sparsity": {"measure token sparsity: quality, prefill time, KV bytes", runEvalSparsity},
+	"eval-sparsity": {"measure token sparsity: quality, prefill time, attention work, KV bytes", runEvalSparsity},
 }
 
 func main() {
