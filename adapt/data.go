@@ -1,13 +1,10 @@
 package adapt
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"strings"
 
+	"github.com/edged/edged/internal/jsonl"
 	"github.com/edged/edged/model"
 )
 
@@ -26,39 +23,12 @@ type jsonExample struct {
 // be nil when every line has ids). Blank lines are skipped; errors name the
 // line and are all reported at once.
 func ReadExamples(r io.Reader, name string, tok *model.Tokenizer) ([]Example, error) {
-	var out []Example
-	var errs []error
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<16), 1<<26)
-	for line := 1; sc.Scan(); line++ {
-		text := strings.TrimSpace(sc.Text())
-		if text == "" {
-			continue
-		}
-		ex, err := parseExample(text, tok)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s:%d: %w", name, line, err))
-			continue
-		}
-		out = append(out, ex)
-	}
-	if err := sc.Err(); err != nil {
-		errs = append(errs, fmt.Errorf("%s: %w", name, err))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%s: no examples", name)
-	}
-	return out, nil
+	return jsonl.Read(r, name, "examples", func(line string) (Example, error) { return parseExample(line, tok) })
 }
 
 func parseExample(text string, tok *model.Tokenizer) (Example, error) {
 	var j jsonExample
-	dec := json.NewDecoder(strings.NewReader(text))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&j); err != nil {
+	if err := jsonl.Strict(text, &j); err != nil {
 		return Example{}, err
 	}
 	var ex Example

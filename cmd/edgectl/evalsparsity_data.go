@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
+	"github.com/edged/edged/internal/jsonl"
 	"github.com/edged/edged/model"
 )
 
@@ -42,39 +40,12 @@ func readSparsityDataFile(path string, tok *model.Tokenizer, nVocab, n int) ([][
 // the file would make two runs with different --len --cont incomparable
 // without saying so. The error names the line so that it can be cut out.
 func readSparsityData(r io.Reader, name string, tok *model.Tokenizer, nVocab, n int) ([][]int32, error) {
-	var out [][]int32
-	var errs []error
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<16), 1<<26)
-	for line := 1; sc.Scan(); line++ {
-		text := strings.TrimSpace(sc.Text())
-		if text == "" {
-			continue
-		}
-		ids, err := parseSparsityLine(text, tok, nVocab, n)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s:%d: %w", name, line, err))
-			continue
-		}
-		out = append(out, ids)
-	}
-	if err := sc.Err(); err != nil {
-		errs = append(errs, fmt.Errorf("%s: %w", name, err))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%s: no sequences", name)
-	}
-	return out, nil
+	return jsonl.Read(r, name, "sequences", func(line string) ([]int32, error) { return parseSparsityLine(line, tok, nVocab, n) })
 }
 
 func parseSparsityLine(text string, tok *model.Tokenizer, nVocab, n int) ([]int32, error) {
 	var j sparsityLine
-	dec := json.NewDecoder(strings.NewReader(text))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&j); err != nil {
+	if err := jsonl.Strict(text, &j); err != nil {
 		return nil, err
 	}
 	var ids []int32
