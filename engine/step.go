@@ -26,17 +26,14 @@ func (e *Engine) Step(batch []Entry, logits []float32) error {
 
 // StepTo runs batch through layers [0, layer) only and writes the residual
 // stream entering layer (NLayer: leaving the last), NEmbd values per
-// entry, into x. With StepFrom it
-// splits a Step in two: a caller whose changes (an adapter's) start at
-// layer computes the frozen layers below once and runs only the rest
-// again. The sequences' caches of layers below layer advance; those of
-// layer and above do not. No token selector may drop rows of batch.
+// entry, into x. With StepFrom it splits a Step in two: a caller whose
+// changes (an adapter's) start at layer computes the frozen layers below
+// once and runs only the rest again. The sequences' caches of layers
+// below layer advance; those of layer and above do not. No token selector
+// may drop rows of batch.
 func (e *Engine) StepTo(batch []Entry, layer int, x []float32) error {
-	if layer < 1 || layer > e.cfg.NLayer {
-		return fmt.Errorf("%w: layer %d of %d", ErrBatch, layer, e.cfg.NLayer)
-	}
-	if len(x) != len(batch)*e.cfg.NEmbd {
-		return fmt.Errorf("%w: %d residual values for %d rows of %d", ErrBatch, len(x), len(batch), e.cfg.NEmbd)
+	if err := e.checkSplit(batch, layer, 1, e.cfg.NLayer, x); err != nil {
+		return err
 	}
 	return e.run(batch, span{to: layer}, x, nil)
 }
@@ -47,13 +44,22 @@ func (e *Engine) StepTo(batch []Entry, layer int, x []float32) error {
 // and above advance, so a sequence run this way serves further StepFrom
 // calls from the same layer, or Truncate(0), and not Step.
 func (e *Engine) StepFrom(batch []Entry, layer int, x, logits []float32) error {
-	if layer < 0 || layer >= e.cfg.NLayer {
-		return fmt.Errorf("%w: layer %d of %d", ErrBatch, layer, e.cfg.NLayer)
+	if err := e.checkSplit(batch, layer, 0, e.cfg.NLayer-1, x); err != nil {
+		return err
+	}
+	return e.run(batch, span{from: layer, to: e.cfg.NLayer}, x, logits)
+}
+
+// checkSplit checks the layer of a StepTo or StepFrom against [lo, hi] and
+// the size of its residual stream x.
+func (e *Engine) checkSplit(batch []Entry, layer, lo, hi int, x []float32) error {
+	if layer < lo || layer > hi {
+		return fmt.Errorf("%w: layer %d, want %d to %d", ErrBatch, layer, lo, hi)
 	}
 	if len(x) != len(batch)*e.cfg.NEmbd {
 		return fmt.Errorf("%w: %d residual values for %d rows of %d", ErrBatch, len(x), len(batch), e.cfg.NEmbd)
 	}
-	return e.run(batch, span{from: layer, to: e.cfg.NLayer}, x, logits)
+	return nil
 }
 
 // span is a range of layers [from, to) a forward pass runs.
