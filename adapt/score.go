@@ -398,34 +398,39 @@ func (s *Scorer) LogProbs(examples []Example) ([][][]float32, error) {
 	return out, nil
 }
 
-// Inputs runs examples as Loss does and returns the rows that enter
-// projection p of layer, width values each (the projection's input size),
-// for every scored row of every example in order: the row of the last
-// prompt token and of each completion token but the last. The engine must
-// have an adapt.Set as its Hooks.Delta.
-func (s *Scorer) Inputs(examples []Example, layer int, p engine.Proj, width int) ([][]float32, error) {
+// Inputs runs examples once, as Loss does, and returns for each pair the
+// rows that enter its projection (pair.In values each) at every scored row
+// of every example in order: the row of the last prompt token and of each
+// completion token but the last. The engine must have an adapt.Set as its
+// Hooks.Delta.
+func (s *Scorer) Inputs(examples []Example, pairs []*LoRAPair) ([][][]float32, error) {
 	set, ok := s.e.Options().Hooks.Delta.(*Set)
 	if !ok {
 		return nil, errors.New("adapt: recording inputs needs an engine with an adapt.Set as Hooks.Delta")
 	}
-	rec := &recorder{layer: layer, proj: p, width: width}
+	rec := make(map[target]*recording, len(pairs))
+	for _, pr := range pairs {
+		rec[target{pr.Layer, pr.Proj}] = &recording{width: pr.In}
+	}
 	set.record(rec)
 	_, _, err := s.crossEntropies(examples, 0)
 	set.record(nil)
 	if err != nil {
 		return nil, err
 	}
-	var out [][]float32
-	at := 0
-	for _, ex := range examples {
-		n := len(ex.Prompt) + len(ex.Completion) - 1
-		for j := len(ex.Prompt) - 1; j < n; j++ {
-			out = append(out, rec.rows[(at+j)*width:(at+j+1)*width])
+	out := make([][][]float32, len(pairs))
+	for i, pr := range pairs {
+		r, at := rec[target{pr.Layer, pr.Proj}], 0
+		for _, ex := range examples {
+			n := len(ex.Prompt) + len(ex.Completion) - 1
+			for j := len(ex.Prompt) - 1; j < n; j++ {
+				out[i] = append(out[i], r.rows[(at+j)*r.width:(at+j+1)*r.width])
+			}
+			at += n
 		}
-		at += n
-	}
-	if at*width != len(rec.rows) {
-		return nil, fmt.Errorf("adapt: recorded %d rows of blk.%d.%s, want %d", len(rec.rows)/width, layer, projName(p), at)
+		if at*r.width != len(r.rows) {
+			return nil, fmt.Errorf("adapt: recorded %d rows of blk.%d.%s, want %d", len(r.rows)/r.width, pr.Layer, projName(pr.Proj), at)
+		}
 	}
 	return out, nil
 }

@@ -99,8 +99,17 @@ func TestScorerInputs(t *testing.T) {
 	e := newEngine(t, m, NewSet())
 	sc := NewScorer(e, nil)
 	defer sc.Close()
-	rows, err := sc.Inputs(trainPairs, 3, engine.ProjDown, m.Config.NFF)
+	pairs := []*LoRAPair{{Layer: 3, Proj: engine.ProjDown, In: m.Config.NFF}, {Layer: 1, Proj: engine.ProjQ, In: m.Config.NEmbd}}
+	both, err := sc.Inputs(trainPairs, pairs)
 	require.NoError(t, err)
+	require.Len(t, both, 2)
+	down, err := sc.Inputs(trainPairs, pairs[:1])
+	require.NoError(t, err)
+	assert.Equal(t, down[0], both[0], "one pass records every pair as a pass of its own")
+	rows := both[0]
+	for _, r := range both[1] {
+		require.Len(t, r, m.Config.NEmbd)
+	}
 	want := 0
 	for _, ex := range trainPairs {
 		want += len(ex.Completion)
@@ -110,7 +119,7 @@ func TestScorerInputs(t *testing.T) {
 		require.Len(t, r, m.Config.NFF)
 	}
 	assert.NotEqual(t, rows[0], rows[1])
-	_, err = NewScorer(newEngine(t, m, nil), nil).Inputs(trainPairs, 3, engine.ProjDown, m.Config.NFF)
+	_, err = NewScorer(newEngine(t, m, nil), nil).Inputs(trainPairs, pairs)
 	assert.Error(t, err, "no Set to record through")
 }
 

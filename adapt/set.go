@@ -23,22 +23,20 @@ type Set struct {
 	mu    sync.RWMutex // guards bySeq; Apply holds it for reading
 	bySeq map[*engine.Sequence][]Applied
 	s     scratch // used only inside Apply, which the engine never runs concurrently
-	// rec, while set, copies the rows entering one projection (see
-	// Scorer.Inputs); only Apply touches its rows.
-	rec *recorder
+	// rec, while set, copies the rows entering the projections of some
+	// LoRA pairs (see Scorer.Inputs); only Apply touches its rows.
+	rec map[target]*recording
 }
 
-// recorder collects the rows entering projection proj of layer, width
-// values each, in the order the engine computed them.
-type recorder struct {
-	layer int
-	proj  engine.Proj
+// recording collects the rows entering one projection, width values each,
+// in the order the engine computed them.
+type recording struct {
 	width int
 	rows  []float32
 }
 
-// record starts (r not nil) or stops copying a projection's input rows.
-func (s *Set) record(r *recorder) {
+// record starts (r not nil) or stops copying projections' input rows.
+func (s *Set) record(r map[target]*recording) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rec = r
@@ -76,7 +74,7 @@ func (s *Set) Adapters(seq *engine.Sequence) []Applied {
 func (s *Set) Apply(b accel.Backend, layer int, p engine.Proj, x, y accel.Buffer, rows []engine.Row) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if r := s.rec; r != nil && r.layer == layer && r.proj == p {
+	if r := s.rec[target{layer, p}]; r != nil {
 		if x.Len() < len(rows)*r.width {
 			return fmt.Errorf("adapt: recording blk.%d.%s: %d values for %d rows of %d", layer, projName(p), x.Len(), len(rows), r.width)
 		}

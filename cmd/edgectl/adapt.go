@@ -202,16 +202,16 @@ func (a *adaptFlags) initFromData(l *loaded, tok *model.Tokenizer, lo *adapt.LoR
 	if err != nil {
 		return fmt.Errorf("--init data: %w", err)
 	}
-	for _, pr := range lo.Pairs {
-		keys, err := base.Inputs(train, pr.Layer, pr.Proj, pr.In)
-		if err != nil {
-			return fmt.Errorf("--init data: %w", err)
-		}
-		refIn, err := base.Inputs(ref, pr.Layer, pr.Proj, pr.In)
-		if err != nil {
-			return fmt.Errorf("--init data: %w", err)
-		}
-		if err := lo.InitFromInputs(pr, keys, refIn, initRidge); err != nil {
+	keys, err := base.Inputs(train, lo.Pairs)
+	if err != nil {
+		return fmt.Errorf("--init data: %w", err)
+	}
+	refIn, err := base.Inputs(ref, lo.Pairs)
+	if err != nil {
+		return fmt.Errorf("--init data: %w", err)
+	}
+	for i, pr := range lo.Pairs {
+		if err := lo.InitFromInputs(pr, keys[i], refIn[i], initRidge); err != nil {
 			return fmt.Errorf("--init data: %w", err)
 		}
 	}
