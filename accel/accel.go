@@ -83,6 +83,20 @@ type AttnSeq struct {
 	Scores []float32
 }
 
+// Checker is implemented by backends whose operations can fail after they
+// have returned (a GPU runs them later): Err returns the first failure.
+type Checker interface {
+	Err() error
+}
+
+// Check returns b's first failure when b is a Checker, else nil.
+func Check(b Backend) error {
+	if c, ok := b.(Checker); ok {
+		return c.Err()
+	}
+	return nil
+}
+
 // Backend runs the operations of a transformer forward pass. Row counts
 // describe how many token rows of the buffers an operation covers; every
 // buffer is at least that large. Methods with an error result may fail for

@@ -221,5 +221,8 @@ func (e *Engine) output(rows []Row, logits []float32) error {
 		be.Read(logits[:m*c.NVocab], a.logits, 0)
 		logits, sel = logits[m*c.NVocab:], sel[m:]
 	}
+	if err := accel.Check(be); err != nil {
+		return fmt.Errorf("engine: %s: %w", be.Name(), err)
+	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edged/edged/accel"
 	"github.com/edged/edged/accel/cpu"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
@@ -32,6 +33,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	threads := fs.Int("t", 0, "CPU threads (0: one per core)")
 	reps := fs.Int("r", 5, "repetitions of each test")
 	kvType := fs.String("kv-type", "f16", "KV cache storage: f16 or f32")
+	var backendName string
+	registerBackend(fs, &backendName)
 	asJSON := fs.Bool("json", false, `print one JSON object {"pp", "pp_std", "tg", "tg_std", "model", "threads", "load_ms", ...}`)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -59,7 +62,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("%s: %w", *path, err)
 	}
-	be := cpu.New(*threads)
+	be, err := openBackend(backendName, *threads)
+	if err != nil {
+		return err
+	}
 	defer be.Close()
 	e, err := engine.New(m, be, engine.Options{Context: max(*p+*n, 1), BatchSize: max(*p, 1), Cache: cache})
 	if err != nil {
@@ -70,7 +76,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	b := &bencher{ctx: ctx, e: e, rng: rand.New(rand.NewPCG(1, 2)), nVocab: m.Config.NVocab, first: firstToken(file, m.Config.NVocab)}
 	b.logits = make([]float32, b.nVocab)
 	res := benchResult{
-		Model: *path, Desc: modelDesc(file, m), Backend: "CPU", Threads: be.Threads(),
+		Model: *path, Desc: modelDesc(file, m), Backend: label(be), Device: be.Name(), Threads: threadsOf(be),
 		P: *p, N: *n, Reps: *reps, LoadMS: float64(loadTime.Microseconds()) / 1000,
 	}
 	for i := range file.Tensors {
@@ -109,6 +115,7 @@ type benchResult struct {
 	Size    int64    `json:"size"`
 	Params  int64    `json:"params"`
 	Backend string   `json:"backend"`
+	Device  string   `json:"device"`
 	Threads int      `json:"threads"`
 	P       int      `json:"p"`
 	N       int      `json:"n"`
@@ -268,4 +275,24 @@ func dashes(n int, right bool) string {
 		return strings.Repeat("-", n-1) + ":"
 	}
 	return strings.Repeat("-", n)
+}
+
+// label is the backend's column in the table, as llama-bench names them.
+func label(be accel.Backend) string {
+	name, _, _ := strings.Cut(be.Name(), " ")
+	switch name {
+	case "cuda":
+		return "CUDA"
+	case "metal":
+		return "Metal"
+	}
+	return "CPU"
+}
+
+// threadsOf is the CPU backend's thread count, 0 for a GPU.
+func threadsOf(be accel.Backend) int {
+	if c, ok := be.(*cpu.Backend); ok {
+		return c.Threads()
+	}
+	return 0
 }

@@ -3,8 +3,10 @@ package main
 import (
 	"flag"
 	"fmt"
+	"strings"
 
-	"github.com/edged/edged/accel/cpu"
+	"github.com/edged/edged/accel"
+	"github.com/edged/edged/accel/backend"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
 )
@@ -15,6 +17,7 @@ type engineFlags struct {
 	threads int
 	context int
 	kvType  string
+	backend string
 }
 
 func (f *engineFlags) register(fs *flag.FlagSet, defaultKV string) {
@@ -23,6 +26,21 @@ func (f *engineFlags) register(fs *flag.FlagSet, defaultKV string) {
 	fs.IntVar(&f.threads, "t", 0, "CPU threads (0: one per core)")
 	fs.IntVar(&f.context, "c", 0, fmt.Sprintf("context length in tokens (0: the model's, at most %d)", engine.DefaultContext))
 	fs.StringVar(&f.kvType, "kv-type", defaultKV, "KV cache storage: f16 or f32")
+	registerBackend(fs, &f.backend)
+}
+
+// registerBackend adds --backend to a command's flags.
+func registerBackend(fs *flag.FlagSet, name *string) {
+	fs.StringVar(name, "backend", "auto", "compute backend: "+strings.Join(backend.Names, ", ")+" (auto: a GPU when one opens, else the CPU)")
+}
+
+// openBackend opens the named backend (see package backend).
+func openBackend(name string, threads int) (accel.Backend, error) {
+	c, err := backend.Open(name, backend.Options{Threads: threads})
+	if err != nil {
+		return nil, err
+	}
+	return c.Backend, nil
 }
 
 // loaded is an open model ready to run.
@@ -65,8 +83,14 @@ func (f *engineFlags) open(hooks engine.Hooks) (*loaded, error) {
 		file.Close()
 		return nil, fmt.Errorf("%s: %w", f.model, err)
 	}
+	be, err := openBackend(f.backend, f.threads)
+	if err != nil {
+		file.Close()
+		return nil, err
+	}
 	opts := engine.Options{Context: f.context, Cache: cache, Hooks: hooks}
-	if l.engine, err = engine.New(l.model, cpu.New(f.threads), opts); err != nil {
+	if l.engine, err = engine.New(l.model, be, opts); err != nil {
+		be.Close()
 		file.Close()
 		return nil, fmt.Errorf("%s: %w", f.model, err)
 	}

@@ -1,0 +1,74 @@
+// Package backend chooses the compute backend: the one a user names, or
+// the best that opens on this machine, falling back to the CPU with the
+// reason the others gave.
+package backend
+
+import (
+	"fmt"
+	"runtime"
+
+	"github.com/edged/edged/accel"
+	"github.com/edged/edged/accel/cpu"
+	"github.com/edged/edged/accel/cuda"
+)
+
+// Names lists the accepted backend names.
+var Names = []string{"auto", "cpu", "cuda", "metal"}
+
+// Options configure every backend; each takes the fields it knows.
+type Options struct {
+	Threads int         // CPU worker threads (0: one per core)
+	CUDA    cuda.Config // library directory, kernel cache, device
+}
+
+// Choice is an opened backend and why the ones tried before it were not
+// used.
+type Choice struct {
+	Backend accel.Backend
+	Skipped []string // "cuda: not available: <reason>", in the order tried
+}
+
+// Open opens the backend called name. "auto" tries the GPU backends of
+// this system and takes the CPU when none opens; a named GPU backend that
+// does not open is an error.
+func Open(name string, o Options) (Choice, error) {
+	switch name {
+	case "cpu":
+		return Choice{Backend: cpu.New(o.Threads)}, nil
+	case "cuda", "metal":
+		be, err := gpu(name, o)
+		if err != nil {
+			return Choice{}, fmt.Errorf("backend %s: not available: %w", name, err)
+		}
+		return Choice{Backend: be}, nil
+	case "auto", "":
+		var c Choice
+		for _, n := range gpuOrder() {
+			be, err := gpu(n, o)
+			if err == nil {
+				c.Backend = be
+				return c, nil
+			}
+			c.Skipped = append(c.Skipped, fmt.Sprintf("%s: not available: %v", n, err))
+		}
+		c.Backend = cpu.New(o.Threads)
+		return c, nil
+	}
+	return Choice{}, fmt.Errorf("backend %q: want one of %v", name, Names)
+}
+
+// gpuOrder is the GPU backends worth trying on this system.
+func gpuOrder() []string {
+	if runtime.GOOS == "darwin" {
+		return []string{"metal"}
+	}
+	return []string{"cuda"}
+}
+
+func gpu(name string, o Options) (accel.Backend, error) {
+	switch name {
+	case "cuda":
+		return cuda.Open(o.CUDA)
+	}
+	return nil, fmt.Errorf("%s is not built into this binary", name)
+}

@@ -1,0 +1,311 @@
+// Package cuda is the NVIDIA GPU backend: the CUDA driver API, NVRTC and
+// cuBLAS opened at run time with purego (no cgo), kernels compiled from
+// embedded CUDA C for the device's architecture on first use and cached on
+// disk.
+//
+// Every operation is queued on the legacy default stream, so the device
+// runs them in order while the host goes on; Read is the synchronisation
+// point, and only what it reads (the logits) comes back. CUDA binds a
+// context to an OS thread, so each method locks its goroutine to its thread
+// and makes the device's primary context current for the length of the
+// call: cheaper than handing every call to one locked goroutine, and just
+// as safe for the single engine that drives a backend.
+package cuda
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+
+	"github.com/ebitengine/purego"
+
+	"github.com/edged/edged/accel"
+)
+
+// Config says where to look for the libraries and kernels.
+type Config struct {
+	LibDir   string // searched first for libcuda, libnvrtc and libcublas
+	CacheDir string // compiled kernels; "" is the user's cache directory
+	Device   int    // device ordinal
+}
+
+// Info describes the device and libraries a backend runs on.
+type Info struct {
+	Device        string // the GPU's name
+	Arch          string // sm_XY
+	Memory        uint64 // bytes of device memory
+	DriverVersion int    // CUDA version of the driver (major·1000 + minor·10)
+	Driver        string // the library files that opened
+	NVRTC         string
+	CUBLAS        string
+	KernelCache   string // the compiled kernels' file, or why it was not written
+}
+
+func (i Info) String() string {
+	return fmt.Sprintf("%s (%s, %d MiB), driver CUDA %s: %s, %s, %s", i.Device, i.Arch, i.Memory>>20, version(i.DriverVersion), i.Driver, i.NVRTC, i.CUBLAS)
+}
+
+// Backend runs the forward pass on one NVIDIA GPU. Like the CPU backend it
+// is driven by one engine at a time.
+type Backend struct {
+	drv   driverAPI
+	nvrtc nvrtcAPI
+	blas  blasAPI
+	info  Info
+
+	dev       int32
+	ctx       uintptr
+	mod       uintptr
+	handle    uintptr // cuBLAS
+	fn        map[string]uintptr
+	maxShared int // bytes of dynamic shared memory a block may opt into
+
+	args *launchArgs
+	err  error // the first failure of an operation, reported by Err
+
+	// Scratch memory, grown on demand: activations rounded to the 8-bit
+	// grid, a dequantized weight for prefill's GEMM, attention
+	// probabilities and scores handed to observers.
+	act, deq, obs devMem
+	ids, pos, idx upload
+	freqs         map[*float64]uint64 // RoPE frequency tables on the device
+
+	one, zero float32 // cuBLAS's alpha and beta, in host memory
+}
+
+var _ accel.Backend = (*Backend)(nil)
+
+// Open loads the libraries, initialises the device and compiles (or loads
+// from the cache) the kernels. The error says which step failed and why,
+// so that a caller can report "not available: …" and use the CPU.
+func Open(cfg Config) (*Backend, error) {
+	b := &Backend{fn: map[string]uintptr{}, freqs: map[*float64]uint64{}, one: 1}
+	if err := b.loadLibraries(cfg.LibDir); err != nil {
+		return nil, err
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := b.initDevice(cfg.Device); err != nil {
+		return nil, err
+	}
+	if err := b.initKernels(cfg.CacheDir); err != nil {
+		b.drv.cuDevicePrimaryCtxRelease(b.dev)
+		return nil, err
+	}
+	if err := b.initBLAS(); err != nil {
+		b.drv.cuModuleUnload(b.mod)
+		b.drv.cuDevicePrimaryCtxRelease(b.dev)
+		return nil, err
+	}
+	b.args = newLaunchArgs()
+	return b, nil
+}
+
+func (b *Backend) loadLibraries(dir string) error {
+	open := func(name string) (uintptr, error) { return purego.Dlopen(name, purego.RTLD_NOW|purego.RTLD_GLOBAL) }
+	libs := []struct {
+		what  string
+		names []string
+		out   *string
+		bs    []binding
+	}{
+		{"driver (libcuda)", driverNames, &b.info.Driver, b.drv.symbols()},
+		{"NVRTC", nvrtcNames, &b.info.NVRTC, b.nvrtc.symbols()},
+		{"cuBLAS", cublasNames, &b.info.CUBLAS, b.blas.symbols()},
+	}
+	for _, l := range libs {
+		f, err := search(open, l.names, dir, defaultDirs)
+		if err != nil {
+			return fmt.Errorf("no CUDA %s library: %w", l.what, err)
+		}
+		if err := bind(f.handle, f.name, l.bs); err != nil {
+			return fmt.Errorf("CUDA %s: %w", l.what, err)
+		}
+		*l.out = f.name
+	}
+	return nil
+}
+
+// check turns a CUresult into an error described by the driver.
+func (b *Backend) check(op string, code int32) error {
+	return errorOf(op, code, func(c int32) string {
+		var s *byte
+		if b.drv.cuGetErrorString(c, &s) != 0 {
+			return ""
+		}
+		return cString(s)
+	})
+}
+
+// Device attributes (CUdevice_attribute).
+const (
+	attrComputeMajor       = 75
+	attrComputeMinor       = 76
+	attrMaxSharedOptin     = 97
+	funcAttrMaxDynamicSMem = 8
+)
+
+func (b *Backend) initDevice(ordinal int) error {
+	if err := b.check("cuInit", b.drv.cuInit(0)); err != nil {
+		return err
+	}
+	var v, n int32
+	if err := b.check("cuDriverGetVersion", b.drv.cuDriverGetVersion(&v)); err != nil {
+		return err
+	}
+	b.info.DriverVersion = int(v)
+	if err := b.check("cuDeviceGetCount", b.drv.cuDeviceGetCount(&n)); err != nil {
+		return err
+	}
+	if ordinal < 0 || ordinal >= int(n) {
+		return fmt.Errorf("cuda: device %d: %d devices present", ordinal, n)
+	}
+	if err := b.check("cuDeviceGet", b.drv.cuDeviceGet(&b.dev, int32(ordinal))); err != nil {
+		return err
+	}
+	name := make([]byte, 256)
+	if err := b.check("cuDeviceGetName", b.drv.cuDeviceGetName(&name[0], int32(len(name)), b.dev)); err != nil {
+		return err
+	}
+	b.info.Device = cString(&name[0])
+	var major, minor, shared int32
+	for _, a := range []struct {
+		attr int32
+		v    *int32
+	}{{attrComputeMajor, &major}, {attrComputeMinor, &minor}, {attrMaxSharedOptin, &shared}} {
+		if err := b.check("cuDeviceGetAttribute", b.drv.cuDeviceGetAttribute(a.v, a.attr, b.dev)); err != nil {
+			return err
+		}
+	}
+	b.info.Arch = fmt.Sprintf("sm_%d%d", major, minor)
+	b.maxShared = int(shared)
+	if err := b.check("cuDevicePrimaryCtxRetain", b.drv.cuDevicePrimaryCtxRetain(&b.ctx, b.dev)); err != nil {
+		return err
+	}
+	if err := b.check("cuCtxSetCurrent", b.drv.cuCtxSetCurrent(b.ctx)); err != nil {
+		b.drv.cuDevicePrimaryCtxRelease(b.dev)
+		return err
+	}
+	var free uint64
+	if err := b.check("cuMemGetInfo", b.drv.cuMemGetInfo(&free, &b.info.Memory)); err != nil {
+		b.drv.cuDevicePrimaryCtxRelease(b.dev)
+		return err
+	}
+	return nil
+}
+
+func (b *Backend) initKernels(cacheDirCfg string) error {
+	dir, err := cacheDir(cacheDirCfg)
+	if err != nil {
+		return err
+	}
+	image, err := b.cubin(b.info.Arch, dir)
+	if err != nil {
+		return fmt.Errorf("cuda: compile kernels for %s: %w", b.info.Arch, err)
+	}
+	if err := b.check("cuModuleLoadData", b.drv.cuModuleLoadData(&b.mod, unsafePointer(image))); err != nil {
+		return err
+	}
+	for _, name := range kernelNames(kernelSource) {
+		var f uintptr
+		if err := b.check("cuModuleGetFunction "+name, b.drv.cuModuleGetFunction(&f, b.mod, name)); err != nil {
+			b.drv.cuModuleUnload(b.mod)
+			return err
+		}
+		b.fn[name] = f
+	}
+	// Attention keeps a row's scores in shared memory: allow the most the
+	// device offers, so that long contexts fit.
+	if err := b.check("cuFuncSetAttribute", b.drv.cuFuncSetAttribute(b.fn["attention"], funcAttrMaxDynamicSMem, int32(b.maxShared-1024))); err != nil {
+		b.drv.cuModuleUnload(b.mod)
+		return err
+	}
+	return nil
+}
+
+// cuBLAS math mode allowing TF32 tensor cores in single-precision GEMMs.
+const blasTF32TensorOpMath = 3
+
+func (b *Backend) initBLAS() error {
+	if code := b.blas.cublasCreate(&b.handle); code != 0 {
+		return &Error{Op: "cublasCreate", Code: int(code), Msg: blasStatus(code)}
+	}
+	var v int32
+	if code := b.blas.cublasGetVersion(b.handle, &v); code == 0 {
+		b.info.CUBLAS += fmt.Sprintf(" %d.%d.%d", v/10000, v%10000/100, v%100)
+	}
+	if code := b.blas.cublasSetMathMode(b.handle, blasTF32TensorOpMath); code != 0 {
+		b.blas.cublasDestroy(b.handle)
+		return &Error{Op: "cublasSetMathMode", Code: int(code), Msg: blasStatus(code)}
+	}
+	return nil
+}
+
+// Info describes the device and libraries.
+func (b *Backend) Info() Info { return b.info }
+
+// Name implements accel.Backend.
+func (b *Backend) Name() string { return fmt.Sprintf("cuda (%s, %s)", b.info.Device, b.info.Arch) }
+
+// Err returns the first failure of an operation since Open: operations
+// have no error result (accel.Backend), so a device fault surfaces here
+// and at the next Read.
+func (b *Backend) Err() error { return b.err }
+
+// Close implements accel.Backend.
+func (b *Backend) Close() error {
+	b.enter()
+	defer b.leave()
+	var errs []error
+	errs = append(errs, b.check("cuCtxSynchronize", b.drv.cuCtxSynchronize()))
+	for _, m := range []*devMem{&b.act, &b.deq, &b.obs, &b.ids.mem, &b.pos.mem, &b.idx.mem} {
+		b.release(m)
+	}
+	for _, p := range b.freqs {
+		b.drv.cuMemFree(p)
+	}
+	if code := b.blas.cublasDestroy(b.handle); code != 0 {
+		errs = append(errs, &Error{Op: "cublasDestroy", Code: int(code), Msg: blasStatus(code)})
+	}
+	errs = append(errs, b.check("cuModuleUnload", b.drv.cuModuleUnload(b.mod)))
+	errs = append(errs, b.check("cuDevicePrimaryCtxRelease", b.drv.cuDevicePrimaryCtxRelease(b.dev)))
+	b.args.pin.Unpin()
+	return errors.Join(errs...)
+}
+
+// enter makes the device's context current on this goroutine's thread for
+// the length of one method; leave ends that.
+func (b *Backend) enter() {
+	runtime.LockOSThread()
+	b.fail("cuCtxSetCurrent", b.drv.cuCtxSetCurrent(b.ctx))
+}
+
+func (b *Backend) leave() { runtime.UnlockOSThread() }
+
+// fail records the first failed operation.
+func (b *Backend) fail(op string, code int32) {
+	if code != 0 && b.err == nil {
+		b.err = b.check(op, code)
+	}
+}
+
+// Available reports whether a CUDA backend can open with cfg, and if not
+// why, without keeping it open.
+func Available(cfg Config) (Info, error) {
+	b, err := Open(cfg)
+	if err != nil {
+		return Info{}, err
+	}
+	info := b.Info()
+	return info, b.Close()
+}
+
+// reason shortens an Open error for a one-line status.
+func reason(err error) string {
+	s := err.Error()
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}

@@ -1,0 +1,569 @@
+// Kernels of the CUDA backend, compiled at run time by NVRTC for the
+// device's architecture. No headers: NVRTC compiles this file alone, and
+// half conversions are one PTX instruction each.
+//
+// Weights keep their GGUF block layout on the device (see quant/dequant.go
+// for each). Every type is read in units of 16 values: unit() returns them
+// as two runs of eight at element positions p0 and p1 of the row, so one
+// mat-vec, dequantize and embedding kernel serves every type.
+//
+// Quantized weights multiply activations rounded to the CPU backend's 8-bit
+// grid (actq8a, actq8k), so that both backends compute the same products
+// and their logits agree to float rounding.
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+#define NEG_INF __int_as_float(0xff800000)
+
+// GGML type numbers, as in quant.Type.
+#define T_F32 0
+#define T_F16 1
+#define T_Q4_0 2
+#define T_Q4_1 3
+#define T_Q5_0 6
+#define T_Q5_1 7
+#define T_Q8_0 8
+#define T_Q4_K 12
+#define T_Q5_K 13
+#define T_Q6_K 14
+#define T_BF16 30
+
+__device__ __forceinline__ float h2f(u16 h) {
+	float f;
+	asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+	return f;
+}
+
+__device__ __forceinline__ u16 f2h(float f) {
+	u16 h;
+	asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+	return h;
+}
+
+// ld16 reads a little-endian u16 at a 2-byte aligned address.
+__device__ __forceinline__ u16 ld16(const u8* p) { return *(const u16*)p; }
+
+// scaleMinK4 is quant's scaleMinK4: the 6-bit scale and min of sub-block j
+// of a q4_K or q5_K block.
+__device__ __forceinline__ void scaleMinK4(int j, const u8* s, float* sc, float* m) {
+	if (j < 4) {
+		*sc = (float)(s[j] & 63);
+		*m = (float)(s[j + 4] & 63);
+	} else {
+		*sc = (float)((s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4));
+		*m = (float)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+	}
+}
+
+// unit decodes unit u (16 values) of a row of type T into w: w[0..7] are
+// the row's elements p0..p0+7, w[8..15] elements p1..p1+7. Products that
+// feed an addition are rounded separately (__fmul_rn) because the CPU does
+// not fuse them.
+template <int T>
+__device__ __forceinline__ void unit(const u8* __restrict__ row, int u, float* w, int* p0, int* p1);
+
+template <>
+__device__ __forceinline__ void unit<T_F32>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+	const float* r = (const float*)row + 16 * u;
+#pragma unroll
+	for (int i = 0; i < 16; i++) w[i] = r[i];
+	*p0 = 16 * u;
+	*p1 = 16 * u + 8;
+}
+
+template <>
+__device__ __forceinline__ void unit<T_F16>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+	const u16* r = (const u16*)row + 16 * u;
+#pragma unroll
+	for (int i = 0; i < 16; i++) w[i] = h2f(r[i]);
+	*p0 = 16 * u;
+	*p1 = 16 * u + 8;
+}
+
+template <>
+__device__ __forceinline__ void unit<T_BF16>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+	const u16* r = (const u16*)row + 16 * u;
+#pragma unroll
+	for (int i = 0; i < 16; i++) w[i] = __uint_as_float((u32)r[i] << 16);
+	*p0 = 16 * u;
+	*p1 = 16 * u + 8;
+}
+
+// The 32-value types: unit h of block b is bytes 8h..8h+7 of qs, whose low
+// nibbles are elements 8h.. and high nibbles 16+8h.. (q8_0: 16 plain bytes).
+template <>
+__device__ __forceinline__ void unit<T_Q4_0>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+	int b = u >> 1, h = u & 1;
+	const u8* blk = row + 18 * b;
+	float d = h2f(ld16(blk));
+	const u8* qs = blk + 2 + 8 * h;
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		int q = qs[i];
+		w[i] = (float)((q & 0xf) - 8) * d;
+		w[8 + i] = (float)((q >> 4) - 8) * d;
+	}
+	*p0 = 32 * b + 8 * h;
+	*p1 = 32 * b + 16 + 8 * h;
+}
+
+template <>
+__device__ __forceinline__ void unit<T_Q4_1>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+	int b = u >> 1, h = u & 1;
+	const u8* blk = row + 20 * b;
+	float d = h2f(ld16(blk)), m = h2f(ld16(blk + 2));
+	const u8* qs = blk + 4 + 8 * h;
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		int q = qs[i];
+		w[i] = __fmul_rn((float)(q & 0xf), d) + m;
+		w[8 + i] = __fmul_rn((float)(q >> 4), d) + m;
+	}
+	*p0 = 32 * b + 8 * h;
+	*p1 = 32 * b + 16 + 8 * h;
+}
+
+template <>
+__device__ __forceinline__ void unit<T_Q5_0>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+	int b = u >> 1, h = u & 1;
+	const u8* blk = row + 22 * b;
+	float d = h2f(ld16(blk));
+	u32 qh = (u32)ld16(blk + 2) | (u32)ld16(blk + 4) << 16;
+	const u8* qs = blk + 6 + 8 * h;
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		int j = 8 * h + i, q = qs[i];
+		int lo = (q & 0xf) | (int)((qh >> j) & 1) << 4;
+		int hi = (q >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
+		w[i] = (float)(lo - 16) * d;
+		w[8 + i] = (float)(hi - 16) * d;
+	}
+	*p0 = 32 * b + 8 * h;
+	*p1 = 32 * b + 16 + 8 * h;
+}
+
+template <>
+__device__ __forceinline__ void unit<T_Q5_1>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+	int b = u >> 1, h = u & 1;
+	const u8* blk = row + 24 * b;
+	float d = h2f(ld16(blk)), m = h2f(ld16(blk + 2));
+	u32 qh = (u32)ld16(blk + 4) | (u32)ld16(blk + 6) << 16;
+	const u8* qs = blk + 8 + 8 * h;
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		int j = 8 * h + i, q = qs[i];
+		int lo = (q & 0xf) | (int)((qh >> j) & 1) << 4;
+		int hi = (q >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
+		w[i] = __fmul_rn((float)lo, d) + m;
+		w[8 + i] = __fmul_rn((float)hi, d) + m;
+	}
+	*p0 = 32 * b + 8 * h;
+	*p1 = 32 * b + 16 + 8 * h;
+}
+
+template <>
+__device__ __forceinline__ void unit<T_Q8_0>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+	int b = u >> 1, h = u & 1;
+	const u8* blk = row + 34 * b;
+	float d = h2f(ld16(blk));
+	const i8* qs = (const i8*)(blk + 2) + 16 * h;
+#pragma unroll
+	for (int i = 0; i < 16; i++) w[i] = (float)qs[i] * d;
+	*p0 = 32 * b + 16 * h;
+	*p1 = 32 * b + 16 * h + 8;
+}
+
+// q4_K and q5_K: unit v of a block is 8 bytes of qs at 32p + l0 (p = v/4,
+// l0 = 8(v%4)): low nibbles in sub-block 2p, high nibbles in 2p+1.
+template <>
+__device__ __forceinline__ void unit<T_Q4_K>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+	int b = u >> 4, v = u & 15, p = v >> 2, l0 = 8 * (v & 3);
+	const u8* blk = row + 144 * b;
+	float d = h2f(ld16(blk)), dmin = h2f(ld16(blk + 2));
+	float sc0, m0, sc1, m1;
+	scaleMinK4(2 * p, blk + 4, &sc0, &m0);
+	scaleMinK4(2 * p + 1, blk + 4, &sc1, &m1);
+	float dl0 = d * sc0, ml0 = dmin * m0, dl1 = d * sc1, ml1 = dmin * m1;
+	const u8* q = blk + 16 + 32 * p + l0;
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		w[i] = __fmul_rn(dl0, (float)(q[i] & 0xf)) - ml0;
+		w[8 + i] = __fmul_rn(dl1, (float)(q[i] >> 4)) - ml1;
+	}
+	*p0 = 256 * b + 64 * p + l0;
+	*p1 = 256 * b + 64 * p + 32 + l0;
+}
+
+template <>
+__device__ __forceinline__ void unit<T_Q5_K>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+	int b = u >> 4, v = u & 15, p = v >> 2, l0 = 8 * (v & 3);
+	const u8* blk = row + 176 * b;
+	float d = h2f(ld16(blk)), dmin = h2f(ld16(blk + 2));
+	float sc0, m0, sc1, m1;
+	int s0 = 2 * p, s1 = 2 * p + 1;
+	scaleMinK4(s0, blk + 4, &sc0, &m0);
+	scaleMinK4(s1, blk + 4, &sc1, &m1);
+	float dl0 = d * sc0, ml0 = dmin * m0, dl1 = d * sc1, ml1 = dmin * m1;
+	const u8* qh = blk + 16 + l0;
+	const u8* q = blk + 48 + 32 * p + l0;
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		int lo = (q[i] & 0xf) | ((qh[i] >> s0) & 1) << 4;
+		int hi = (q[i] >> 4) | ((qh[i] >> s1) & 1) << 4;
+		w[i] = __fmul_rn(dl0, (float)lo) - ml0;
+		w[8 + i] = __fmul_rn(dl1, (float)hi) - ml1;
+	}
+	*p0 = 256 * b + 64 * p + l0;
+	*p1 = 256 * b + 64 * p + 32 + l0;
+}
+
+// q6_K: per half h of 128 elements, element 32k+l has its low 4 bits in
+// nibble k/2 of ql[64h + 32(k%2) + l] and its high 2 bits at bit 2k of
+// qh[32h + l]. Unit v = (h, kk, j) reads ql[64h + 32kk + 8j ..+8]: its low
+// nibbles are k = kk, its high nibbles k = kk+2, both at l = 8j...
+template <>
+__device__ __forceinline__ void unit<T_Q6_K>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+	int b = u >> 4, v = u & 15, h = v >> 3, kk = (v >> 2) & 1, j = v & 3, l0 = 8 * j;
+	const u8* blk = row + 210 * b;
+	const u8* ql = blk + 64 * h + 32 * kk + l0;
+	const u8* qh = blk + 128 + 32 * h + l0;
+	const i8* scales = (const i8*)(blk + 192);
+	float d = h2f(ld16(blk + 208));
+	float dA = d * (float)scales[8 * h + 2 * kk + (j >> 1)];
+	float dB = d * (float)scales[8 * h + 2 * (kk + 2) + (j >> 1)];
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		int qA = ((ql[i] & 0xf) | ((qh[i] >> (2 * kk)) & 3) << 4) - 32;
+		int qB = ((ql[i] >> 4) | ((qh[i] >> (2 * (kk + 2))) & 3) << 4) - 32;
+		w[i] = dA * (float)qA;
+		w[8 + i] = dB * (float)qB;
+	}
+	*p0 = 256 * b + 128 * h + 32 * kk + l0;
+	*p1 = 256 * b + 128 * h + 32 * (kk + 2) + l0;
+}
+
+// dot8 is the product of eight weights with eight activations (32-byte
+// aligned).
+__device__ __forceinline__ float dot8(const float* w, const float* x) {
+	float4 a = *(const float4*)x, b = *(const float4*)(x + 4);
+	return w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z + w[7] * b.w;
+}
+
+#define MAXR 8
+
+// matvec: dst[r*nrows + i] = W[i]·x[r] for r < R ≤ MAXR. One warp per
+// weight row, its lanes on alternate units, so that the weight row is read
+// once for all R activation rows.
+template <int T>
+__device__ void matvec(float* __restrict__ dst, const u8* __restrict__ W, const float* __restrict__ x, int nrows,
+                       int ncols, long long rowBytes, int R) {
+	int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+	if (i >= nrows) return;
+	const u8* row = W + (long long)i * rowBytes;
+	float acc[MAXR];
+#pragma unroll
+	for (int r = 0; r < MAXR; r++) acc[r] = 0;
+	int units = ncols / 16;
+	for (int u = lane; u < units; u += 32) {
+		float w[16];
+		int p0, p1;
+		unit<T>(row, u, w, &p0, &p1);
+#pragma unroll
+		for (int r = 0; r < MAXR; r++) {
+			if (r < R) acc[r] += dot8(w, x + (long long)r * ncols + p0) + dot8(w + 8, x + (long long)r * ncols + p1);
+		}
+	}
+#pragma unroll
+	for (int r = 0; r < MAXR; r++) {
+		if (r >= R) break;
+		float s = acc[r];
+		for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+		if (lane == 0) dst[(long long)r * nrows + i] = s;
+	}
+}
+
+// dequant writes rows of W as float32 (for prefill's GEMM); one thread
+// per unit.
+template <int T>
+__device__ void dequant(float* __restrict__ dst, const u8* __restrict__ W, int nrows, int ncols, long long rowBytes) {
+	long long units = (long long)nrows * (ncols / 16);
+	for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < units; g += (long long)gridDim.x * blockDim.x) {
+		int i = (int)(g / (ncols / 16)), u = (int)(g % (ncols / 16));
+		float w[16];
+		int p0, p1;
+		unit<T>(W + (long long)i * rowBytes, u, w, &p0, &p1);
+		float* out = dst + (long long)i * ncols;
+#pragma unroll
+		for (int k = 0; k < 8; k++) {
+			out[p0 + k] = w[k];
+			out[p1 + k] = w[8 + k];
+		}
+	}
+}
+
+// embed writes row ids[r] of W into row r of dst; one block per row.
+template <int T>
+__device__ void embed(float* __restrict__ dst, const u8* __restrict__ W, const int* __restrict__ ids, int ncols,
+                      long long rowBytes) {
+	int r = blockIdx.x;
+	const u8* row = W + (long long)ids[r] * rowBytes;
+	float* out = dst + (long long)r * ncols;
+	for (int u = threadIdx.x; u < ncols / 16; u += blockDim.x) {
+		float w[16];
+		int p0, p1;
+		unit<T>(row, u, w, &p0, &p1);
+#pragma unroll
+		for (int k = 0; k < 8; k++) {
+			out[p0 + k] = w[k];
+			out[p1 + k] = w[8 + k];
+		}
+	}
+}
+
+#define WEIGHT_KERNELS(NAME, T)                                                                                  \
+	extern "C" __global__ void matvec_##NAME(float* dst, const u8* W, const float* x, int nrows, int ncols,      \
+	                                         long long rowBytes, int R) {                                        \
+		matvec<T>(dst, W, x, nrows, ncols, rowBytes, R);                                                         \
+	}                                                                                                            \
+	extern "C" __global__ void dequant_##NAME(float* dst, const u8* W, int nrows, int ncols, long long rowBytes) { \
+		dequant<T>(dst, W, nrows, ncols, rowBytes);                                                              \
+	}                                                                                                            \
+	extern "C" __global__ void embed_##NAME(float* dst, const u8* W, const int* ids, int ncols, long long rowBytes) { \
+		embed<T>(dst, W, ids, ncols, rowBytes);                                                                  \
+	}
+
+WEIGHT_KERNELS(f32, T_F32)
+WEIGHT_KERNELS(f16, T_F16)
+WEIGHT_KERNELS(bf16, T_BF16)
+WEIGHT_KERNELS(q4_0, T_Q4_0)
+WEIGHT_KERNELS(q4_1, T_Q4_1)
+WEIGHT_KERNELS(q5_0, T_Q5_0)
+WEIGHT_KERNELS(q5_1, T_Q5_1)
+WEIGHT_KERNELS(q8_0, T_Q8_0)
+WEIGHT_KERNELS(q4_k, T_Q4_K)
+WEIGHT_KERNELS(q5_k, T_Q5_K)
+WEIGHT_KERNELS(q6_k, T_Q6_K)
+
+// rne rounds to the nearest integer, ties to even, as quant's nearestInt.
+__device__ __forceinline__ float rne(float v) { return rintf(v); }
+
+// actq8a rounds x to the CPU's Q8A grid in place of y: per block of 32,
+// d = amax/127, q = rne(x·127/amax), y = d·q. One warp per block.
+extern "C" __global__ void actq8a(float* __restrict__ y, const float* __restrict__ x, int nblocks) {
+	int blk = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+	if (blk >= nblocks) return;
+	float v = x[(long long)blk * 32 + lane];
+	float amax = fabsf(v);
+	for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
+	float d = amax / 127.0f;
+	float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+	y[(long long)blk * 32 + lane] = d * rne(v * id);
+}
+
+// actq8k rounds x to the CPU's Q8_K grid: per block of 256, m = the first
+// value of largest magnitude, iscale = -127/m, q = min(127, rne(iscale·x)),
+// y = q/iscale (the stored d). One warp per block, 8 values per lane.
+extern "C" __global__ void actq8k(float* __restrict__ y, const float* __restrict__ x, int nblocks) {
+	int blk = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+	if (blk >= nblocks) return;
+	const float* in = x + (long long)blk * 256;
+	float* out = y + (long long)blk * 256;
+	// Lane l holds elements l, l+32, ...: the first of largest magnitude is
+	// the one with the smallest index among ties.
+	float best = 0.0f, bestAbs = 0.0f;
+	int bestIdx = 256;
+	for (int k = 0; k < 8; k++) {
+		int e = lane + 32 * k;
+		float v = in[e], a = fabsf(v);
+		if (a > bestAbs) {
+			best = v, bestAbs = a, bestIdx = e;
+		}
+	}
+	for (int o = 16; o > 0; o >>= 1) {
+		float ob = __shfl_xor_sync(0xffffffff, best, o);
+		float oa = __shfl_xor_sync(0xffffffff, bestAbs, o);
+		int oi = __shfl_xor_sync(0xffffffff, bestIdx, o);
+		if (oa > bestAbs || (oa == bestAbs && oi < bestIdx)) {
+			best = ob, bestAbs = oa, bestIdx = oi;
+		}
+	}
+	if (bestAbs == 0.0f) {
+		for (int k = 0; k < 8; k++) out[lane + 32 * k] = 0.0f;
+		return;
+	}
+	float iscale = -127.0f / best;
+	float d = 1.0f / iscale;
+	for (int k = 0; k < 8; k++) {
+		int e = lane + 32 * k;
+		out[e] = d * fminf(127.0f, rne(iscale * in[e]));
+	}
+}
+
+// rmsnorm: dst[r] = x[r] / rms(x[r]) * w, the sum of squares in float64 as
+// on the CPU. One block per row.
+extern "C" __global__ void rmsnorm(float* __restrict__ dst, const float* __restrict__ x, const float* __restrict__ w,
+                                   int n, float eps) {
+	__shared__ double part[32];
+	const float* in = x + (long long)blockIdx.x * n;
+	float* out = dst + (long long)blockIdx.x * n;
+	double ss = 0;
+	for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)in[i] * (double)in[i];
+	for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
+	if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = ss;
+	__syncthreads();
+	if (threadIdx.x < 32) {
+		ss = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.0;
+		for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
+		if (threadIdx.x == 0) part[0] = ss;
+	}
+	__syncthreads();
+	float scale = (float)(1.0 / sqrt(part[0] / (double)n + (double)eps));
+	for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = in[i] * scale * w[i];
+}
+
+extern "C" __global__ void add(float* __restrict__ dst, const float* __restrict__ x, long long n) {
+	for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+		dst[i] += x[i];
+}
+
+extern "C" __global__ void addrows(float* __restrict__ dst, const float* __restrict__ b, int n, long long total) {
+	for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
+		dst[i] += b[i % n];
+}
+
+extern "C" __global__ void swiglu(float* __restrict__ dst, const float* __restrict__ g, const float* __restrict__ u,
+                                  long long n) {
+	for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+		float v = g[i];
+		dst[i] = v / (1.0f + expf(-v)) * u[i];
+	}
+}
+
+// rope rotates pair i of every head of row r by pos[r]·freqs[i], in float64
+// like the CPU (the angle grows with the position). One thread per (row,
+// head, pair).
+extern "C" __global__ void rope(float* __restrict__ x, int width, const int* __restrict__ pos,
+                                const double* __restrict__ freqs, int headDim, int dims, int neox, int rows) {
+	int half = dims / 2, heads = width / headDim;
+	long long total = (long long)rows * heads * half;
+	for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < total; g += (long long)gridDim.x * blockDim.x) {
+		int i = (int)(g % half);
+		int h = (int)(g / half % heads);
+		int r = (int)(g / half / heads);
+		double s, c;
+		sincos((double)pos[r] * freqs[i], &s, &c);
+		float* head = x + (long long)r * width + (long long)h * headDim;
+		int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+		double x0 = head[a], x1 = head[b];
+		head[a] = (float)(x0 * c - x1 * s);
+		head[b] = (float)(x0 * s + x1 * c);
+	}
+}
+
+// store writes n float32 values into a cache buffer (f16 or f32) from
+// element off on.
+extern "C" __global__ void store(void* __restrict__ dst, int f16, long long off, const float* __restrict__ src, long long n) {
+	for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+		if (f16)
+			((u16*)dst)[off + i] = f2h(src[i]);
+		else
+			((float*)dst)[off + i] = src[i];
+	}
+}
+
+__device__ __forceinline__ float cacheAt(const void* c, int f16, long long i) {
+	return f16 ? h2f(((const u16*)c)[i]) : ((const float*)c)[i];
+}
+
+// blockMax and blockSum reduce v over the block through red (32 floats).
+__device__ float blockMax(float v, float* red) {
+	for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+	__syncthreads();
+	if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = v;
+	__syncthreads();
+	v = NEG_INF;
+	for (int w = 0; w < blockDim.x / 32; w++) v = fmaxf(v, red[w]);
+	return v;
+}
+
+__device__ float blockSum(float v, float* red) {
+	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+	__syncthreads();
+	if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = v;
+	__syncthreads();
+	v = 0;
+	for (int w = 0; w < blockDim.x / 32; w++) v += red[w];
+	return v;
+}
+
+// attention computes, for row i of one sequence and head h (block
+// (h, i)), softmax(q·K^T·scale)·V over the cache rows 0..past+i. The
+// cache is row-major: [row][nheadkv·hd]. Dynamic shared memory holds the
+// query, the scores of the row and the partial outputs. When probs or
+// scores are set, they receive the row's probabilities or scaled scores
+// at [h][i][0..past+rows) (the caller zeroes them).
+extern "C" __global__ void attention(float* __restrict__ out, const float* __restrict__ q, const void* __restrict__ kc,
+                                     const void* __restrict__ vc, int f16, int past, int rows, int nhead, int nheadkv,
+                                     int hd, float scale, float* __restrict__ probs, float* __restrict__ scores) {
+	extern __shared__ float sh[];
+	__shared__ float red[32];
+	int h = blockIdx.x, i = blockIdx.y, n = past + i + 1;
+	int kvh = h / (nhead / nheadkv), kvDim = nheadkv * hd;
+	float* qs = sh;            // hd
+	float* sc = sh + hd;       // n
+	float* part = sc + n;      // blockDim.x/hd groups × hd
+	const float* qr = q + ((long long)i * nhead + h) * hd;
+	for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
+	__syncthreads();
+	float m = NEG_INF;
+	for (int t = threadIdx.x; t < n; t += blockDim.x) {
+		long long base = (long long)t * kvDim + (long long)kvh * hd;
+		float s = 0;
+		for (int d = 0; d < hd; d++) s += qs[d] * cacheAt(kc, f16, base + d);
+		s *= scale;
+		sc[t] = s;
+		m = fmaxf(m, s);
+	}
+	m = blockMax(m, red);
+	long long obs = ((long long)h * rows + i) * (past + rows);
+	float sum = 0;
+	for (int t = threadIdx.x; t < n; t += blockDim.x) {
+		if (scores) scores[obs + t] = sc[t];
+		float e = expf(sc[t] - m);
+		sc[t] = e;
+		sum += e;
+	}
+	sum = blockSum(sum, red);
+	float inv = 1.0f / sum;
+	for (int t = threadIdx.x; t < n; t += blockDim.x) {
+		sc[t] *= inv;
+		if (probs) probs[obs + t] = sc[t];
+	}
+	__syncthreads();
+	// Output: thread (g, d) sums dimension d over the rows t ≡ g mod groups.
+	int groups = blockDim.x / hd;
+	int g = threadIdx.x / hd, d = threadIdx.x % hd;
+	if (g < groups) {
+		float acc = 0;
+		for (int t = g; t < n; t += groups) acc += sc[t] * cacheAt(vc, f16, (long long)t * kvDim + (long long)kvh * hd + d);
+		part[g * hd + d] = acc;
+	}
+	__syncthreads();
+	float* o = out + ((long long)i * nhead + h) * hd;
+	for (int d2 = threadIdx.x; d2 < hd; d2 += blockDim.x) {
+		float acc = 0;
+		for (int g2 = 0; g2 < groups; g2++) acc += part[g2 * hd + d2];
+		o[d2] = acc;
+	}
+}
+
+// gather copies rows idx[i] of src into row i of dst.
+extern "C" __global__ void gather(float* __restrict__ dst, const float* __restrict__ src, const int* __restrict__ idx,
+                                  int width) {
+	const float* s = src + (long long)idx[blockIdx.x] * width;
+	float* d = dst + (long long)blockIdx.x * width;
+	for (int k = threadIdx.x; k < width; k += blockDim.x) d[k] = s[k];
+}

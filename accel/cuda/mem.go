@@ -1,0 +1,258 @@
+package cuda
+
+import (
+	"fmt"
+	"slices"
+	"unsafe"
+
+	"github.com/edged/edged/accel"
+	"github.com/edged/edged/quant"
+)
+
+// buffer is device memory of float32 values, or f16 values for a cache.
+type buffer struct {
+	ptr uint64
+	n   int
+	f16 bool
+}
+
+func (b *buffer) Len() int { return b.n }
+
+func (b *buffer) elem() int {
+	if b.f16 {
+		return 2
+	}
+	return 4
+}
+
+// at is the device address of element i.
+func (b *buffer) at(i int) uint64 { return b.ptr + uint64(i*b.elem()) }
+
+// devMem is scratch device memory that grows to the largest size asked.
+type devMem struct {
+	ptr  uint64
+	size int // bytes
+}
+
+// upload is a small device array of host int32 values (token ids,
+// positions, row indices). The engine passes the same positions to every
+// layer's RoPE, so an upload equal to the last one is skipped.
+type upload struct {
+	mem  devMem
+	last []int32
+}
+
+func unsafePointer[T any](s []T) unsafe.Pointer { return unsafe.Pointer(&s[0]) }
+
+// alloc returns n zeroed bytes of device memory (0 for n = 0).
+func (b *Backend) alloc(n int) (uint64, error) {
+	if n == 0 {
+		return 0, nil
+	}
+	var p uint64
+	if err := b.check("cuMemAlloc", b.drv.cuMemAlloc(&p, uint64(n))); err != nil {
+		var free, total uint64
+		b.drv.cuMemGetInfo(&free, &total)
+		return 0, fmt.Errorf("%w: %d MiB asked, %d of %d MiB free on the device", err, n>>20, free>>20, total>>20)
+	}
+	if err := b.check("cuMemsetD8", b.drv.cuMemsetD8(p, 0, uint64(n))); err != nil {
+		b.drv.cuMemFree(p)
+		return 0, err
+	}
+	return p, nil
+}
+
+// grow makes m at least n bytes, replacing (not copying) its contents.
+func (b *Backend) grow(m *devMem, n int) uint64 {
+	if m.size >= n {
+		return m.ptr
+	}
+	b.release(m)
+	p, err := b.alloc(max(n, 2*m.size))
+	if err != nil {
+		if b.err == nil {
+			b.err = err
+		}
+		return 0
+	}
+	m.ptr, m.size = p, max(n, 2*m.size)
+	return p
+}
+
+func (b *Backend) release(m *devMem) {
+	if m.ptr != 0 {
+		b.drv.cuMemFree(m.ptr)
+	}
+	m.ptr, m.size = 0, 0
+}
+
+// send copies v to u's device array unless it holds v already. The copy
+// is synchronous from pageable memory but ordered on the stream after the
+// kernels queued before it, so it cannot change what they read.
+func (b *Backend) send(u *upload, v []int32) uint64 {
+	if len(v) == 0 {
+		return u.mem.ptr
+	}
+	if u.mem.ptr != 0 && slices.Equal(u.last, v) {
+		return u.mem.ptr
+	}
+	p := b.grow(&u.mem, 4*len(v))
+	if p == 0 {
+		return 0
+	}
+	b.fail("cuMemcpyHtoD", b.drv.cuMemcpyHtoD(p, unsafePointer(v), uint64(4*len(v))))
+	u.last = append(u.last[:0], v...)
+	return p
+}
+
+// Alloc implements accel.Backend.
+func (b *Backend) Alloc(n int) (accel.Buffer, error) {
+	if n < 0 {
+		return nil, fmt.Errorf("cuda: alloc %d values", n)
+	}
+	b.enter()
+	defer b.leave()
+	p, err := b.alloc(4 * n)
+	if err != nil {
+		return nil, err
+	}
+	return &buffer{ptr: p, n: n}, nil
+}
+
+// AllocCache implements accel.Backend. The cache is row-major for keys and
+// values alike: [row][kvDim].
+func (b *Backend) AllocCache(n int, typ quant.Type) (accel.Buffer, error) {
+	switch typ {
+	case quant.F32:
+		return b.Alloc(n)
+	case quant.F16:
+		if n < 0 {
+			return nil, fmt.Errorf("cuda: alloc %d values", n)
+		}
+		b.enter()
+		defer b.leave()
+		p, err := b.alloc(2 * n)
+		if err != nil {
+			return nil, err
+		}
+		return &buffer{ptr: p, n: n, f16: true}, nil
+	}
+	return nil, fmt.Errorf("cuda: KV cache type %s is not supported (f32, f16)", typ)
+}
+
+// Free implements accel.Backend.
+func (b *Backend) Free(buf accel.Buffer) {
+	x, ok := buf.(*buffer)
+	if !ok || x.ptr == 0 {
+		return
+	}
+	b.enter()
+	defer b.leave()
+	b.drv.cuMemFree(x.ptr)
+	x.ptr, x.n = 0, 0
+}
+
+// Write implements accel.Backend.
+func (b *Backend) Write(dst accel.Buffer, off int, src []float32) {
+	if len(src) == 0 {
+		return
+	}
+	d := dst.(*buffer)
+	b.enter()
+	defer b.leave()
+	if d.f16 {
+		h := make([]uint16, len(src))
+		for i, v := range src {
+			h[i] = quant.F32ToF16(v)
+		}
+		b.fail("cuMemcpyHtoD", b.drv.cuMemcpyHtoD(d.at(off), unsafePointer(h), uint64(2*len(h))))
+		return
+	}
+	b.fail("cuMemcpyHtoD", b.drv.cuMemcpyHtoD(d.at(off), unsafePointer(src), uint64(4*len(src))))
+}
+
+// Read implements accel.Backend. It waits for every queued operation; after
+// a failure it leaves dst as zeros (Err says why).
+func (b *Backend) Read(dst []float32, src accel.Buffer, off int) {
+	if len(dst) == 0 {
+		return
+	}
+	s := src.(*buffer)
+	b.enter()
+	defer b.leave()
+	if s.f16 {
+		h := make([]uint16, len(dst))
+		b.fail("cuMemcpyDtoH", b.drv.cuMemcpyDtoH(unsafePointer(h), s.at(off), uint64(2*len(h))))
+		for i, v := range h {
+			dst[i] = quant.F16ToF32(v)
+		}
+	} else {
+		b.fail("cuMemcpyDtoH", b.drv.cuMemcpyDtoH(unsafePointer(dst), s.at(off), uint64(4*len(dst))))
+	}
+	if b.err != nil {
+		clear(dst)
+	}
+}
+
+// weight is a matrix uploaded in its storage type.
+type weight struct {
+	rows, cols int
+	typ        quant.Type
+	ptr        uint64
+	rowBytes   int
+	kernel     string // suffix of its matvec_, dequant_ and embed_ kernels
+	act        string // the activation rounding kernel, "" for float weights
+}
+
+func (w *weight) Dims() (rows, cols int) { return w.rows, w.cols }
+
+// kernelSuffix names each supported weight type's kernels.
+var kernelSuffix = map[quant.Type]string{
+	quant.F32: "f32", quant.F16: "f16", quant.BF16: "bf16",
+	quant.Q4_0: "q4_0", quant.Q4_1: "q4_1", quant.Q5_0: "q5_0", quant.Q5_1: "q5_1", quant.Q8_0: "q8_0",
+	quant.Q4_K: "q4_k", quant.Q5_K: "q5_k", quant.Q6_K: "q6_k",
+}
+
+// actKernel is the kernel that rounds activations to the CPU backend's
+// activation type for weights of type t ("" when it uses float32).
+func actKernel(t quant.Type) string {
+	switch t {
+	case quant.Q4_0, quant.Q4_1, quant.Q5_0, quant.Q5_1, quant.Q8_0:
+		return "actq8a"
+	case quant.Q4_K, quant.Q5_K, quant.Q6_K:
+		return "actq8k"
+	}
+	return ""
+}
+
+// Load implements accel.Backend: the matrix is copied to the device in its
+// storage type. A model that does not fit fails here with the sizes.
+func (b *Backend) Load(m accel.Matrix) (accel.Weight, error) {
+	suffix, ok := kernelSuffix[m.Type]
+	if !ok {
+		return nil, fmt.Errorf("cuda: load %s: type %s is not supported", m.Name, m.Type)
+	}
+	if m.Cols%16 != 0 {
+		return nil, fmt.Errorf("cuda: load %s: %d columns, want a multiple of 16", m.Name, m.Cols)
+	}
+	rowBytes, err := m.Type.RowSize(m.Cols)
+	if err != nil {
+		return nil, fmt.Errorf("cuda: load %s: %w", m.Name, err)
+	}
+	if len(m.Data) != rowBytes*m.Rows {
+		return nil, fmt.Errorf("cuda: load %s: %d bytes, want %d", m.Name, len(m.Data), rowBytes*m.Rows)
+	}
+	b.enter()
+	defer b.leave()
+	p, err := b.alloc(len(m.Data))
+	if err != nil {
+		return nil, fmt.Errorf("cuda: load %s: %w", m.Name, err)
+	}
+	if len(m.Data) > 0 {
+		if err := b.check("cuMemcpyHtoD", b.drv.cuMemcpyHtoD(p, unsafePointer(m.Data), uint64(len(m.Data)))); err != nil {
+			b.drv.cuMemFree(p)
+			return nil, fmt.Errorf("cuda: load %s: %w", m.Name, err)
+		}
+	}
+	return &weight{rows: m.Rows, cols: m.Cols, typ: m.Type, ptr: p, rowBytes: rowBytes, kernel: suffix, act: actKernel(m.Type)}, nil
+}

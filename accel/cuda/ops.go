@@ -1,0 +1,265 @@
+package cuda
+
+import (
+	"math"
+	"runtime"
+	"unsafe"
+
+	"github.com/edged/edged/accel"
+)
+
+// launchArgs holds a kernel's parameter values and the array of pointers
+// to them that cuLaunchKernel reads. It is pinned for the backend's life,
+// so the pointers stay valid; the driver copies the values at launch, so
+// one block serves every launch.
+type launchArgs struct {
+	vals [16]uint64
+	ptrs [16]uintptr
+	pin  runtime.Pinner
+}
+
+func newLaunchArgs() *launchArgs {
+	a := new(launchArgs)
+	a.pin.Pin(a)
+	for i := range a.vals {
+		a.ptrs[i] = uintptr(unsafe.Pointer(&a.vals[i]))
+	}
+	return a
+}
+
+// Parameter encodings: the kernel reads as many bytes of its slot as the
+// parameter's C type has, little-endian.
+func i32(v int) uint64     { return uint64(uint32(int32(v))) }
+func f32(v float32) uint64 { return uint64(math.Float32bits(v)) }
+
+// launch queues kernel name on a grid of blocks of threads each.
+func (b *Backend) launch(name string, grid [2]int, threads, shared int, args ...uint64) {
+	copy(b.args.vals[:], args)
+	gx, gy := max(grid[0], 1), max(grid[1], 1)
+	b.fail("cuLaunchKernel "+name, b.drv.cuLaunchKernel(b.fn[name], uint32(gx), uint32(gy), 1, uint32(threads), 1, 1, uint32(shared), 0, unsafe.Pointer(&b.args.ptrs[0]), 0))
+}
+
+// blocks is the grid of a grid-stride loop over n elements.
+func blocks(n, threads int) [2]int { return [2]int{min((n+threads-1)/threads, 65536), 1} }
+
+// Embed implements accel.Backend.
+func (b *Backend) Embed(dst accel.Buffer, table accel.Weight, ids []int32) {
+	if len(ids) == 0 {
+		return
+	}
+	w := table.(*weight)
+	b.enter()
+	defer b.leave()
+	p := b.send(&b.ids, ids)
+	b.launch("embed_"+w.kernel, [2]int{len(ids), 1}, 128, 0, dst.(*buffer).ptr, w.ptr, p, i32(w.cols), uint64(w.rowBytes))
+}
+
+// matvecRows is the most activation rows one mat-vec launch multiplies
+// (MAXR in kernels.cu); larger batches up to gemmRows run in chunks of
+// it, and above that the weight is dequantized for a GEMM.
+const (
+	matvecRows = 8
+	gemmRows   = 32
+)
+
+// MatMul implements accel.Backend.
+func (b *Backend) MatMul(dst accel.Buffer, wt accel.Weight, x accel.Buffer, rows int) {
+	if rows == 0 {
+		return
+	}
+	w := wt.(*weight)
+	b.enter()
+	defer b.leave()
+	act := x.(*buffer).ptr
+	if w.act != "" {
+		// Round the activations to the CPU backend's 8-bit grid, so that
+		// both backends multiply the same values.
+		act = b.grow(&b.act, 4*rows*w.cols)
+		block := 32
+		if w.act == "actq8k" {
+			block = 256
+		}
+		nb := rows * w.cols / block
+		b.launch(w.act, [2]int{(nb + 7) / 8, 1}, 256, 0, act, x.(*buffer).ptr, i32(nb))
+	}
+	d := dst.(*buffer).ptr
+	if rows > gemmRows {
+		b.gemm(d, w, act, rows)
+		return
+	}
+	for r := 0; r < rows; r += matvecRows {
+		n := min(matvecRows, rows-r)
+		b.launch("matvec_"+w.kernel, [2]int{(w.rows + 7) / 8, 1}, 256, 0,
+			d+uint64(4*r*w.rows), w.ptr, act+uint64(4*r*w.cols), i32(w.rows), i32(w.cols), uint64(w.rowBytes), i32(n))
+	}
+}
+
+// cuBLAS operation codes.
+const (
+	blasOpN = 0
+	blasOpT = 1
+)
+
+// gemm computes dst = x·Wᵀ with cuBLAS on the weight dequantized to
+// float32. In cuBLAS's column-major terms the row-major dst (rows × R) is
+// Wᵀᵀ·xᵀ: A is the dequantized W seen as a cols × R matrix, transposed.
+func (b *Backend) gemm(dst uint64, w *weight, act uint64, rows int) {
+	a := w.ptr
+	if w.kernel != "f32" {
+		a = b.grow(&b.deq, 4*w.rows*w.cols)
+		units := w.rows * w.cols / 16
+		b.launch("dequant_"+w.kernel, blocks(units, 256), 256, 0, a, w.ptr, i32(w.rows), i32(w.cols), uint64(w.rowBytes))
+	}
+	if a == 0 || b.err != nil {
+		return
+	}
+	code := b.blas.cublasSgemm(b.handle, blasOpT, blasOpN, int32(w.rows), int32(rows), int32(w.cols),
+		&b.one, a, int32(w.cols), act, int32(w.cols), &b.zero, dst, int32(w.rows))
+	if code != 0 && b.err == nil {
+		b.err = &Error{Op: "cublasSgemm", Code: int(code), Msg: blasStatus(code)}
+	}
+}
+
+// RMSNorm implements accel.Backend.
+func (b *Backend) RMSNorm(dst, x, w accel.Buffer, rows int, eps float32) {
+	if rows == 0 {
+		return
+	}
+	b.enter()
+	defer b.leave()
+	b.launch("rmsnorm", [2]int{rows, 1}, 256, 0, dst.(*buffer).ptr, x.(*buffer).ptr, w.(*buffer).ptr, i32(w.Len()), f32(eps))
+}
+
+// AddRows implements accel.Backend.
+func (b *Backend) AddRows(dst, bias accel.Buffer, rows int) {
+	n := bias.Len()
+	if rows*n == 0 {
+		return
+	}
+	b.enter()
+	defer b.leave()
+	b.launch("addrows", blocks(rows*n, 256), 256, 0, dst.(*buffer).ptr, bias.(*buffer).ptr, i32(n), uint64(rows*n))
+}
+
+// Add implements accel.Backend.
+func (b *Backend) Add(dst, x accel.Buffer, n int) {
+	if n == 0 {
+		return
+	}
+	b.enter()
+	defer b.leave()
+	b.launch("add", blocks(n, 256), 256, 0, dst.(*buffer).ptr, x.(*buffer).ptr, uint64(n))
+}
+
+// SwiGLU implements accel.Backend.
+func (b *Backend) SwiGLU(dst, gate, up accel.Buffer, n int) {
+	if n == 0 {
+		return
+	}
+	b.enter()
+	defer b.leave()
+	b.launch("swiglu", blocks(n, 256), 256, 0, dst.(*buffer).ptr, gate.(*buffer).ptr, up.(*buffer).ptr, uint64(n))
+}
+
+// RoPE implements accel.Backend. The frequency table goes to the device
+// once per RoPE configuration; the angles are computed there in float64.
+func (b *Backend) RoPE(x accel.Buffer, width int, pos []int32, r accel.RoPE) {
+	if len(pos) == 0 || r.Dims == 0 {
+		return
+	}
+	b.enter()
+	defer b.leave()
+	freqs, ok := b.freqs[&r.Freqs[0]]
+	if !ok {
+		p, err := b.alloc(8 * len(r.Freqs))
+		if err != nil {
+			if b.err == nil {
+				b.err = err
+			}
+			return
+		}
+		b.fail("cuMemcpyHtoD", b.drv.cuMemcpyHtoD(p, unsafePointer(r.Freqs), uint64(8*len(r.Freqs))))
+		b.freqs[&r.Freqs[0]], freqs = p, p
+	}
+	neox := 0
+	if r.NeoX {
+		neox = 1
+	}
+	p := b.send(&b.pos, pos)
+	n := len(pos) * (width / r.HeadDim) * (r.Dims / 2)
+	b.launch("rope", blocks(n, 256), 256, 0, x.(*buffer).ptr, i32(width), p, freqs, i32(r.HeadDim), i32(r.Dims), i32(neox), i32(len(pos)))
+}
+
+// WriteCache implements accel.Backend: keys and values are both stored
+// row-major, so this is two writes.
+func (b *Backend) WriteCache(kc, vc accel.Buffer, kvDim, at int, k, v []float32) {
+	b.Write(kc, at*kvDim, k)
+	b.Write(vc, at*kvDim, v)
+}
+
+// Attention implements accel.Backend: per sequence, the new key and value
+// rows go into its cache, then one block per (head, row) attends over the
+// cache.
+func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s accel.AttnShape) {
+	b.enter()
+	defer b.leave()
+	kvDim := s.NHeadKV * s.HeadDim
+	qDim := s.NHead * s.HeadDim
+	threads := 256
+	if s.HeadDim > threads {
+		threads = (s.HeadDim + 31) &^ 31
+	}
+	row := 0
+	for _, sq := range seqs {
+		kb, vb := sq.K.(*buffer), sq.V.(*buffer)
+		f16 := 0
+		if kb.f16 {
+			f16 = 1
+		}
+		n := sq.Rows * kvDim
+		b.launch("store", blocks(n, 256), 256, 0, kb.ptr, i32(f16), uint64(sq.Past*kvDim), k.(*buffer).at(row*kvDim), uint64(n))
+		b.launch("store", blocks(n, 256), 256, 0, vb.ptr, i32(f16), uint64(sq.Past*kvDim), v.(*buffer).at(row*kvDim), uint64(n))
+
+		ctx := sq.Past + sq.Rows
+		shared := 4 * (s.HeadDim + ctx + threads)
+		if shared > b.maxShared-1024 {
+			if b.err == nil {
+				b.err = &Error{Op: "attention", Code: -1, Msg: "context too long for one block's shared memory"}
+			}
+			return
+		}
+		obs := s.NHead * sq.Rows * ctx
+		var probs, scores uint64
+		if sq.Probs != nil || sq.Scores != nil {
+			base := b.grow(&b.obs, 8*obs)
+			b.fail("cuMemsetD8", b.drv.cuMemsetD8(base, 0, uint64(8*obs)))
+			if sq.Probs != nil {
+				probs = base
+			}
+			if sq.Scores != nil {
+				scores = base + uint64(4*obs)
+			}
+		}
+		b.launch("attention", [2]int{s.NHead, sq.Rows}, threads, shared,
+			out.(*buffer).at(row*qDim), q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, i32(f16), i32(sq.Past), i32(sq.Rows),
+			i32(s.NHead), i32(s.NHeadKV), i32(s.HeadDim), f32(s.Scale), probs, scores)
+		if probs != 0 {
+			b.fail("cuMemcpyDtoH", b.drv.cuMemcpyDtoH(unsafePointer(sq.Probs), probs, uint64(4*obs)))
+		}
+		if scores != 0 {
+			b.fail("cuMemcpyDtoH", b.drv.cuMemcpyDtoH(unsafePointer(sq.Scores), scores, uint64(4*obs)))
+		}
+		row += sq.Rows
+	}
+}
+
+// Gather implements accel.Backend.
+func (b *Backend) Gather(dst, src accel.Buffer, width int, idx []int32) {
+	if len(idx) == 0 {
+		return
+	}
+	b.enter()
+	defer b.leave()
+	p := b.send(&b.idx, idx)
+	b.launch("gather", [2]int{len(idx), 1}, 256, 0, dst.(*buffer).ptr, src.(*buffer).ptr, p, i32(width))
+}
