@@ -8,12 +8,14 @@ import (
 	"io"
 	iofs "io/fs"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/pelletier/go-toml/v2/unstable"
 
+	"github.com/edged/edged/accel/backend"
 	"github.com/edged/edged/protocol"
 )
 
@@ -49,6 +51,9 @@ func (o *Options) settings() []setting {
 		{"engine.context", "context length in tokens (0: the model's, at most 4096)", &o.Engine.Context},
 		{"engine.batch_size", "most token rows per forward pass", &o.Engine.BatchSize},
 		{"engine.kv_cache", "KV cache storage: f16 or f32", &o.Engine.KVCache},
+		{"engine.backend", "compute backend: " + strings.Join(backend.Names, ", ") + " (auto: a GPU when one opens, else the CPU)", &o.Engine.Backend},
+		{"engine.gpu_lib_dir", "directory searched first for the GPU libraries (empty: the system's)", &o.Engine.GPULibDir},
+		{"engine.kernel_cache", "directory of compiled GPU kernels (empty: kernels under state.dir)", &o.Engine.KernelCache},
 		{"scheduler.max_queue", "requests waiting per model before \"busy\"", &o.Scheduler.MaxQueue},
 		{"scheduler.max_active", "sequences decoding at once per model", &o.Scheduler.MaxActive},
 		{"scheduler.prefill_chunk", "prompt tokens per engine step", &o.Scheduler.PrefillChunk},
@@ -234,7 +239,7 @@ func (c *ConfigSource) Load() (Options, error) {
 	for _, s := range o.settings() {
 		fs.Var(collector{s.key, &flags}, s.key, s.doc+" (also "+s.env()+")")
 	}
-	for alias, key := range map[string]string{"socket": "socket.path", "state-dir": "state.dir", "nats-url": "nats.url", "nats-listen": "nats.listen"} {
+	for alias, key := range map[string]string{"socket": "socket.path", "state-dir": "state.dir", "nats-url": "nats.url", "nats-listen": "nats.listen", "backend": "engine.backend"} {
 		fs.Var(collector{key, &flags}, alias, "same as --"+key)
 	}
 	fs.Func("model", "register and serve a model: `NAME=PATH` (repeatable; also EDGED_MODEL, comma-separated)", func(v string) error {
@@ -335,6 +340,9 @@ func (o *Options) validate() []string {
 	}
 	if o.Engine.KVCache != "f16" && o.Engine.KVCache != "f32" {
 		bad("engine.kv_cache %q: want f16 or f32", o.Engine.KVCache)
+	}
+	if !slices.Contains(backend.Names, o.Engine.Backend) {
+		bad("engine.backend %q: want one of %s", o.Engine.Backend, strings.Join(backend.Names, ", "))
 	}
 	for _, c := range []struct {
 		name  string

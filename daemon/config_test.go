@@ -95,6 +95,56 @@ name = "x"
 	}
 }
 
+func TestConfigBackend(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		file string
+		env  map[string]string
+		args []string
+		want string // engine.backend, or
+		err  string // a part of the error
+	}{
+		{name: "default", want: "auto"},
+		{name: "file", file: "[engine]\nbackend = \"cpu\"\n", want: "cpu"},
+		{name: "env over file", file: "[engine]\nbackend = \"cpu\"\n", env: map[string]string{"EDGED_ENGINE_BACKEND": "cuda"}, want: "cuda"},
+		{name: "flag over env", env: map[string]string{"EDGED_ENGINE_BACKEND": "cuda"}, args: []string{"--engine.backend=metal"}, want: "metal"},
+		{name: "alias", args: []string{"--backend", "cpu"}, want: "cpu"},
+		{name: "bad name", file: "[engine]\nbackend = \"tpu\"\n", err: `engine.backend "tpu": want one of auto, cpu, cuda, metal`},
+		{name: "names are lower case", env: map[string]string{"EDGED_ENGINE_BACKEND": "CUDA"}, err: `engine.backend "CUDA"`},
+		{name: "not a string", file: "[engine]\nbackend = 1\n", err: "edged.toml:2: engine.backend: want a string"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o, err := load(t, c.file, c.env, c.args...)
+			if c.err != "" {
+				if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("got %v, want an error with %q", err, c.err)
+				}
+				return
+			}
+			if err != nil || o.Engine.Backend != c.want {
+				t.Fatalf("got %q, %v; want %q", o.Engine.Backend, err, c.want)
+			}
+		})
+	}
+}
+
+// The kernel cache defaults to the state directory, which the systemd
+// service can write; a configured one is kept.
+func TestConfigKernelCache(t *testing.T) {
+	file := "[state]\ndir = \"/srv/edged\"\n[engine]\ngpu_lib_dir = \"/opt/cuda/lib64\"\n"
+	o, err := load(t, file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eo := o.engineOptions(); eo.KernelCache != "/srv/edged/kernels" || eo.GPULibDir != "/opt/cuda/lib64" {
+		t.Fatalf("engine options %+v", eo)
+	}
+	o, err = load(t, file, map[string]string{"EDGED_ENGINE_KERNEL_CACHE": "/var/cache/edged/kernels"})
+	if err != nil || o.engineOptions().KernelCache != "/var/cache/edged/kernels" {
+		t.Fatalf("kernel cache %q, %v", o.engineOptions().KernelCache, err)
+	}
+}
+
 func TestConfigExplicitFileMustExist(t *testing.T) {
 	if _, err := load(t, "", nil, "--config", "/nonexistent/edged.toml"); !errors.Is(err, ErrConfig) {
 		t.Fatalf("got %v", err)

@@ -205,7 +205,7 @@ func (d *Daemon) Reload(ctx context.Context) error {
 	d.mu.Unlock()
 	r := d.reg
 	r.mu.Lock()
-	r.engine, r.sched, r.models = next.Engine, next.Scheduler, next.Models
+	r.engine, r.sched, r.models = next.engineOptions(), next.Scheduler, next.Models
 	r.mu.Unlock()
 	var errs []error
 	for _, spec := range next.Specs {
@@ -357,8 +357,8 @@ func (d *Daemon) writeMetrics(w io.Writer) {
 	d.metrics.write(w)
 	r := d.reg
 	r.mu.Lock()
-	var rows, stateRows [][]string
-	var queue, active, kvTok, kvBytes, mem, state []float64
+	var rows, stateRows, backendRows [][]string
+	var queue, active, kvTok, kvBytes, mem, state, backend []float64
 	for _, n := range sortedKeys(r.entries) {
 		e := r.entries[n]
 		for _, s := range []string{protocol.StateUnloaded, protocol.StateLoading, protocol.StateLoaded, protocol.StateFailed} {
@@ -371,6 +371,7 @@ func (d *Daemon) writeMetrics(w io.Writer) {
 			queue, active = append(queue, float64(len(in.queue))), append(active, float64(a))
 			kvTok, kvBytes = append(kvTok, float64(in.kvTokens.Load())), append(kvBytes, float64(int64(a)*in.kvSeq))
 			mem = append(mem, float64(in.mem))
+			backendRows, backend = append(backendRows, []string{n, in.backend}), append(backend, 1)
 		} else {
 			queue, active, kvTok, kvBytes, mem = append(queue, 0), append(active, 0), append(kvTok, 0), append(kvBytes, 0), append(mem, 0)
 		}
@@ -383,6 +384,7 @@ func (d *Daemon) writeMetrics(w io.Writer) {
 	gauge(w, "edged_kv_cache_tokens", "KV cache rows in use by running sequences.", m, rows, kvTok)
 	gauge(w, "edged_kv_cache_bytes", "KV cache memory of running sequences.", m, rows, kvBytes)
 	gauge(w, "edged_model_memory_bytes", "Memory the loaded model counts against the budget.", m, rows, mem)
+	gauge(w, "edged_model_backend_info", "1 for the compute backend a loaded model runs on.", []string{"model", "backend"}, backendRows, backend)
 	gauge(w, "edged_model_state", "1 for the model's state (unloaded, loading, loaded, failed).", []string{"model", "state"}, stateRows, state)
 	gauge(w, "edged_memory_used_bytes", "Memory counted against the budget.", nil, [][]string{nil}, []float64{float64(used)})
 	gauge(w, "edged_memory_budget_bytes", "The memory budget (0: unlimited).", nil, [][]string{nil}, []float64{float64(budget)})

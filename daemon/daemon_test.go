@@ -25,7 +25,7 @@ func aidreams(t testing.TB) string {
 }
 
 // testOptions are options for a daemon in t's temporary directory serving
-// the aidreams fixture as "aid".
+// the aidreams fixture as "aid" on the CPU.
 func testOptions(t testing.TB) Options {
 	t.Helper()
 	dir := t.TempDir()
@@ -35,6 +35,9 @@ func testOptions(t testing.TB) Options {
 	o.StateDir = filepath.Join(dir, "state")
 	o.NATS.Enabled = false
 	o.Engine.Threads = 1
+	// The CPU on every machine: tests compare with CPU references (auto
+	// has its own test, TestBackendAutoFallsBack).
+	o.Engine.Backend = "cpu"
 	o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	o.Specs = []ModelSpec{{Name: "aid", Path: aidreams(t)}}
 	return o

@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/edged/edged/accel/cpu"
+	"github.com/edged/edged/accel/backend"
+	"github.com/edged/edged/accel/cuda"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
 	"github.com/edged/edged/protocol"
@@ -27,6 +29,10 @@ type instance struct {
 	kvSeq  int64 // KV cache bytes of one sequence
 	kvRow  int64 // KV cache bytes of one token at one layer
 	sparse *sparsity
+	// backend is the engine's backend, by its Name(); skipped are the
+	// backends "auto" tried before it and why they did not open.
+	backend string
+	skipped []string
 
 	sched SchedulerOptions // as when loaded
 	m     *metrics
@@ -87,12 +93,13 @@ func buildInstance(name string, spec ModelSpec, path string, f *model.File, eo E
 	}
 	sparse := newSparsity(mdl.Config.NLayer, pred)
 	hooks := engine.Hooks{Observer: sparse, Selector: sparse}
-	eng, err := engine.New(mdl, cpu.New(eo.Threads), engine.Options{Context: ctx, BatchSize: eo.BatchSize, Cache: cache, Hooks: hooks})
+	eng, skipped, err := newEngine(mdl, eo, engine.Options{Context: ctx, BatchSize: eo.BatchSize, Cache: cache, Hooks: hooks})
 	if err != nil {
 		return nil, err
 	}
 	inst := &instance{
 		name: name, spec: spec, file: f, tok: tok, eng: eng, sparse: sparse,
+		backend: eng.Backend().Name(), skipped: skipped,
 		ctxLen:  eng.Options().Context,
 		sched:   so,
 		m:       m,
@@ -106,6 +113,28 @@ func buildInstance(name string, spec ModelSpec, path string, f *model.File, eo E
 	inst.kvRow = kvRowBytes(cfg, eo.KVCache)
 	inst.mem = fileSize(f) + int64(so.MaxActive)*inst.kvSeq
 	return inst, nil
+}
+
+// newEngine builds an engine on the backend eo names, and returns the
+// backends passed over on the way. The engine owns the backend from then
+// on: run closes it when the model is freed.
+func newEngine(mdl *model.Model, eo EngineOptions, opts engine.Options) (*engine.Engine, []string, error) {
+	c, err := backend.Open(eo.Backend, backend.Options{Threads: eo.Threads, CUDA: cuda.Config{LibDir: eo.GPULibDir, CacheDir: eo.KernelCache}})
+	if err != nil {
+		return nil, nil, err
+	}
+	eng, err := engine.New(mdl, c.Backend, opts)
+	if err != nil {
+		c.Backend.Close() // a GPU backend holds a device context
+		return nil, nil, err
+	}
+	return eng, c.Skipped, nil
+}
+
+// backendNote names the backend and, when "auto" fell back, why the
+// others did not open: "cpu (4 threads); cuda: not available: …".
+func (in *instance) backendNote() string {
+	return strings.Join(append([]string{in.backend}, in.skipped...), "; ")
 }
 
 // kvBytes is the KV cache of one sequence of ctx tokens.

@@ -61,6 +61,11 @@ type EngineOptions struct {
 	Context   int    // tokens per sequence; 0: the model's, at most 4096
 	BatchSize int    // rows per forward pass
 	KVCache   string // f16 or f32
+	Backend   string // one of backend.Names; "auto": a GPU when one opens, else the CPU
+	GPULibDir string // searched first for the GPU libraries; "": the system's path
+	// KernelCache holds compiled GPU kernels; "": "kernels" under StateDir
+	// (see Options.engineOptions).
+	KernelCache string
 }
 
 // SchedulerOptions configure the per-model schedulers.
@@ -92,6 +97,18 @@ type NATSOptions struct {
 	TLSCA           string        // CA bundle for URL
 	LeafRemote      string        // leaf-node remote URL of a hub for the embedded server
 	MetricsInterval time.Duration // publish metrics this often; 0: never
+}
+
+// engineOptions are the engine options loads use: o.Engine with the kernel
+// cache defaulted to "kernels" under the state directory, because the
+// hardened service (ProtectSystem=strict, ProtectHome=yes) can write only
+// its own directories, not a user cache directory.
+func (o *Options) engineOptions() EngineOptions {
+	eo := o.Engine
+	if eo.KernelCache == "" {
+		eo.KernelCache = filepath.Join(o.StateDir, "kernels")
+	}
+	return eo
 }
 
 // ModelSpec registers a model under a name.
@@ -137,7 +154,7 @@ func defaultOptions(getenv func(string) string) Options {
 		StateDir:    defaultDir(getenv, "STATE_DIRECTORY", "XDG_STATE_HOME", filepath.Join(".local", "state")),
 		CacheDir:    defaultDir(getenv, "CACHE_DIRECTORY", "XDG_CACHE_HOME", ".cache"),
 		LockTimeout: time.Second,
-		Engine:      EngineOptions{BatchSize: 512, KVCache: "f16"},
+		Engine:      EngineOptions{BatchSize: 512, KVCache: "f16", Backend: "auto"},
 		Scheduler: SchedulerOptions{
 			MaxQueue:       64,
 			MaxActive:      16,

@@ -62,7 +62,7 @@ func newRegistry(log *slog.Logger, st *store, m *metrics, o *Options) *registry 
 	return &registry{
 		log: log, store: st, metrics: m, fetch: o.Fetch,
 		entries: map[string]*entry{},
-		engine:  o.Engine, sched: o.Scheduler, models: o.Models,
+		engine:  o.engineOptions(), sched: o.Scheduler, models: o.Models,
 	}
 }
 
@@ -194,8 +194,8 @@ func (r *registry) load(ctx context.Context, name string, e *entry) (err error) 
 		}
 		e.state, e.err, e.inst, e.lastUsed = protocol.StateLoaded, "", inst, time.Now()
 		r.metrics.loadSeconds.observe(name, time.Since(start).Seconds())
-		r.log.Info("model loaded", "model", name, "path", inst.spec.Path, "context", inst.ctxLen, "memory", inst.mem, "took", time.Since(start).Round(time.Millisecond))
-		r.emit("model_loaded", name, "")
+		r.log.Info("model loaded", "model", name, "path", inst.spec.Path, "backend", inst.backendNote(), "context", inst.ctxLen, "memory", inst.mem, "took", time.Since(start).Round(time.Millisecond))
+		r.emit("model_loaded", name, "backend "+inst.backendNote())
 	}()
 	path, err := r.localPath(ctx, e)
 	if err != nil {

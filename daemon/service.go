@@ -228,7 +228,7 @@ func (s *Service) Status(ctx context.Context) (*protocol.Status, error) {
 		if in := e.inst; in != nil {
 			ms.QueueDepth, ms.Active = len(in.queue), int(in.active.Load())
 			ms.KVCacheBytes, ms.KVTokens = int64(ms.Active)*in.kvSeq, int(in.kvTokens.Load())
-			ms.MemoryBytes = in.mem
+			ms.MemoryBytes, ms.Backend = in.mem, in.backend
 			if e.users == 0 && in.idle() {
 				ms.IdleSeconds = int64(time.Since(e.lastUsed).Seconds())
 			}

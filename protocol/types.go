@@ -283,6 +283,7 @@ type ModelStatus struct {
 	KVTokens     int    `json:"kv_tokens"`      // cache rows in use
 	MemoryBytes  int64  `json:"memory_bytes"`
 	IdleSeconds  int64  `json:"idle_seconds,omitempty"`
+	Backend      string `json:"backend,omitempty"` // of a loaded model, e.g. "cuda (NVIDIA H200, sm_90)"
 }
 
 // Status answers GET /status and the NATS status endpoint.

@@ -14,29 +14,37 @@ import (
 // driverAPI is the part of libcuda the backend calls. Results are CUresult
 // codes; check turns them into errors.
 type driverAPI struct {
-	cuInit                    func(flags uint32) int32
-	cuDriverGetVersion        func(v *int32) int32
-	cuDeviceGetCount          func(n *int32) int32
-	cuDeviceGet               func(dev *int32, ordinal int32) int32
-	cuDeviceGetName           func(name *byte, n int32, dev int32) int32
-	cuDeviceGetAttribute      func(v *int32, attr int32, dev int32) int32
-	cuDevicePrimaryCtxRetain  func(ctx *uintptr, dev int32) int32
-	cuDevicePrimaryCtxRelease func(dev int32) int32
-	cuCtxSetCurrent           func(ctx uintptr) int32
-	cuCtxSynchronize          func() int32
-	cuMemAlloc                func(p *uint64, size uint64) int32
-	cuMemFree                 func(p uint64) int32
-	cuMemGetInfo              func(free, total *uint64) int32
-	cuMemcpyHtoD              func(dst uint64, src unsafe.Pointer, n uint64) int32
-	cuMemcpyDtoH              func(dst unsafe.Pointer, src uint64, n uint64) int32
-	cuMemcpyDtoD              func(dst, src uint64, n uint64) int32
-	cuMemsetD8                func(p uint64, v uint8, n uint64) int32
-	cuModuleLoadData          func(mod *uintptr, image unsafe.Pointer) int32
-	cuModuleUnload            func(mod uintptr) int32
-	cuModuleGetFunction       func(f *uintptr, mod uintptr, name string) int32
-	cuFuncSetAttribute        func(f uintptr, attr int32, v int32) int32
-	cuLaunchKernel            func(f uintptr, gx, gy, gz, bx, by, bz, shared uint32, stream uintptr, params unsafe.Pointer, extra uintptr) int32
-	cuGetErrorString          func(code int32, s **byte) int32
+	cuInit                      func(flags uint32) int32
+	cuDriverGetVersion          func(v *int32) int32
+	cuDeviceGetCount            func(n *int32) int32
+	cuDeviceGet                 func(dev *int32, ordinal int32) int32
+	cuDeviceGetName             func(name *byte, n int32, dev int32) int32
+	cuDeviceGetAttribute        func(v *int32, attr int32, dev int32) int32
+	cuDevicePrimaryCtxRetain    func(ctx *uintptr, dev int32) int32
+	cuDevicePrimaryCtxRelease   func(dev int32) int32
+	cuCtxSetCurrent             func(ctx uintptr) int32
+	cuCtxSynchronize            func() int32
+	cuMemAlloc                  func(p *uint64, size uint64) int32
+	cuMemFree                   func(p uint64) int32
+	cuMemGetInfo                func(free, total *uint64) int32
+	cuMemcpyHtoD                func(dst uint64, src unsafe.Pointer, n uint64) int32
+	cuMemcpyDtoH                func(dst unsafe.Pointer, src uint64, n uint64) int32
+	cuMemcpyDtoD                func(dst, src uint64, n uint64) int32
+	cuMemsetD8                  func(p uint64, v uint8, n uint64) int32
+	cuModuleLoadData            func(mod *uintptr, image unsafe.Pointer) int32
+	cuModuleUnload              func(mod uintptr) int32
+	cuModuleGetFunction         func(f *uintptr, mod uintptr, name string) int32
+	cuFuncSetAttribute          func(f uintptr, attr int32, v int32) int32
+	cuLaunchKernel              func(f uintptr, gx, gy, gz, bx, by, bz, shared uint32, stream uintptr, params unsafe.Pointer, extra uintptr) int32
+	cuGetErrorString            func(code int32, s **byte) int32
+	cuStreamCreate              func(s *uintptr, flags uint32) int32
+	cuStreamDestroy             func(s uintptr) int32
+	cuStreamBeginCapture        func(s uintptr, mode int32) int32
+	cuStreamEndCapture          func(s uintptr, g *uintptr) int32
+	cuGraphInstantiateWithFlags func(exec *uintptr, g uintptr, flags uint64) int32
+	cuGraphLaunch               func(exec uintptr, s uintptr) int32
+	cuGraphExecDestroy          func(exec uintptr) int32
+	cuGraphDestroy              func(g uintptr) int32
 }
 
 // symbols names the C function behind each field: the _v2 entry points are
@@ -66,6 +74,21 @@ func (d *driverAPI) symbols() []binding {
 		{&d.cuFuncSetAttribute, "cuFuncSetAttribute"},
 		{&d.cuLaunchKernel, "cuLaunchKernel"},
 		{&d.cuGetErrorString, "cuGetErrorString"},
+	}
+}
+
+// graphSymbols are the driver functions of CUDA graphs: optional, since
+// every kernel also runs without them.
+func (d *driverAPI) graphSymbols() []binding {
+	return []binding{
+		{&d.cuStreamCreate, "cuStreamCreate"},
+		{&d.cuStreamDestroy, "cuStreamDestroy_v2"},
+		{&d.cuStreamBeginCapture, "cuStreamBeginCapture_v2"},
+		{&d.cuStreamEndCapture, "cuStreamEndCapture"},
+		{&d.cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags"},
+		{&d.cuGraphLaunch, "cuGraphLaunch"},
+		{&d.cuGraphExecDestroy, "cuGraphExecDestroy"},
+		{&d.cuGraphDestroy, "cuGraphDestroy"},
 	}
 }
 

@@ -15,8 +15,8 @@ package cuda
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
-	"strings"
 
 	"github.com/ebitengine/purego"
 
@@ -42,6 +42,14 @@ type Info struct {
 	KernelCache   string // the compiled kernels' file, or why it was not written
 }
 
+// Graphs says whether repeated launch sequences replay as CUDA graphs.
+func (b *Backend) Graphs() string {
+	if b.graphsOff != "" {
+		return "off: " + b.graphsOff
+	}
+	return "on"
+}
+
 func (i Info) String() string {
 	return fmt.Sprintf("%s (%s, %d MiB), driver CUDA %s: %s, %s, %s", i.Device, i.Arch, i.Memory>>20, version(i.DriverVersion), i.Driver, i.NVRTC, i.CUBLAS)
 }
@@ -64,12 +72,23 @@ type Backend struct {
 	args *launchArgs
 	err  error // the first failure of an operation, reported by Err
 
+	// Queued launches and the graphs of repeated queues (graph.go).
+	queue      []call
+	recent     [][]call // the last queues flushed, to spot a repeat
+	nextRecent int
+	graphs     []*graph
+	stream     uintptr // the capture stream
+	graphsOff  string  // why graphs are not used; "" when they are
+	replays    int
+	profile    *profile // per-kernel times, with EDGED_CUDA_PROFILE=1
+
 	// Scratch memory, grown on demand: activations rounded to the 8-bit
 	// grid, a dequantized weight for prefill's GEMM, attention
 	// probabilities and scores handed to observers.
-	act, deq, obs devMem
-	ids, pos, idx upload
-	freqs         map[*float64]uint64 // RoPE frequency tables on the device
+	act, deq, obs       devMem
+	ids, pos, idx, past upload
+	pastHost            []int32
+	freqs               map[*float64]uint64 // RoPE frequency tables on the device
 
 	one, zero float32 // cuBLAS's alpha and beta, in host memory
 }
@@ -99,6 +118,12 @@ func Open(cfg Config) (*Backend, error) {
 		return nil, err
 	}
 	b.args = newLaunchArgs()
+	if os.Getenv("EDGED_CUDA_GRAPHS") == "0" && b.graphsOff == "" {
+		b.graphsOff = "EDGED_CUDA_GRAPHS=0"
+	}
+	if os.Getenv("EDGED_CUDA_PROFILE") == "1" {
+		b.profile = newProfile()
+	}
 	return b, nil
 }
 
@@ -123,6 +148,11 @@ func (b *Backend) loadLibraries(dir string) error {
 			return fmt.Errorf("CUDA %s: %w", l.what, err)
 		}
 		*l.out = f.name
+		if l.out == &b.info.Driver {
+			if err := bind(f.handle, f.name, b.drv.graphSymbols()); err != nil {
+				b.graphsOff = err.Error()
+			}
+		}
 	}
 	return nil
 }
@@ -257,9 +287,12 @@ func (b *Backend) Err() error { return b.err }
 func (b *Backend) Close() error {
 	b.enter()
 	defer b.leave()
+	b.flush()
+	b.profile.write(os.Stderr)
 	var errs []error
 	errs = append(errs, b.check("cuCtxSynchronize", b.drv.cuCtxSynchronize()))
-	for _, m := range []*devMem{&b.act, &b.deq, &b.obs, &b.ids.mem, &b.pos.mem, &b.idx.mem} {
+	b.releaseGraphs()
+	for _, m := range []*devMem{&b.act, &b.deq, &b.obs, &b.ids.mem, &b.pos.mem, &b.idx.mem, &b.past.mem} {
 		b.release(m)
 	}
 	for _, p := range b.freqs {
@@ -299,13 +332,4 @@ func Available(cfg Config) (Info, error) {
 	}
 	info := b.Info()
 	return info, b.Close()
-}
-
-// reason shortens an Open error for a one-line status.
-func reason(err error) string {
-	s := err.Error()
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return s
 }

@@ -7,10 +7,12 @@ package cuda_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -27,7 +29,13 @@ import (
 
 func openGPU(t testing.TB) *cuda.Backend {
 	t.Helper()
-	b, err := cuda.Open(cuda.Config{CacheDir: t.TempDir()})
+	// A shared cache (the check script sets one) compiles the kernels once
+	// for all tests.
+	dir := os.Getenv("EDGED_CUDA_CACHE")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	b, err := cuda.Open(cuda.Config{CacheDir: dir})
 	if err != nil {
 		if os.Getenv("EDGED_REQUIRE_GPU") == "1" {
 			t.Fatalf("CUDA required: %v", err)
@@ -118,7 +126,7 @@ func TestGPUMatMul(t *testing.T) {
 				if n > 32 {
 					tol = 2e-3 // TF32 GEMM
 				}
-				b.close(out, tol, typ.String()+" matmul rows "+string(rune('0'+n%10)))
+				b.close(out, tol, fmt.Sprintf("%s matmul of %d rows", typ, n))
 			}
 			ids := []int32{3, 0, 76, 3, 40}
 			emb := b.buf(make([]float32, len(ids)*cols))
@@ -246,9 +254,16 @@ func logits(t *testing.T, e *engine.Engine, ids []int32, oneByOne bool) []float3
 	return out
 }
 
-// Every fixture model: GPU logits against the CPU's, for the golden
-// prompt decoded token by token, and for a 64-token prompt in one step
-// (the GEMM path).
+// Every fixture model: GPU logits against the CPU's and against the
+// fixture's references (f64 and llama.cpp, with the tolerances the CPU
+// engine meets), for the golden prompt in one step and token by token, and
+// for a 64-token prompt in one step (the GEMM path).
+//
+// Quantized models multiply activations rounded to 8 bits, and a rounding
+// that lands the other side of a boundary moves later layers: the CPU's own
+// assembly and portable paths differ by 0.7–1.2e-2 on these models. The GPU
+// cannot be closer to the CPU than that, so quantized models are held to
+// 2e-2 against the CPU (float models to 2e-3).
 func TestGPUFixtureLogits(t *testing.T) {
 	dir := fixture.Dir(t, "gguf")
 	paths, err := filepath.Glob(filepath.Join(dir, "*.golden.json"))
@@ -259,14 +274,21 @@ func TestGPUFixtureLogits(t *testing.T) {
 	t.Cleanup(func() { c.Close() })
 	for _, path := range paths {
 		var gold struct {
-			Model     string  `json:"model"`
-			NVocab    int     `json:"n_vocab"`
-			PromptIDs []int32 `json:"prompt_ids"`
+			Model        string  `json:"model"`
+			NVocab       int     `json:"n_vocab"`
+			PromptIDs    []int32 `json:"prompt_ids"`
+			LlamacppFile string  `json:"llamacpp_logits"`
+			F64RefLogits string  `json:"f64ref_logits"`
 		}
 		raw, err := os.ReadFile(path)
 		require.NoError(t, err)
 		require.NoError(t, json.Unmarshal(raw, &gold))
 		t.Run(gold.Model, func(t *testing.T) {
+			float := strings.Contains(gold.Model, "-f16") || strings.Contains(gold.Model, "-f32")
+			vsCPU, vsRef := 2e-2, 3e-2
+			if float {
+				vsCPU, vsRef = 2e-3, 2e-3
+			}
 			eg := openEngine(t, filepath.Join(dir, gold.Model), g)
 			ec := openEngine(t, filepath.Join(dir, gold.Model), c)
 			rng := rand.New(rand.NewPCG(7, 8))
@@ -274,19 +296,51 @@ func TestGPUFixtureLogits(t *testing.T) {
 			for i := range long {
 				long[i] = int32(rng.IntN(gold.NVocab))
 			}
+			// The GEMM runs on TF32 tensor cores (10-bit mantissas).
 			for _, run := range []struct {
 				name     string
 				ids      []int32
 				oneByOne bool
-			}{{"decode", gold.PromptIDs, true}, {"prefill", long, false}} {
+				tol      float64
+			}{{"prompt", gold.PromptIDs, false, vsCPU}, {"decode", gold.PromptIDs, true, vsCPU}, {"gemm", long, false, 1.5 * vsCPU}} {
 				got, want := logits(t, eg, run.ids, run.oneByOne), logits(t, ec, run.ids, run.oneByOne)
 				l2, top1 := fixture.RelL2(got, want), fixture.Top1(got, want, gold.NVocab)
 				t.Logf("GPU-CPU %s %s: rel L2 %.2e top-1 %.3f", gold.Model, run.name, l2, top1)
-				assert.LessOrEqual(t, l2, 1e-2, run.name)
-				assert.GreaterOrEqual(t, top1, 0.95, run.name)
+				assert.LessOrEqual(t, l2, run.tol, run.name)
+				assert.GreaterOrEqual(t, top1, 0.9, run.name)
+				if run.name != "prompt" {
+					continue
+				}
+				for _, ref := range []string{gold.F64RefLogits, gold.LlamacppFile} {
+					want := fixture.ReadF32(t, filepath.Join(dir, ref))
+					l2, top1 := fixture.RelL2(got, want), fixture.Top1(got, want, gold.NVocab)
+					t.Logf("GPU-%s: rel L2 %.2e top-1 %.3f", ref, l2, top1)
+					assert.LessOrEqual(t, l2, vsRef, ref)
+					assert.GreaterOrEqual(t, top1, 0.9, ref)
+				}
 			}
 		})
 	}
+}
+
+// A decode replayed as CUDA graphs gives the logits of launching every
+// kernel, bit for bit.
+func TestGPUGraphs(t *testing.T) {
+	path := fixture.Path(t, "gguf", "tiny-llama-q4_k_m.gguf")
+	on := openGPU(t)
+	t.Setenv("EDGED_CUDA_GRAPHS", "0")
+	off := openGPU(t)
+	require.Equal(t, "on", on.Graphs())
+	require.Equal(t, "off: EDGED_CUDA_GRAPHS=0", off.Graphs())
+	ids := make([]int32, 40)
+	for i := range ids {
+		ids[i] = int32(i*7 + 3)
+	}
+	got := logits(t, openEngine(t, path, on), ids, true)
+	want := logits(t, openEngine(t, path, off), ids, true)
+	assert.Equal(t, want, got)
+	assert.Greater(t, on.Replays(), 20, "decode steps replayed as graphs")
+	assert.Zero(t, off.Replays())
 }
 
 // aidreams260K's greedy text is the CPU's.

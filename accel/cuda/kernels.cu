@@ -245,6 +245,20 @@ __device__ __forceinline__ void unit<T_Q6_K>(const u8* __restrict__ row, int u, 
 	*p1 = 256 * b + 128 * h + 32 * (kk + 2) + l0;
 }
 
+// elem is element j of a float row: the tail past a row's last whole unit
+// (block types have none: their rows are whole blocks of 32 or 256).
+template <int T>
+__device__ __forceinline__ float elem(const u8* __restrict__ row, int j) {
+	if constexpr (T == T_F32)
+		return ((const float*)row)[j];
+	else if constexpr (T == T_F16)
+		return h2f(((const u16*)row)[j]);
+	else if constexpr (T == T_BF16)
+		return __uint_as_float((u32)((const u16*)row)[j] << 16);
+	else
+		return 0.0f;
+}
+
 // dot8 is the product of eight weights with eight activations (32-byte
 // aligned).
 __device__ __forceinline__ float dot8(const float* w, const float* x) {
@@ -276,6 +290,13 @@ __device__ void matvec(float* __restrict__ dst, const u8* __restrict__ W, const 
 			if (r < R) acc[r] += dot8(w, x + (long long)r * ncols + p0) + dot8(w + 8, x + (long long)r * ncols + p1);
 		}
 	}
+	for (int j = 16 * units + lane; j < ncols; j += 32) {
+		float w = elem<T>(row, j);
+#pragma unroll
+		for (int r = 0; r < MAXR; r++) {
+			if (r < R) acc[r] += w * x[(long long)r * ncols + j];
+		}
+	}
 #pragma unroll
 	for (int r = 0; r < MAXR; r++) {
 		if (r >= R) break;
@@ -289,9 +310,15 @@ __device__ void matvec(float* __restrict__ dst, const u8* __restrict__ W, const 
 // per unit.
 template <int T>
 __device__ void dequant(float* __restrict__ dst, const u8* __restrict__ W, int nrows, int ncols, long long rowBytes) {
-	long long units = (long long)nrows * (ncols / 16);
-	for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < units; g += (long long)gridDim.x * blockDim.x) {
-		int i = (int)(g / (ncols / 16)), u = (int)(g % (ncols / 16));
+	int units = ncols / 16, tail = ncols - 16 * units;
+	long long full = (long long)nrows * units, total = full + (long long)nrows * tail;
+	for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < total; g += (long long)gridDim.x * blockDim.x) {
+		if (g >= full) {
+			int i = (int)((g - full) / tail), j = 16 * units + (int)((g - full) % tail);
+			dst[(long long)i * ncols + j] = elem<T>(W + (long long)i * rowBytes, j);
+			continue;
+		}
+		int i = (int)(g / units), u = (int)(g % units);
 		float w[16];
 		int p0, p1;
 		unit<T>(W + (long long)i * rowBytes, u, w, &p0, &p1);
@@ -321,6 +348,7 @@ __device__ void embed(float* __restrict__ dst, const u8* __restrict__ W, const i
 			out[p1 + k] = w[8 + k];
 		}
 	}
+	for (int j = 16 * (ncols / 16) + threadIdx.x; j < ncols; j += blockDim.x) out[j] = elem<T>(row, j);
 }
 
 #define WEIGHT_KERNELS(NAME, T)                                                                                  \
@@ -463,9 +491,13 @@ extern "C" __global__ void rope(float* __restrict__ x, int width, const int* __r
 	}
 }
 
-// store writes n float32 values into a cache buffer (f16 or f32) from
-// element off on.
-extern "C" __global__ void store(void* __restrict__ dst, int f16, long long off, const float* __restrict__ src, long long n) {
+// store writes n float32 values into a cache buffer (f16 or f32) after
+// its first pasts[si] rows of kvDim values. The row count is read on the
+// device, so that a decode step's launches do not change from one token
+// to the next (and replay as one CUDA graph).
+extern "C" __global__ void store(void* __restrict__ dst, int f16, const int* __restrict__ pasts, int si, int kvDim,
+                                 const float* __restrict__ src, long long n) {
+	long long off = (long long)pasts[si] * kvDim;
 	for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
 		if (f16)
 			((u16*)dst)[off + i] = f2h(src[i]);
@@ -500,16 +532,19 @@ __device__ float blockSum(float v, float* red) {
 }
 
 // attention computes, for row i of one sequence and head h (block
-// (h, i)), softmax(q·K^T·scale)·V over the cache rows 0..past+i. The
+// (h, i)), softmax(q·K^T·scale)·V over the cache rows 0..past+i, where
+// past = pasts[si] is read on the device (see store). The
 // cache is row-major: [row][nheadkv·hd]. Dynamic shared memory holds the
 // query, the scores of the row and the partial outputs. When probs or
 // scores are set, they receive the row's probabilities or scaled scores
 // at [h][i][0..past+rows) (the caller zeroes them).
 extern "C" __global__ void attention(float* __restrict__ out, const float* __restrict__ q, const void* __restrict__ kc,
-                                     const void* __restrict__ vc, int f16, int past, int rows, int nhead, int nheadkv,
-                                     int hd, float scale, float* __restrict__ probs, float* __restrict__ scores) {
+                                     const void* __restrict__ vc, int f16, const int* __restrict__ pasts, int si, int rows,
+                                     int nhead, int nheadkv, int hd, float scale, float* __restrict__ probs,
+                                     float* __restrict__ scores) {
 	extern __shared__ float sh[];
 	__shared__ float red[32];
+	int past = pasts[si];
 	int h = blockIdx.x, i = blockIdx.y, n = past + i + 1;
 	int kvh = h / (nhead / nheadkv), kvDim = nheadkv * hd;
 	float* qs = sh;            // hd

@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"slices"
+	"time"
 	"unsafe"
 
 	"github.com/edged/edged/accel"
@@ -67,6 +68,9 @@ func (b *Backend) grow(m *devMem, n int) uint64 {
 	if m.size >= n {
 		return m.ptr
 	}
+	// Queued kernels may still read the old memory.
+	b.flush()
+	b.fail("cuCtxSynchronize", b.drv.cuCtxSynchronize())
 	b.release(m)
 	p, err := b.alloc(max(n, 2*m.size))
 	if err != nil {
@@ -100,6 +104,7 @@ func (b *Backend) send(u *upload, v []int32) uint64 {
 	if p == 0 {
 		return 0
 	}
+	b.flush() // queued kernels read the old values
 	b.fail("cuMemcpyHtoD", b.drv.cuMemcpyHtoD(p, unsafePointer(v), uint64(4*len(v))))
 	u.last = append(u.last[:0], v...)
 	return p
@@ -148,6 +153,8 @@ func (b *Backend) Free(buf accel.Buffer) {
 	}
 	b.enter()
 	defer b.leave()
+	b.flush()
+	b.fail("cuCtxSynchronize", b.drv.cuCtxSynchronize())
 	b.drv.cuMemFree(x.ptr)
 	x.ptr, x.n = 0, 0
 }
@@ -160,6 +167,7 @@ func (b *Backend) Write(dst accel.Buffer, off int, src []float32) {
 	d := dst.(*buffer)
 	b.enter()
 	defer b.leave()
+	b.flush()
 	if d.f16 {
 		h := make([]uint16, len(src))
 		for i, v := range src {
@@ -180,6 +188,7 @@ func (b *Backend) Read(dst []float32, src accel.Buffer, off int) {
 	s := src.(*buffer)
 	b.enter()
 	defer b.leave()
+	b.flush()
 	if s.f16 {
 		h := make([]uint16, len(dst))
 		b.fail("cuMemcpyDtoH", b.drv.cuMemcpyDtoH(unsafePointer(h), s.at(off), uint64(2*len(h))))
@@ -232,8 +241,9 @@ func (b *Backend) Load(m accel.Matrix) (accel.Weight, error) {
 	if !ok {
 		return nil, fmt.Errorf("cuda: load %s: type %s is not supported", m.Name, m.Type)
 	}
-	if m.Cols%16 != 0 {
-		return nil, fmt.Errorf("cuda: load %s: %d columns, want a multiple of 16", m.Name, m.Cols)
+	if m.Cols%4 != 0 {
+		// Activation rows are read in aligned groups of four floats.
+		return nil, fmt.Errorf("cuda: load %s: %d columns, want a multiple of 4", m.Name, m.Cols)
 	}
 	rowBytes, err := m.Type.RowSize(m.Cols)
 	if err != nil {
@@ -255,4 +265,41 @@ func (b *Backend) Load(m accel.Matrix) (accel.Weight, error) {
 		}
 	}
 	return &weight{rows: m.Rows, cols: m.Cols, typ: m.Type, ptr: p, rowBytes: rowBytes, kernel: suffix, act: actKernel(m.Type)}, nil
+}
+
+// CopyBandwidth measures device memory bandwidth with device-to-device
+// copies of n bytes: bytes read plus bytes written per second, the figure
+// a decode step that reads every weight once is bounded by.
+func (b *Backend) CopyBandwidth(n int) (float64, error) {
+	b.enter()
+	defer b.leave()
+	b.flush()
+	src, err := b.alloc(n)
+	if err != nil {
+		return 0, err
+	}
+	defer b.drv.cuMemFree(src)
+	dst, err := b.alloc(n)
+	if err != nil {
+		return 0, err
+	}
+	defer b.drv.cuMemFree(dst)
+	const reps = 20
+	var start time.Time
+	for i := -1; i < reps; i++ {
+		if i == 0 {
+			// The first copy warms up; time the rest.
+			if err := b.check("cuCtxSynchronize", b.drv.cuCtxSynchronize()); err != nil {
+				return 0, err
+			}
+			start = time.Now()
+		}
+		if err := b.check("cuMemcpyDtoD", b.drv.cuMemcpyDtoD(dst, src, uint64(n))); err != nil {
+			return 0, err
+		}
+	}
+	if err := b.check("cuCtxSynchronize", b.drv.cuCtxSynchronize()); err != nil {
+		return 0, err
+	}
+	return 2 * float64(n) * reps / time.Since(start).Seconds(), nil
 }

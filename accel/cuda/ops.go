@@ -32,11 +32,13 @@ func newLaunchArgs() *launchArgs {
 func i32(v int) uint64     { return uint64(uint32(int32(v))) }
 func f32(v float32) uint64 { return uint64(math.Float32bits(v)) }
 
-// launch queues kernel name on a grid of blocks of threads each.
+// launch queues kernel name on a grid of blocks of threads each. Queued
+// kernels run at the next flush, in order.
 func (b *Backend) launch(name string, grid [2]int, threads, shared int, args ...uint64) {
-	copy(b.args.vals[:], args)
-	gx, gy := max(grid[0], 1), max(grid[1], 1)
-	b.fail("cuLaunchKernel "+name, b.drv.cuLaunchKernel(b.fn[name], uint32(gx), uint32(gy), 1, uint32(threads), 1, 1, uint32(shared), 0, unsafe.Pointer(&b.args.ptrs[0]), 0))
+	c := call{name: name, fn: b.fn[name], gx: uint32(max(grid[0], 1)), gy: uint32(max(grid[1], 1)),
+		threads: uint32(threads), shared: uint32(shared)}
+	copy(c.args[:], args)
+	b.queue = append(b.queue, c)
 }
 
 // blocks is the grid of a grid-stride loop over n elements.
@@ -113,6 +115,10 @@ func (b *Backend) gemm(dst uint64, w *weight, act uint64, rows int) {
 	if a == 0 || b.err != nil {
 		return
 	}
+	// cuBLAS queues on the stream now: the kernels queued here (rounding,
+	// dequantizing) must go first.
+	b.flush()
+	defer b.profile.time("cublasSgemm", b)
 	code := b.blas.cublasSgemm(b.handle, blasOpT, blasOpN, int32(w.rows), int32(rows), int32(w.cols),
 		&b.one, a, int32(w.cols), act, int32(w.cols), &b.zero, dst, int32(w.rows))
 	if code != 0 && b.err == nil {
@@ -199,7 +205,9 @@ func (b *Backend) WriteCache(kc, vc accel.Buffer, kvDim, at int, k, v []float32)
 
 // Attention implements accel.Backend: per sequence, the new key and value
 // rows go into its cache, then one block per (head, row) attends over the
-// cache.
+// cache. The sequences' past lengths go to the device once per step (every
+// layer has the same), and shared memory is sized for a full cache, so
+// that the launches of a decode step are the same at every token.
 func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s accel.AttnShape) {
 	b.enter()
 	defer b.leave()
@@ -209,26 +217,30 @@ func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s a
 	if s.HeadDim > threads {
 		threads = (s.HeadDim + 31) &^ 31
 	}
-	row := 0
+	b.pastHost = b.pastHost[:0]
 	for _, sq := range seqs {
+		b.pastHost = append(b.pastHost, int32(sq.Past))
+	}
+	pasts := b.send(&b.past, b.pastHost)
+	row := 0
+	for si, sq := range seqs {
 		kb, vb := sq.K.(*buffer), sq.V.(*buffer)
 		f16 := 0
 		if kb.f16 {
 			f16 = 1
 		}
 		n := sq.Rows * kvDim
-		b.launch("store", blocks(n, 256), 256, 0, kb.ptr, i32(f16), uint64(sq.Past*kvDim), k.(*buffer).at(row*kvDim), uint64(n))
-		b.launch("store", blocks(n, 256), 256, 0, vb.ptr, i32(f16), uint64(sq.Past*kvDim), v.(*buffer).at(row*kvDim), uint64(n))
+		b.launch("store", blocks(n, 256), 256, 0, kb.ptr, i32(f16), pasts, i32(si), i32(kvDim), k.(*buffer).at(row*kvDim), uint64(n))
+		b.launch("store", blocks(n, 256), 256, 0, vb.ptr, i32(f16), pasts, i32(si), i32(kvDim), v.(*buffer).at(row*kvDim), uint64(n))
 
-		ctx := sq.Past + sq.Rows
-		shared := 4 * (s.HeadDim + ctx + threads)
-		if shared > b.maxShared-1024 {
+		shared, ok := b.attnShared(s.HeadDim, threads, kb.n/kvDim, sq.Past+sq.Rows)
+		if !ok {
 			if b.err == nil {
 				b.err = &Error{Op: "attention", Code: -1, Msg: "context too long for one block's shared memory"}
 			}
 			return
 		}
-		obs := s.NHead * sq.Rows * ctx
+		obs := s.NHead * sq.Rows * (sq.Past + sq.Rows)
 		var probs, scores uint64
 		if sq.Probs != nil || sq.Scores != nil {
 			base := b.grow(&b.obs, 8*obs)
@@ -241,8 +253,11 @@ func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s a
 			}
 		}
 		b.launch("attention", [2]int{s.NHead, sq.Rows}, threads, shared,
-			out.(*buffer).at(row*qDim), q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, i32(f16), i32(sq.Past), i32(sq.Rows),
+			out.(*buffer).at(row*qDim), q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, i32(f16), pasts, i32(si), i32(sq.Rows),
 			i32(s.NHead), i32(s.NHeadKV), i32(s.HeadDim), f32(s.Scale), probs, scores)
+		if probs != 0 || scores != 0 {
+			b.flush()
+		}
 		if probs != 0 {
 			b.fail("cuMemcpyDtoH", b.drv.cuMemcpyDtoH(unsafePointer(sq.Probs), probs, uint64(4*obs)))
 		}
@@ -251,6 +266,19 @@ func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s a
 		}
 		row += sq.Rows
 	}
+}
+
+// attnShared is the attention kernel's shared memory for a cache of
+// capacity rows (the same at every step), or for the ctx rows in use when
+// a full cache would not fit.
+func (b *Backend) attnShared(headDim, threads, capacity, ctx int) (int, bool) {
+	limit := b.maxShared - 1024
+	for _, rows := range []int{capacity, ctx} {
+		if n := 4 * (headDim + rows + threads); n <= limit {
+			return n, true
+		}
+	}
+	return 0, false
 }
 
 // Gather implements accel.Backend.

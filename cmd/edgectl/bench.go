@@ -102,10 +102,32 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		res.TG, res.TGStd = &mean, &sd
 		rows = append(rows, benchRow{fmt.Sprintf("tg%d", *n), mean, sd})
 	}
+	if err := res.bound(be); err != nil {
+		return err
+	}
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(res)
 	}
 	return printBench(stdout, &res, rows)
+}
+
+// bound measures a GPU's copy bandwidth and how close generation came to
+// the limit it sets: each generated token reads every weight once, so
+// tg × model bytes cannot exceed it.
+func (r *benchResult) bound(be accel.Backend) error {
+	m, ok := be.(interface{ CopyBandwidth(n int) (float64, error) })
+	if !ok {
+		return nil
+	}
+	bw, err := m.CopyBandwidth(1 << 30)
+	if err != nil {
+		return fmt.Errorf("bandwidth: %w", err)
+	}
+	r.BandwidthGBs = bw / 1e9
+	if r.TG != nil {
+		r.BoundFraction = *r.TG * float64(r.Size) / bw
+	}
+	return nil
 }
 
 // benchResult is the --json output.
@@ -125,6 +147,10 @@ type benchResult struct {
 	PPStd   *float64 `json:"pp_std,omitempty"`
 	TG      *float64 `json:"tg,omitempty"`
 	TGStd   *float64 `json:"tg_std,omitempty"`
+	// A GPU's device-to-device copy bandwidth (bytes read + written) and
+	// tg × size as a fraction of it.
+	BandwidthGBs  float64 `json:"bandwidth_gbs,omitempty"`
+	BoundFraction float64 `json:"bound_fraction,omitempty"`
 }
 
 type benchRow struct {
@@ -265,6 +291,9 @@ func printBench(w io.Writer, r *benchResult, rows []benchRow) error {
 			r.Backend, r.Threads, row.test, ts)
 	}
 	ew.printf("\nload: %.0f ms\n", r.LoadMS)
+	if r.BandwidthGBs > 0 {
+		ew.printf("device copy bandwidth: %.0f GB/s; tg reads the weights at %.2f of it\n", r.BandwidthGBs, r.BoundFraction)
+	}
 	return ew.err
 }
 

@@ -45,9 +45,13 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "edged %s on node %s: %s, up %v\nmemory: %s used of %s\n", st.DaemonVersion, st.Node, state, time.Duration(st.UptimeSeconds)*time.Second, mib(st.MemoryUsed), budget)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MODEL\tSTATE\tQUEUED\tACTIVE\tKV TOKENS\tMEMORY")
+	fmt.Fprintln(tw, "MODEL\tSTATE\tQUEUED\tACTIVE\tKV TOKENS\tMEMORY\tBACKEND")
 	for _, m := range st.Models {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\n", m.Name, m.State, m.QueueDepth, m.Active, m.KVTokens, mib(m.MemoryBytes))
+		be := m.Backend
+		if be == "" { // not loaded
+			be = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", m.Name, m.State, m.QueueDepth, m.Active, m.KVTokens, mib(m.MemoryBytes), be)
 	}
 	return tw.Flush()
 }
