@@ -40,6 +40,7 @@ type Info struct {
 	NVRTC         string
 	CUBLAS        string
 	KernelCache   string // the compiled kernels' file, or why it was not written
+	GEMM          string // prefill's GEMM precision: tf32 or fp32
 }
 
 // Graphs says whether repeated launch sequences replay as CUDA graphs.
@@ -51,7 +52,7 @@ func (b *Backend) Graphs() string {
 }
 
 func (i Info) String() string {
-	return fmt.Sprintf("%s (%s, %d MiB), driver CUDA %s: %s, %s, %s", i.Device, i.Arch, i.Memory>>20, version(i.DriverVersion), i.Driver, i.NVRTC, i.CUBLAS)
+	return fmt.Sprintf("%s (%s, %d MiB), driver CUDA %s: %s, %s, %s (%s GEMM)", i.Device, i.Arch, i.Memory>>20, version(i.DriverVersion), i.Driver, i.NVRTC, i.CUBLAS, i.GEMM)
 }
 
 // Backend runs the forward pass on one NVIDIA GPU. Like the CPU backend it
@@ -254,8 +255,21 @@ func (b *Backend) initKernels(cacheDirCfg string) error {
 	return nil
 }
 
-// cuBLAS math mode allowing TF32 tensor cores in single-precision GEMMs.
-const blasTF32TensorOpMath = 3
+// cuBLAS math modes: plain float32, or TF32 tensor cores (10-bit
+// mantissas) in single-precision GEMMs.
+const (
+	blasDefaultMath      = 0
+	blasTF32TensorOpMath = 3
+)
+
+// gemmMode is prefill's GEMM precision: EDGED_CUDA_GEMM=fp32 for exact
+// float32 products, else TF32.
+func gemmMode() (int32, string) {
+	if os.Getenv("EDGED_CUDA_GEMM") == "fp32" {
+		return blasDefaultMath, "fp32"
+	}
+	return blasTF32TensorOpMath, "tf32"
+}
 
 func (b *Backend) initBLAS() error {
 	if code := b.blas.cublasCreate(&b.handle); code != 0 {
@@ -265,7 +279,9 @@ func (b *Backend) initBLAS() error {
 	if code := b.blas.cublasGetVersion(b.handle, &v); code == 0 {
 		b.info.CUBLAS += fmt.Sprintf(" %d.%d.%d", v/10000, v%10000/100, v%100)
 	}
-	if code := b.blas.cublasSetMathMode(b.handle, blasTF32TensorOpMath); code != 0 {
+	mode, name := gemmMode()
+	b.info.GEMM = name
+	if code := b.blas.cublasSetMathMode(b.handle, mode); code != 0 {
 		b.blas.cublasDestroy(b.handle)
 		return &Error{Op: "cublasSetMathMode", Code: int(code), Msg: blasStatus(code)}
 	}

@@ -1,7 +1,9 @@
 package cuda
 
 import (
+	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/edged/edged/quant"
 )
 
 // fakeOpen opens only the paths in ok, with handles in order.
@@ -122,7 +126,14 @@ func TestKernelSource(t *testing.T) {
 		assert.False(t, defined[n], "kernel %s defined twice", n)
 		defined[n] = true
 	}
+	suffixes := []string{}
 	for _, suffix := range kernelSuffix {
+		suffixes = append(suffixes, suffix)
+	}
+	for _, r := range repackedTypes {
+		suffixes = append(suffixes, r.suffix)
+	}
+	for _, suffix := range suffixes {
 		for _, k := range []string{"matvec_", "dequant_", "embed_"} {
 			assert.True(t, defined[k+suffix], k+suffix)
 		}
@@ -151,4 +162,46 @@ func TestKernelSource(t *testing.T) {
 func TestVersion(t *testing.T) {
 	assert.Equal(t, "13.0", version(13000))
 	assert.Equal(t, "12.4", version(12040))
+}
+
+// The repacked layout holds each block's quants and scale where the
+// kernels (unit<T_Q4_0R>, unit<T_Q8_0R>) read them: decoding it that way
+// gives quant.Dequantize's values.
+func TestRepack(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 1))
+	const rows, cols = 3, 96
+	for typ, r := range repackedTypes {
+		src := make([]float32, rows*cols)
+		for i := range src {
+			src[i] = float32(rng.NormFloat64())
+		}
+		size, err := typ.RowSize(cols)
+		require.NoError(t, err)
+		data := make([]byte, rows*size)
+		require.NoError(t, quant.Quantize(typ, src, data))
+		packed := r.repack(data, rows, cols)
+		nb := cols / 32
+		require.Len(t, packed, rows*r.rowBytes(nb))
+		assert.Zero(t, r.rowBytes(nb)%16, "rows stay 16-byte aligned")
+		for i := range rows {
+			want := make([]float32, cols)
+			require.NoError(t, quant.Dequantize(typ, data[i*size:(i+1)*size], want))
+			row := packed[i*r.rowBytes(nb):]
+			for j := range cols {
+				b, k := j/32, j%32
+				d := quant.F16ToF32(binary.LittleEndian.Uint16(row[nb*r.quants+2*b:]))
+				var q float32
+				if typ == quant.Q4_0 {
+					v := row[b*16+k%16]
+					if k >= 16 {
+						v >>= 4
+					}
+					q = float32(int(v&0xf) - 8)
+				} else {
+					q = float32(int8(row[b*32+k]))
+				}
+				assert.Equal(t, want[j], q*d, "%s row %d col %d", typ, i, j)
+			}
+		}
+	}
 }

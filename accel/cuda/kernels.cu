@@ -30,6 +30,11 @@ typedef unsigned int u32;
 #define T_Q5_K 13
 #define T_Q6_K 14
 #define T_BF16 30
+// q4_0 and q8_0 repacked at load (see Backend.Load): a row's quants of all
+// blocks first, 16-byte aligned (q4_0: 16 bytes a block, q8_0: 32), then
+// its f16 scales, so that a unit is one 8- or 16-byte load.
+#define T_Q4_0R 1002
+#define T_Q8_0R 1008
 
 __device__ __forceinline__ float h2f(u16 h) {
 	float f;
@@ -63,10 +68,10 @@ __device__ __forceinline__ void scaleMinK4(int j, const u8* s, float* sc, float*
 // feed an addition are rounded separately (__fmul_rn) because the CPU does
 // not fuse them.
 template <int T>
-__device__ __forceinline__ void unit(const u8* __restrict__ row, int u, float* w, int* p0, int* p1);
+__device__ __forceinline__ void unit(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1);
 
 template <>
-__device__ __forceinline__ void unit<T_F32>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+__device__ __forceinline__ void unit<T_F32>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
 	const float* r = (const float*)row + 16 * u;
 #pragma unroll
 	for (int i = 0; i < 16; i++) w[i] = r[i];
@@ -75,7 +80,7 @@ __device__ __forceinline__ void unit<T_F32>(const u8* __restrict__ row, int u, f
 }
 
 template <>
-__device__ __forceinline__ void unit<T_F16>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+__device__ __forceinline__ void unit<T_F16>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
 	const u16* r = (const u16*)row + 16 * u;
 #pragma unroll
 	for (int i = 0; i < 16; i++) w[i] = h2f(r[i]);
@@ -84,7 +89,7 @@ __device__ __forceinline__ void unit<T_F16>(const u8* __restrict__ row, int u, f
 }
 
 template <>
-__device__ __forceinline__ void unit<T_BF16>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+__device__ __forceinline__ void unit<T_BF16>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
 	const u16* r = (const u16*)row + 16 * u;
 #pragma unroll
 	for (int i = 0; i < 16; i++) w[i] = __uint_as_float((u32)r[i] << 16);
@@ -95,7 +100,7 @@ __device__ __forceinline__ void unit<T_BF16>(const u8* __restrict__ row, int u, 
 // The 32-value types: unit h of block b is bytes 8h..8h+7 of qs, whose low
 // nibbles are elements 8h.. and high nibbles 16+8h.. (q8_0: 16 plain bytes).
 template <>
-__device__ __forceinline__ void unit<T_Q4_0>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+__device__ __forceinline__ void unit<T_Q4_0>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
 	int b = u >> 1, h = u & 1;
 	const u8* blk = row + 18 * b;
 	float d = h2f(ld16(blk));
@@ -111,7 +116,7 @@ __device__ __forceinline__ void unit<T_Q4_0>(const u8* __restrict__ row, int u, 
 }
 
 template <>
-__device__ __forceinline__ void unit<T_Q4_1>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+__device__ __forceinline__ void unit<T_Q4_1>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
 	int b = u >> 1, h = u & 1;
 	const u8* blk = row + 20 * b;
 	float d = h2f(ld16(blk)), m = h2f(ld16(blk + 2));
@@ -127,7 +132,7 @@ __device__ __forceinline__ void unit<T_Q4_1>(const u8* __restrict__ row, int u, 
 }
 
 template <>
-__device__ __forceinline__ void unit<T_Q5_0>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+__device__ __forceinline__ void unit<T_Q5_0>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
 	int b = u >> 1, h = u & 1;
 	const u8* blk = row + 22 * b;
 	float d = h2f(ld16(blk));
@@ -146,7 +151,7 @@ __device__ __forceinline__ void unit<T_Q5_0>(const u8* __restrict__ row, int u, 
 }
 
 template <>
-__device__ __forceinline__ void unit<T_Q5_1>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+__device__ __forceinline__ void unit<T_Q5_1>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
 	int b = u >> 1, h = u & 1;
 	const u8* blk = row + 24 * b;
 	float d = h2f(ld16(blk)), m = h2f(ld16(blk + 2));
@@ -165,7 +170,7 @@ __device__ __forceinline__ void unit<T_Q5_1>(const u8* __restrict__ row, int u, 
 }
 
 template <>
-__device__ __forceinline__ void unit<T_Q8_0>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+__device__ __forceinline__ void unit<T_Q8_0>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
 	int b = u >> 1, h = u & 1;
 	const u8* blk = row + 34 * b;
 	float d = h2f(ld16(blk));
@@ -176,10 +181,37 @@ __device__ __forceinline__ void unit<T_Q8_0>(const u8* __restrict__ row, int u, 
 	*p1 = 32 * b + 16 * h + 8;
 }
 
+template <>
+__device__ __forceinline__ void unit<T_Q4_0R>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
+	int b = u >> 1, h = u & 1;
+	uint2 q = *(const uint2*)(row + 16 * b + 8 * h);
+	float d = h2f(((const u16*)(row + 16 * (ncols / 32)))[b]);
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		int v = (int)(((i < 4 ? q.x : q.y) >> (8 * (i & 3))) & 0xff);
+		w[i] = (float)((v & 0xf) - 8) * d;
+		w[8 + i] = (float)((v >> 4) - 8) * d;
+	}
+	*p0 = 32 * b + 8 * h;
+	*p1 = 32 * b + 16 + 8 * h;
+}
+
+template <>
+__device__ __forceinline__ void unit<T_Q8_0R>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
+	int b = u >> 1, h = u & 1;
+	uint4 q = *(const uint4*)(row + 32 * b + 16 * h);
+	float d = h2f(((const u16*)(row + 32 * (ncols / 32)))[b]);
+	u32 words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+	for (int i = 0; i < 16; i++) w[i] = (float)(i8)((words[i / 4] >> (8 * (i & 3))) & 0xff) * d;
+	*p0 = 32 * b + 16 * h;
+	*p1 = 32 * b + 16 * h + 8;
+}
+
 // q4_K and q5_K: unit v of a block is 8 bytes of qs at 32p + l0 (p = v/4,
 // l0 = 8(v%4)): low nibbles in sub-block 2p, high nibbles in 2p+1.
 template <>
-__device__ __forceinline__ void unit<T_Q4_K>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+__device__ __forceinline__ void unit<T_Q4_K>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
 	int b = u >> 4, v = u & 15, p = v >> 2, l0 = 8 * (v & 3);
 	const u8* blk = row + 144 * b;
 	float d = h2f(ld16(blk)), dmin = h2f(ld16(blk + 2));
@@ -198,7 +230,7 @@ __device__ __forceinline__ void unit<T_Q4_K>(const u8* __restrict__ row, int u, 
 }
 
 template <>
-__device__ __forceinline__ void unit<T_Q5_K>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+__device__ __forceinline__ void unit<T_Q5_K>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
 	int b = u >> 4, v = u & 15, p = v >> 2, l0 = 8 * (v & 3);
 	const u8* blk = row + 176 * b;
 	float d = h2f(ld16(blk)), dmin = h2f(ld16(blk + 2));
@@ -225,7 +257,7 @@ __device__ __forceinline__ void unit<T_Q5_K>(const u8* __restrict__ row, int u, 
 // qh[32h + l]. Unit v = (h, kk, j) reads ql[64h + 32kk + 8j ..+8]: its low
 // nibbles are k = kk, its high nibbles k = kk+2, both at l = 8j...
 template <>
-__device__ __forceinline__ void unit<T_Q6_K>(const u8* __restrict__ row, int u, float* w, int* p0, int* p1) {
+__device__ __forceinline__ void unit<T_Q6_K>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
 	int b = u >> 4, v = u & 15, h = v >> 3, kk = (v >> 2) & 1, j = v & 3, l0 = 8 * j;
 	const u8* blk = row + 210 * b;
 	const u8* ql = blk + 64 * h + 32 * kk + l0;
@@ -284,7 +316,7 @@ __device__ void matvec(float* __restrict__ dst, const u8* __restrict__ W, const 
 	for (int u = lane; u < units; u += 32) {
 		float w[16];
 		int p0, p1;
-		unit<T>(row, u, w, &p0, &p1);
+		unit<T>(row, ncols, u, w, &p0, &p1);
 #pragma unroll
 		for (int r = 0; r < MAXR; r++) {
 			if (r < R) acc[r] += dot8(w, x + (long long)r * ncols + p0) + dot8(w + 8, x + (long long)r * ncols + p1);
@@ -321,7 +353,7 @@ __device__ void dequant(float* __restrict__ dst, const u8* __restrict__ W, int n
 		int i = (int)(g / units), u = (int)(g % units);
 		float w[16];
 		int p0, p1;
-		unit<T>(W + (long long)i * rowBytes, u, w, &p0, &p1);
+		unit<T>(W + (long long)i * rowBytes, ncols, u, w, &p0, &p1);
 		float* out = dst + (long long)i * ncols;
 #pragma unroll
 		for (int k = 0; k < 8; k++) {
@@ -341,7 +373,7 @@ __device__ void embed(float* __restrict__ dst, const u8* __restrict__ W, const i
 	for (int u = threadIdx.x; u < ncols / 16; u += blockDim.x) {
 		float w[16];
 		int p0, p1;
-		unit<T>(row, u, w, &p0, &p1);
+		unit<T>(row, ncols, u, w, &p0, &p1);
 #pragma unroll
 		for (int k = 0; k < 8; k++) {
 			out[p0 + k] = w[k];
@@ -371,6 +403,8 @@ WEIGHT_KERNELS(q4_1, T_Q4_1)
 WEIGHT_KERNELS(q5_0, T_Q5_0)
 WEIGHT_KERNELS(q5_1, T_Q5_1)
 WEIGHT_KERNELS(q8_0, T_Q8_0)
+WEIGHT_KERNELS(q4_0r, T_Q4_0R)
+WEIGHT_KERNELS(q8_0r, T_Q8_0R)
 WEIGHT_KERNELS(q4_k, T_Q4_K)
 WEIGHT_KERNELS(q5_k, T_Q5_K)
 WEIGHT_KERNELS(q6_k, T_Q6_K)
@@ -553,13 +587,17 @@ extern "C" __global__ void attention(float* __restrict__ out, const float* __res
 	const float* qr = q + ((long long)i * nhead + h) * hd;
 	for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
 	__syncthreads();
+	// Scores: one warp per key row, its lanes across the head's
+	// dimensions, so that each row is read in whole lines.
+	int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nwarps = blockDim.x / 32;
 	float m = NEG_INF;
-	for (int t = threadIdx.x; t < n; t += blockDim.x) {
+	for (int t = warp; t < n; t += nwarps) {
 		long long base = (long long)t * kvDim + (long long)kvh * hd;
 		float s = 0;
-		for (int d = 0; d < hd; d++) s += qs[d] * cacheAt(kc, f16, base + d);
+		for (int d = lane; d < hd; d += 32) s += qs[d] * cacheAt(kc, f16, base + d);
+		for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
 		s *= scale;
-		sc[t] = s;
+		if (lane == 0) sc[t] = s;
 		m = fmaxf(m, s);
 	}
 	m = blockMax(m, red);

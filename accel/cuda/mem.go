@@ -252,14 +252,18 @@ func (b *Backend) Load(m accel.Matrix) (accel.Weight, error) {
 	if len(m.Data) != rowBytes*m.Rows {
 		return nil, fmt.Errorf("cuda: load %s: %d bytes, want %d", m.Name, len(m.Data), rowBytes*m.Rows)
 	}
+	data := m.Data
+	if r, ok := repackedTypes[m.Type]; ok {
+		data, rowBytes, suffix = r.repack(m.Data, m.Rows, m.Cols), r.rowBytes(m.Cols/32), r.suffix
+	}
 	b.enter()
 	defer b.leave()
-	p, err := b.alloc(len(m.Data))
+	p, err := b.alloc(len(data))
 	if err != nil {
 		return nil, fmt.Errorf("cuda: load %s: %w", m.Name, err)
 	}
-	if len(m.Data) > 0 {
-		if err := b.check("cuMemcpyHtoD", b.drv.cuMemcpyHtoD(p, unsafePointer(m.Data), uint64(len(m.Data)))); err != nil {
+	if len(data) > 0 {
+		if err := b.check("cuMemcpyHtoD", b.drv.cuMemcpyHtoD(p, unsafePointer(data), uint64(len(data)))); err != nil {
 			b.drv.cuMemFree(p)
 			return nil, fmt.Errorf("cuda: load %s: %w", m.Name, err)
 		}
