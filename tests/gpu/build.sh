@@ -12,7 +12,7 @@ go build -trimpath -ldflags='-s -w' -o "$dir/bin/edgectl" ./cmd/edgectl
 go test -c -trimpath -ldflags='-s -w' -o "$dir/bin/cuda.test" ./accel/cuda
 fixtures=${EDGED_FIXTURES:-../shared/fixtures}
 mkdir -p "$dir/fixtures/gguf" "$dir/fixtures/llama2c"
-cp "$fixtures"/gguf/*.gguf "$fixtures"/gguf/*.golden.json "$fixtures"/gguf/*.logits.f32 "$dir/fixtures/gguf/"
+cp "$fixtures"/gguf/*.gguf "$fixtures"/gguf/*.golden.json "$fixtures"/gguf/*.f64ref.logits.f32 "$dir/fixtures/gguf/"
 cp "$fixtures"/llama2c/aidreams260K.llamacpp.gguf "$fixtures"/llama2c/aidreams260K.greedy.json "$dir/fixtures/llama2c/"
 gzip -9 -f "$dir/bin/edgectl" "$dir/bin/cuda.test"
 du -sh "$dir"
