@@ -10,6 +10,7 @@ import (
 	"github.com/edged/edged/accel"
 	"github.com/edged/edged/accel/cpu"
 	"github.com/edged/edged/accel/cuda"
+	"github.com/edged/edged/accel/metal"
 )
 
 // Names lists the accepted backend names.
@@ -66,9 +67,18 @@ func gpuOrder() []string {
 }
 
 func gpu(name string, o Options) (accel.Backend, error) {
-	switch name {
-	case "cuda":
-		return cuda.Open(o.CUDA)
+	// A failed open returns a nil pointer, which must not become a
+	// non-nil interface.
+	if name == "metal" {
+		b, err := metal.New()
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
 	}
-	return nil, fmt.Errorf("%s is not built into this binary", name)
+	b, err := cuda.Open(o.CUDA)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
 }

@@ -89,6 +89,7 @@ type Backend struct {
 	act, deq, obs       devMem
 	ids, pos, idx, past upload
 	pastHost            []int32
+	rounded             rounded             // what act holds
 	freqs               map[*float64]uint64 // RoPE frequency tables on the device
 
 	one, zero float32 // cuBLAS's alpha and beta, in host memory

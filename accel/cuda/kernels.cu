@@ -300,20 +300,25 @@ __device__ __forceinline__ float dot8(const float* w, const float* x) {
 
 #define MAXR 8
 
-// matvec: dst[r*nrows + i] = W[i]·x[r] for r < R ≤ MAXR. One warp per
-// weight row, its lanes on alternate units, so that the weight row is read
-// once for all R activation rows.
+// matvec: dst[r*nrows + i] = W[i]·x[r] for r < R ≤ MAXR. wpr warps (1, 2,
+// 4 or 8, all in one block of 8 warps) share a weight row, their lanes on
+// alternate units, so that the row is read once for all R activation rows
+// and a matrix of few rows still keeps every multiprocessor busy.
 template <int T>
 __device__ void matvec(float* __restrict__ dst, const u8* __restrict__ W, const float* __restrict__ x, int nrows,
-                       int ncols, long long rowBytes, int R) {
-	int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
-	if (i >= nrows) return;
-	const u8* row = W + (long long)i * rowBytes;
+                       int ncols, long long rowBytes, int R, int wpr) {
+	__shared__ float part[8][MAXR];
+	int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+	int g = blockIdx.x * (blockDim.x / 32) + warp;
+	int i = g / wpr, k = g % wpr, stride = 32 * wpr;
+	bool valid = i < nrows;
+	const u8* row = W + (long long)(valid ? i : 0) * rowBytes;
 	float acc[MAXR];
 #pragma unroll
 	for (int r = 0; r < MAXR; r++) acc[r] = 0;
-	int units = ncols / 16;
-	for (int u = lane; u < units; u += 32) {
+	int units = valid ? ncols / 16 : 0;
+#pragma unroll 2
+	for (int u = 32 * k + lane; u < units; u += stride) {
 		float w[16];
 		int p0, p1;
 		unit<T>(row, ncols, u, w, &p0, &p1);
@@ -322,7 +327,7 @@ __device__ void matvec(float* __restrict__ dst, const u8* __restrict__ W, const 
 			if (r < R) acc[r] += dot8(w, x + (long long)r * ncols + p0) + dot8(w + 8, x + (long long)r * ncols + p1);
 		}
 	}
-	for (int j = 16 * units + lane; j < ncols; j += 32) {
+	for (int j = 16 * units + 32 * k + lane; valid && j < ncols; j += stride) {
 		float w = elem<T>(row, j);
 #pragma unroll
 		for (int r = 0; r < MAXR; r++) {
@@ -331,11 +336,15 @@ __device__ void matvec(float* __restrict__ dst, const u8* __restrict__ W, const 
 	}
 #pragma unroll
 	for (int r = 0; r < MAXR; r++) {
-		if (r >= R) break;
 		float s = acc[r];
 		for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
-		if (lane == 0) dst[(long long)r * nrows + i] = s;
+		if (lane == 0) part[warp][r] = s;
 	}
+	__syncthreads();
+	if (!valid || k != 0 || lane >= R) return;
+	float s = 0;
+	for (int w = 0; w < wpr; w++) s += part[warp + w][lane];
+	dst[(long long)lane * nrows + i] = s;
 }
 
 // dequant writes rows of W as float32 (for prefill's GEMM); one thread
@@ -385,8 +394,8 @@ __device__ void embed(float* __restrict__ dst, const u8* __restrict__ W, const i
 
 #define WEIGHT_KERNELS(NAME, T)                                                                                  \
 	extern "C" __global__ void matvec_##NAME(float* dst, const u8* W, const float* x, int nrows, int ncols,      \
-	                                         long long rowBytes, int R) {                                        \
-		matvec<T>(dst, W, x, nrows, ncols, rowBytes, R);                                                         \
+	                                         long long rowBytes, int R, int wpr) {                               \
+		matvec<T>(dst, W, x, nrows, ncols, rowBytes, R, wpr);                                                    \
 	}                                                                                                            \
 	extern "C" __global__ void dequant_##NAME(float* dst, const u8* W, int nrows, int ncols, long long rowBytes) { \
 		dequant<T>(dst, W, nrows, ncols, rowBytes);                                                              \

@@ -70,6 +70,7 @@ func (b *Backend) grow(m *devMem, n int) uint64 {
 	}
 	// Queued kernels may still read the old memory.
 	b.flush()
+	b.rounded = rounded{}
 	b.fail("cuCtxSynchronize", b.drv.cuCtxSynchronize())
 	b.release(m)
 	p, err := b.alloc(max(n, 2*m.size))
@@ -168,6 +169,7 @@ func (b *Backend) Write(dst accel.Buffer, off int, src []float32) {
 	b.enter()
 	defer b.leave()
 	b.flush()
+	b.rounded = rounded{}
 	if d.f16 {
 		h := make([]uint16, len(src))
 		for i, v := range src {

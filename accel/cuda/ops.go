@@ -3,6 +3,7 @@ package cuda
 import (
 	"math"
 	"runtime"
+	"strings"
 	"unsafe"
 
 	"github.com/edged/edged/accel"
@@ -32,9 +33,22 @@ func newLaunchArgs() *launchArgs {
 func i32(v int) uint64     { return uint64(uint32(int32(v))) }
 func f32(v float32) uint64 { return uint64(math.Float32bits(v)) }
 
+// rounded names the activations in the act scratch: rows × cols values of
+// buffer x rounded by kernel. The projections that share an input (q, k
+// and v; gate and up) round it once. Any kernel other than a mat-vec or a
+// rounding may write x, and so forgets it (as do Write and a grown act).
+type rounded struct {
+	x          uint64
+	rows, cols int
+	kernel     string
+}
+
 // launch queues kernel name on a grid of blocks of threads each. Queued
 // kernels run at the next flush, in order.
 func (b *Backend) launch(name string, grid [2]int, threads, shared int, args ...uint64) {
+	if !strings.HasPrefix(name, "matvec_") && !strings.HasPrefix(name, "actq") && !strings.HasPrefix(name, "dequant_") {
+		b.rounded = rounded{}
+	}
 	c := call{name: name, fn: b.fn[name], gx: uint32(max(grid[0], 1)), gy: uint32(max(grid[1], 1)),
 		threads: uint32(threads), shared: uint32(shared)}
 	copy(c.args[:], args)
@@ -77,23 +91,42 @@ func (b *Backend) MatMul(dst accel.Buffer, wt accel.Weight, x accel.Buffer, rows
 		// Round the activations to the CPU backend's 8-bit grid, so that
 		// both backends multiply the same values.
 		act = b.grow(&b.act, 4*rows*w.cols)
-		block := 32
-		if w.act == "actq8k" {
-			block = 256
+		key := rounded{x: x.(*buffer).ptr, rows: rows, cols: w.cols, kernel: w.act}
+		if key != b.rounded {
+			block := 32
+			if w.act == "actq8k" {
+				block = 256
+			}
+			nb := rows * w.cols / block
+			b.launch(w.act, [2]int{(nb + 7) / 8, 1}, 256, 0, act, x.(*buffer).ptr, i32(nb))
+			b.rounded = key
 		}
-		nb := rows * w.cols / block
-		b.launch(w.act, [2]int{(nb + 7) / 8, 1}, 256, 0, act, x.(*buffer).ptr, i32(nb))
 	}
 	d := dst.(*buffer).ptr
+	if d == b.rounded.x {
+		b.rounded = rounded{}
+	}
 	if rows > gemmRows {
 		b.gemm(d, w, act, rows)
 		return
 	}
+	wpr := warpsPerRow(w.rows)
 	for r := 0; r < rows; r += matvecRows {
 		n := min(matvecRows, rows-r)
-		b.launch("matvec_"+w.kernel, [2]int{(w.rows + 7) / 8, 1}, 256, 0,
-			d+uint64(4*r*w.rows), w.ptr, act+uint64(4*r*w.cols), i32(w.rows), i32(w.cols), uint64(w.rowBytes), i32(n))
+		b.launch("matvec_"+w.kernel, [2]int{(w.rows*wpr + 7) / 8, 1}, 256, 0,
+			d+uint64(4*r*w.rows), w.ptr, act+uint64(4*r*w.cols), i32(w.rows), i32(w.cols), uint64(w.rowBytes), i32(n), i32(wpr))
 	}
+}
+
+// warpsPerRow is how many warps share a weight row in a mat-vec: enough
+// for about 4096 warps in all (32 per multiprocessor of a large GPU), at
+// most the 8 of one block.
+func warpsPerRow(rows int) int {
+	wpr := 1
+	for wpr < 8 && rows*wpr < 4096 {
+		wpr *= 2
+	}
+	return wpr
 }
 
 // cuBLAS operation codes.
