@@ -86,11 +86,11 @@ type Backend struct {
 	// Scratch memory, grown on demand: activations rounded to the 8-bit
 	// grid, a dequantized weight for prefill's GEMM, attention
 	// probabilities and scores handed to observers.
-	act, deq, obs       devMem
-	ids, pos, idx, past upload
-	pastHost            []int32
-	rounded             rounded             // what act holds
-	freqs               map[*float64]uint64 // RoPE frequency tables on the device
+	act, deq, obs, split devMem
+	ids, pos, idx, past  upload
+	pastHost             []int32
+	rounded              rounded             // what act holds
+	freqs                map[*float64]uint64 // RoPE frequency tables on the device
 
 	one, zero float32 // cuBLAS's alpha and beta, in host memory
 }
@@ -309,7 +309,7 @@ func (b *Backend) Close() error {
 	var errs []error
 	errs = append(errs, b.check("cuCtxSynchronize", b.drv.cuCtxSynchronize()))
 	b.releaseGraphs()
-	for _, m := range []*devMem{&b.act, &b.deq, &b.obs, &b.ids.mem, &b.pos.mem, &b.idx.mem, &b.past.mem} {
+	for _, m := range []*devMem{&b.act, &b.deq, &b.obs, &b.split, &b.ids.mem, &b.pos.mem, &b.idx.mem, &b.past.mem} {
 		b.release(m)
 	}
 	for _, p := range b.freqs {

@@ -220,6 +220,38 @@ func TestGPUAttention(t *testing.T) {
 	}
 }
 
+// Decode rows over a long cache take the chunked (flash-decoding) kernels;
+// a short context in a long cache leaves most chunks empty.
+func TestGPUAttentionSplit(t *testing.T) {
+	b := newBoth(t)
+	rng := rand.New(rand.NewPCG(9, 10))
+	s := accel.AttnShape{NHead: 8, NHeadKV: 2, HeadDim: 64, Scale: 0.125}
+	kvDim, qDim := s.NHeadKV*s.HeadDim, s.NHead*s.HeadDim
+	const capacity = 1100
+	for _, typ := range []quant.Type{quant.F32, quant.F16} {
+		past, rows := []int{700, 3}, []int{1, 2}
+		total := rows[0] + rows[1]
+		q, k, v := b.buf(randVals(rng, total*qDim, 1)), b.buf(randVals(rng, total*kvDim, 1)), b.buf(randVals(rng, total*kvDim, 1))
+		out := b.buf(make([]float32, total*qDim))
+		var gs, cs []accel.AttnSeq
+		for i := range past {
+			var kc, vc pair
+			kc.g, _ = b.gpu.AllocCache(capacity*kvDim, typ)
+			vc.g, _ = b.gpu.AllocCache(capacity*kvDim, typ)
+			kc.c, _ = b.cpu.AllocCache(capacity*kvDim, typ)
+			vc.c, _ = b.cpu.AllocCache(capacity*kvDim, typ)
+			pk, pv := randVals(rng, past[i]*kvDim, 1), randVals(rng, past[i]*kvDim, 1)
+			b.gpu.WriteCache(kc.g, vc.g, kvDim, 0, pk, pv)
+			b.cpu.WriteCache(kc.c, vc.c, kvDim, 0, pk, pv)
+			gs = append(gs, accel.AttnSeq{K: kc.g, V: vc.g, Past: past[i], Rows: rows[i]})
+			cs = append(cs, accel.AttnSeq{K: kc.c, V: vc.c, Past: past[i], Rows: rows[i]})
+		}
+		b.gpu.Attention(out.g, q.g, k.g, v.g, gs, s)
+		b.cpu.Attention(out.c, q.c, k.c, v.c, cs, s)
+		b.close(out, 1e-5, "split attention "+typ.String())
+	}
+}
+
 func openEngine(t *testing.T, path string, be accel.Backend) *engine.Engine {
 	t.Helper()
 	f, err := model.Open(path)

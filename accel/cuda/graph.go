@@ -16,11 +16,12 @@ import (
 
 // call is one queued kernel launch.
 type call struct {
-	name            string
-	fn              uintptr
-	gx, gy, threads uint32
-	shared          uint32
-	args            [16]uint64
+	name       string
+	fn         uintptr
+	gx, gy, gz uint32
+	threads    uint32
+	shared     uint32
+	args       [16]uint64
 }
 
 // graph is an instantiated capture of a queue.
@@ -59,7 +60,7 @@ func (b *Backend) flush() {
 // launchNow launches c on stream.
 func (b *Backend) launchNow(c *call, stream uintptr) int32 {
 	b.args.vals = c.args
-	return b.drv.cuLaunchKernel(c.fn, c.gx, c.gy, 1, c.threads, 1, 1, c.shared, stream, unsafe.Pointer(&b.args.ptrs[0]), 0)
+	return b.drv.cuLaunchKernel(c.fn, c.gx, c.gy, c.gz, c.threads, 1, 1, c.shared, stream, unsafe.Pointer(&b.args.ptrs[0]), 0)
 }
 
 // graphFor returns the graph of queue q: a cached one, or a new capture

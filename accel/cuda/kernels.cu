@@ -300,11 +300,12 @@ __device__ __forceinline__ float dot8(const float* w, const float* x) {
 
 #define MAXR 8
 
-// matvec: dst[r*nrows + i] = W[i]·x[r] for r < R ≤ MAXR. wpr warps (1, 2,
+// matvec: dst[r*nrows + i] = W[i]·x[r] for r < R ≤ RMAX (1 for decode,
+// whose registers then hold one accumulator, else MAXR). wpr warps (1, 2,
 // 4 or 8, all in one block of 8 warps) share a weight row, their lanes on
 // alternate units, so that the row is read once for all R activation rows
 // and a matrix of few rows still keeps every multiprocessor busy.
-template <int T>
+template <int T, int RMAX>
 __device__ void matvec(float* __restrict__ dst, const u8* __restrict__ W, const float* __restrict__ x, int nrows,
                        int ncols, long long rowBytes, int R, int wpr) {
 	__shared__ float part[8][MAXR];
@@ -313,9 +314,9 @@ __device__ void matvec(float* __restrict__ dst, const u8* __restrict__ W, const 
 	int i = g / wpr, k = g % wpr, stride = 32 * wpr;
 	bool valid = i < nrows;
 	const u8* row = W + (long long)(valid ? i : 0) * rowBytes;
-	float acc[MAXR];
+	float acc[RMAX];
 #pragma unroll
-	for (int r = 0; r < MAXR; r++) acc[r] = 0;
+	for (int r = 0; r < RMAX; r++) acc[r] = 0;
 	int units = valid ? ncols / 16 : 0;
 #pragma unroll 2
 	for (int u = 32 * k + lane; u < units; u += stride) {
@@ -323,19 +324,19 @@ __device__ void matvec(float* __restrict__ dst, const u8* __restrict__ W, const 
 		int p0, p1;
 		unit<T>(row, ncols, u, w, &p0, &p1);
 #pragma unroll
-		for (int r = 0; r < MAXR; r++) {
+		for (int r = 0; r < RMAX; r++) {
 			if (r < R) acc[r] += dot8(w, x + (long long)r * ncols + p0) + dot8(w + 8, x + (long long)r * ncols + p1);
 		}
 	}
 	for (int j = 16 * units + 32 * k + lane; valid && j < ncols; j += stride) {
 		float w = elem<T>(row, j);
 #pragma unroll
-		for (int r = 0; r < MAXR; r++) {
+		for (int r = 0; r < RMAX; r++) {
 			if (r < R) acc[r] += w * x[(long long)r * ncols + j];
 		}
 	}
 #pragma unroll
-	for (int r = 0; r < MAXR; r++) {
+	for (int r = 0; r < RMAX; r++) {
 		float s = acc[r];
 		for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
 		if (lane == 0) part[warp][r] = s;
@@ -395,7 +396,10 @@ __device__ void embed(float* __restrict__ dst, const u8* __restrict__ W, const i
 #define WEIGHT_KERNELS(NAME, T)                                                                                  \
 	extern "C" __global__ void matvec_##NAME(float* dst, const u8* W, const float* x, int nrows, int ncols,      \
 	                                         long long rowBytes, int R, int wpr) {                               \
-		matvec<T>(dst, W, x, nrows, ncols, rowBytes, R, wpr);                                                    \
+		if (R == 1)                                                                                              \
+			matvec<T, 1>(dst, W, x, nrows, ncols, rowBytes, 1, wpr);                                             \
+		else                                                                                                     \
+			matvec<T, MAXR>(dst, W, x, nrows, ncols, rowBytes, R, wpr);                                          \
 	}                                                                                                            \
 	extern "C" __global__ void dequant_##NAME(float* dst, const u8* W, int nrows, int ncols, long long rowBytes) { \
 		dequant<T>(dst, W, nrows, ncols, rowBytes);                                                              \
@@ -639,6 +643,89 @@ extern "C" __global__ void attention(float* __restrict__ out, const float* __res
 		float acc = 0;
 		for (int g2 = 0; g2 < groups; g2++) acc += part[g2 * hd + d2];
 		o[d2] = acc;
+	}
+}
+
+// attn_split is attention for rows whose context is long but few
+// (decode; "flash-decoding"): block (h, i, c) covers cache rows
+// [c·chunk, (c+1)·chunk) of row i's past+i+1 and writes to part its
+// maximum score m, Σ e^(s-m) and the unnormalised Σ e^(s-m)·v, hd+2
+// floats; attn_combine merges the chunks. The grid covers the whole cache,
+// so that it does not change as the context grows (blocks past the end
+// leave an empty record).
+extern "C" __global__ void attn_split(float* __restrict__ part, const float* __restrict__ q, const void* __restrict__ kc,
+                                      const void* __restrict__ vc, int f16, const int* __restrict__ pasts, int si,
+                                      int rows, int nhead, int nheadkv, int hd, float scale, int chunk) {
+	extern __shared__ float sh[];
+	__shared__ float red[32];
+	int h = blockIdx.x, i = blockIdx.y, c = blockIdx.z, n = pasts[si] + i + 1;
+	int t0 = c * chunk, t1 = min(n, t0 + chunk);
+	float* rec = part + (((long long)h * rows + i) * gridDim.z + c) * (hd + 2);
+	if (t0 >= t1) {
+		for (int d = threadIdx.x; d < hd + 2; d += blockDim.x) rec[d] = d == 0 ? NEG_INF : 0.0f;
+		return;
+	}
+	int kvh = h / (nhead / nheadkv), kvDim = nheadkv * hd;
+	float* qs = sh;           // hd
+	float* sc = sh + hd;      // chunk
+	float* acc = sc + chunk;  // blockDim.x/hd groups × hd
+	const float* qr = q + ((long long)i * nhead + h) * hd;
+	for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
+	__syncthreads();
+	int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nwarps = blockDim.x / 32;
+	float m = NEG_INF;
+	for (int t = t0 + warp; t < t1; t += nwarps) {
+		long long base = (long long)t * kvDim + (long long)kvh * hd;
+		float s = 0;
+		for (int d = lane; d < hd; d += 32) s += qs[d] * cacheAt(kc, f16, base + d);
+		for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+		s *= scale;
+		if (lane == 0) sc[t - t0] = s;
+		m = fmaxf(m, s);
+	}
+	m = blockMax(m, red);
+	float sum = 0;
+	for (int t = t0 + threadIdx.x; t < t1; t += blockDim.x) {
+		float e = expf(sc[t - t0] - m);
+		sc[t - t0] = e;
+		sum += e;
+	}
+	sum = blockSum(sum, red);
+	__syncthreads();
+	int groups = blockDim.x / hd;
+	int g = threadIdx.x / hd, d = threadIdx.x % hd;
+	if (g < groups) {
+		float a = 0;
+		for (int t = t0 + g; t < t1; t += groups) a += sc[t - t0] * cacheAt(vc, f16, (long long)t * kvDim + (long long)kvh * hd + d);
+		acc[g * hd + d] = a;
+	}
+	__syncthreads();
+	for (int d2 = threadIdx.x; d2 < hd; d2 += blockDim.x) {
+		float a = 0;
+		for (int g2 = 0; g2 < groups; g2++) a += acc[g2 * hd + d2];
+		rec[2 + d2] = a;
+	}
+	if (threadIdx.x == 0) {
+		rec[0] = m;
+		rec[1] = sum;
+	}
+}
+
+// attn_combine merges attn_split's nchunks records of row i, head h
+// (block (h, i)) into the output.
+extern "C" __global__ void attn_combine(float* __restrict__ out, const float* __restrict__ part, int rows, int nhead,
+                                        int hd, int nchunks) {
+	int h = blockIdx.x, i = blockIdx.y;
+	const float* recs = part + ((long long)h * rows + i) * nchunks * (hd + 2);
+	float M = NEG_INF;
+	for (int c = 0; c < nchunks; c++) M = fmaxf(M, recs[c * (hd + 2)]);
+	float L = 0;
+	for (int c = 0; c < nchunks; c++) L += recs[c * (hd + 2) + 1] * expf(recs[c * (hd + 2)] - M);
+	float* o = out + ((long long)i * nhead + h) * hd;
+	for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+		float a = 0;
+		for (int c = 0; c < nchunks; c++) a += recs[c * (hd + 2) + 2 + d] * expf(recs[c * (hd + 2)] - M);
+		o[d] = a / L;
 	}
 }
 

@@ -46,10 +46,15 @@ type rounded struct {
 // launch queues kernel name on a grid of blocks of threads each. Queued
 // kernels run at the next flush, in order.
 func (b *Backend) launch(name string, grid [2]int, threads, shared int, args ...uint64) {
+	b.launch3(name, [3]int{grid[0], grid[1], 1}, threads, shared, args...)
+}
+
+// launch3 is launch on a three-dimensional grid.
+func (b *Backend) launch3(name string, grid [3]int, threads, shared int, args ...uint64) {
 	if !strings.HasPrefix(name, "matvec_") && !strings.HasPrefix(name, "actq") && !strings.HasPrefix(name, "dequant_") {
 		b.rounded = rounded{}
 	}
-	c := call{name: name, fn: b.fn[name], gx: uint32(max(grid[0], 1)), gy: uint32(max(grid[1], 1)),
+	c := call{name: name, fn: b.fn[name], gx: uint32(max(grid[0], 1)), gy: uint32(max(grid[1], 1)), gz: uint32(max(grid[2], 1)),
 		threads: uint32(threads), shared: uint32(shared)}
 	copy(c.args[:], args)
 	b.queue = append(b.queue, c)
@@ -266,6 +271,10 @@ func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s a
 		b.launch("store", blocks(n, 256), 256, 0, kb.ptr, i32(f16), pasts, i32(si), i32(kvDim), k.(*buffer).at(row*kvDim), uint64(n))
 		b.launch("store", blocks(n, 256), 256, 0, vb.ptr, i32(f16), pasts, i32(si), i32(kvDim), v.(*buffer).at(row*kvDim), uint64(n))
 
+		if b.attnSplit(out, q, kb, vb, f16, pasts, si, row, sq, s, threads) {
+			row += sq.Rows
+			continue
+		}
 		shared, ok := b.attnShared(s.HeadDim, threads, kb.n/kvDim, sq.Past+sq.Rows)
 		if !ok {
 			if b.err == nil {
@@ -299,6 +308,34 @@ func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s a
 		}
 		row += sq.Rows
 	}
+}
+
+// Flash-decoding: a few rows over a cache longer than splitChunk rows
+// attend in chunks of splitChunk, one block each, and a second kernel
+// merges the chunks; one block per head and row would leave most of a
+// large GPU idle while it walks the whole context.
+const (
+	splitChunk = 256
+	splitRows  = 4
+)
+
+// attnSplit queues the chunked attention of sequence si when it applies
+// (no observer wants probabilities or scores, which only the one-pass
+// kernel writes) and reports whether it did.
+func (b *Backend) attnSplit(out, q accel.Buffer, kb, vb *buffer, f16 int, pasts uint64, si, row int, sq accel.AttnSeq, s accel.AttnShape, threads int) bool {
+	kvDim, qDim := s.NHeadKV*s.HeadDim, s.NHead*s.HeadDim
+	capacity := kb.n / kvDim
+	if sq.Probs != nil || sq.Scores != nil || sq.Rows > splitRows || capacity <= splitChunk {
+		return false
+	}
+	chunks := (capacity + splitChunk - 1) / splitChunk
+	part := b.grow(&b.split, 4*s.NHead*sq.Rows*chunks*(s.HeadDim+2))
+	b.launch3("attn_split", [3]int{s.NHead, sq.Rows, chunks}, threads, 4*(s.HeadDim+splitChunk+threads),
+		part, q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, i32(f16), pasts, i32(si), i32(sq.Rows),
+		i32(s.NHead), i32(s.NHeadKV), i32(s.HeadDim), f32(s.Scale), i32(splitChunk))
+	b.launch("attn_combine", [2]int{s.NHead, sq.Rows}, 128, 0,
+		out.(*buffer).at(row*qDim), part, i32(sq.Rows), i32(s.NHead), i32(s.HeadDim), i32(chunks))
+	return true
 }
 
 // attnShared is the attention kernel's shared memory for a cache of

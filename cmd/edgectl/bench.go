@@ -25,11 +25,12 @@ import (
 // token), then r times; t/s is the mean over the repetitions of tokens /
 // seconds, ± their sample standard deviation.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench", "--model M [-p 512] [-n 128] [-t THREADS] [-r REPS] [--json]", stderr)
+	fs := newFlags("bench", "--model M [-p 512] [-n 128] [-d DEPTH] [-t THREADS] [-r REPS] [--backend B] [--json]", stderr)
 	path := fs.String("model", "", "GGUF model `file` (required)")
 	fs.StringVar(path, "m", "", "shorthand for --model")
 	p := fs.Int("p", 512, "prompt tokens processed in one batch (0: skip the pp test)")
 	n := fs.Int("n", 128, "tokens generated one at a time (0: skip the tg test)")
+	depth := fs.Int("d", 0, "tokens already in the context before each test, not timed (llama-bench's -d)")
 	threads := fs.Int("t", 0, "CPU threads (0: one per core)")
 	reps := fs.Int("r", 5, "repetitions of each test")
 	kvType := fs.String("kv-type", "f16", "KV cache storage: f16 or f32")
@@ -44,6 +45,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError(fs, "--model is required")
 	case *p < 0 || *n < 0 || *p == 0 && *n == 0:
 		return usageError(fs, "-p and -n must not be negative, and one must be positive")
+	case *depth < 0:
+		return usageError(fs, "-d must not be negative")
 	case *reps < 1:
 		return usageError(fs, "-r must be at least 1")
 	}
@@ -67,7 +70,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer be.Close()
-	e, err := engine.New(m, be, engine.Options{Context: max(*p+*n, 1), BatchSize: max(*p, 1), Cache: cache})
+	e, err := engine.New(m, be, engine.Options{Context: max(*depth+max(*p, *n), 1), BatchSize: max(*p, 1), Cache: cache})
 	if err != nil {
 		return fmt.Errorf("%s: %w", *path, err)
 	}
@@ -77,7 +80,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	b.logits = make([]float32, b.nVocab)
 	res := benchResult{
 		Model: *path, Desc: modelDesc(file, m), Backend: label(be), Device: be.Name(), Threads: threadsOf(be),
-		P: *p, N: *n, Reps: *reps, LoadMS: float64(loadTime.Microseconds()) / 1000,
+		P: *p, N: *n, Depth: *depth, Reps: *reps, LoadMS: float64(loadTime.Microseconds()) / 1000,
 	}
 	for i := range file.Tensors {
 		res.Size += file.Tensors[i].Size
@@ -85,22 +88,22 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	var rows []benchRow
 	if *p > 0 {
-		tps, err := b.repeat(*reps, *p, func() error { return b.prompt(*p) }, func() error { return b.prompt(*p) })
+		tps, err := b.repeat(*reps, *p, func() (time.Duration, error) { return b.prompt(*depth, *p) }, func() (time.Duration, error) { return b.prompt(*depth, *p) })
 		if err != nil {
 			return err
 		}
 		mean, sd := meanStd(tps)
 		res.PP, res.PPStd = &mean, &sd
-		rows = append(rows, benchRow{fmt.Sprintf("pp%d", *p), mean, sd})
+		rows = append(rows, benchRow{testName("pp", *p, *depth), mean, sd})
 	}
 	if *n > 0 {
-		tps, err := b.repeat(*reps, *n, func() error { return b.generate(1) }, func() error { return b.generate(*n) })
+		tps, err := b.repeat(*reps, *n, func() (time.Duration, error) { return b.generate(*depth, 1) }, func() (time.Duration, error) { return b.generate(*depth, *n) })
 		if err != nil {
 			return err
 		}
 		mean, sd := meanStd(tps)
 		res.TG, res.TGStd = &mean, &sd
-		rows = append(rows, benchRow{fmt.Sprintf("tg%d", *n), mean, sd})
+		rows = append(rows, benchRow{testName("tg", *n, *depth), mean, sd})
 	}
 	if err := res.bound(be); err != nil {
 		return err
@@ -140,6 +143,7 @@ type benchResult struct {
 	Device  string   `json:"device"`
 	Threads int      `json:"threads"`
 	P       int      `json:"p"`
+	Depth   int      `json:"depth,omitempty"`
 	N       int      `json:"n"`
 	Reps    int      `json:"reps"`
 	LoadMS  float64  `json:"load_ms"`
@@ -179,9 +183,9 @@ func (b *bencher) token(i int) int32 {
 }
 
 // repeat runs warm once, then run reps times, and returns tokens per
-// second of each run.
-func (b *bencher) repeat(reps, tokens int, warm, run func() error) ([]float64, error) {
-	if err := warm(); err != nil {
+// second of each run (run returns the time of its timed part).
+func (b *bencher) repeat(reps, tokens int, warm, run func() (time.Duration, error)) ([]float64, error) {
+	if _, err := warm(); err != nil {
 		return nil, err
 	}
 	tps := make([]float64, 0, reps)
@@ -189,45 +193,78 @@ func (b *bencher) repeat(reps, tokens int, warm, run func() error) ([]float64, e
 		if err := b.ctx.Err(); err != nil {
 			return nil, err
 		}
-		start := time.Now()
-		if err := run(); err != nil {
+		d, err := run()
+		if err != nil {
 			return nil, err
 		}
-		tps = append(tps, float64(tokens)/time.Since(start).Seconds())
+		tps = append(tps, float64(tokens)/d.Seconds())
 	}
 	return tps, nil
 }
 
-// prompt processes p tokens in one Step of a fresh sequence. The sequence
-// is made and freed outside the Step, as llama-bench clears its cache
-// outside the timed region; both are cheap next to the Step.
-func (b *bencher) prompt(p int) error {
+// testName is llama-bench's name of a test: pp512, or tg128 @ d4096.
+func testName(kind string, tokens, depth int) string {
+	if depth > 0 {
+		return fmt.Sprintf("%s%d @ d%d", kind, tokens, depth)
+	}
+	return fmt.Sprintf("%s%d", kind, tokens)
+}
+
+// fresh returns a new sequence holding depth random tokens (one Step, not
+// timed).
+func (b *bencher) fresh(depth int) (*engine.Sequence, error) {
 	seq, err := b.e.NewSequence(nil)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	if depth == 0 {
+		return seq, nil
+	}
+	b.batch = b.batch[:0]
+	for i := range depth {
+		b.batch = append(b.batch, engine.Entry{Seq: seq, Token: b.token(i), Pos: int32(i), Logits: i == depth-1})
+	}
+	if err := b.e.Step(b.batch, b.logits); err != nil {
+		seq.Free()
+		return nil, err
+	}
+	return seq, nil
+}
+
+// prompt processes p tokens in one Step of a fresh sequence after depth
+// tokens. Only the Step is timed, as llama-bench clears its cache outside
+// the timed region.
+func (b *bencher) prompt(depth, p int) (time.Duration, error) {
+	seq, err := b.fresh(depth)
+	if err != nil {
+		return 0, err
 	}
 	defer seq.Free()
 	b.batch = b.batch[:0]
-	for i := range p {
-		b.batch = append(b.batch, engine.Entry{Seq: seq, Token: b.token(i), Pos: int32(i), Logits: i == p-1})
+	for i := depth; i < depth+p; i++ {
+		b.batch = append(b.batch, engine.Entry{Seq: seq, Token: b.token(i), Pos: int32(i), Logits: i == depth+p-1})
 	}
-	return b.e.Step(b.batch, b.logits)
+	start := time.Now()
+	err = b.e.Step(b.batch, b.logits)
+	return time.Since(start), err
 }
 
-// generate decodes n tokens one Step at a time in a fresh sequence.
-func (b *bencher) generate(n int) error {
-	seq, err := b.e.NewSequence(nil)
+// generate decodes n tokens one Step at a time in a fresh sequence after
+// depth tokens.
+func (b *bencher) generate(depth, n int) (time.Duration, error) {
+	seq, err := b.fresh(depth)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer seq.Free()
-	for i := range n {
+	start := time.Now()
+	for i := depth; i < depth+n; i++ {
 		entry := [1]engine.Entry{{Seq: seq, Token: b.token(i), Pos: int32(i), Logits: true}}
 		if err := b.e.Step(entry[:], b.logits); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return time.Since(start), nil
 }
 
 // firstToken is the BOS id when the file says it is added (SPM adds it

@@ -64,6 +64,11 @@ func TestBenchTable(t *testing.T) {
 	assert.Regexp(t, `^\| llama .* Q4_0 +\| .* MiB \| .* M \| CPU +\| +2 \| +pp8 \| +[0-9.]+ ± [0-9.]+ \|$`, lines[2])
 	assert.Regexp(t, `\| +tg2 \| +[0-9.]+ ± [0-9.]+ \|$`, lines[3])
 	assert.Regexp(t, `^load: [0-9]+ ms$`, lines[len(lines)-1])
+
+	// -d puts tokens in the context first, as llama-bench's -d does.
+	out = mustEdgectl(t, "bench", "-m", path, "-p", "4", "-n", "2", "-d", "8", "-r", "1", "-t", "1")
+	assert.Regexp(t, `\| +pp4 @ d8 \| +[0-9.]+ ± [0-9.]+ \|`, out)
+	assert.Regexp(t, `\| +tg2 @ d8 \| +[0-9.]+ ± [0-9.]+ \|`, out)
 }
 
 func TestBenchUsage(t *testing.T) {
@@ -73,6 +78,8 @@ func TestBenchUsage(t *testing.T) {
 	assert.Equal(t, 2, code, "nothing to run")
 	code, _, _ = edgectl(t, "bench", "--model", "x.gguf", "-r", "0")
 	assert.Equal(t, 2, code, "no repetitions")
+	code, _, _ = edgectl(t, "bench", "--model", "x.gguf", "-d", "-1")
+	assert.Equal(t, 2, code, "negative depth")
 	code, _, errOut := edgectl(t, "bench", "--model", filepath.Join(t.TempDir(), "missing.gguf"))
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errOut, "missing.gguf")

@@ -28,13 +28,24 @@ status=$?
 grep -E "^(=== RUN|--- (PASS|FAIL|SKIP)|PASS|FAIL)|rel L2|Error|cuda:|greedy" "$out/correctness.log" | grep -v "=== RUN" | tail -80
 echo "correctness: exit $status"
 
+# Backend choice: with no --backend, edgectl must pick the GPU, and the
+# greedy text of aidreams260K must be the CPU's.
+aid="$dir/fixtures/llama2c/aidreams260K.llamacpp.gguf"
+picked=$("$bin/edgectl" bench -m "$aid" -p 16 -n 16 -r 1 --json 2>&1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["device"])' 2>&1)
+gpu_text=$("$bin/edgectl" run -m "$aid" -p "Once upon a time" -n 96 --temp 0 --json 2>&1)
+cpu_text=$("$bin/edgectl" run --backend cpu -m "$aid" -p "Once upon a time" -n 96 --temp 0 --json 2>&1)
+same=no
+[ "$gpu_text" = "$cpu_text" ] && same=yes
+echo "auto backend: $picked; aidreams greedy text same as the CPU's: $same"
+[ "$same" = yes ] || status=1
+
 # 2. Speed: edgectl bench on synthetic files in the real shapes, then the
 # 1.1B model without CUDA graphs, and a per-kernel profile of it.
 printf '| shape | type | MiB | pp512 t/s | tg128 t/s | copy GB/s | tg × size / bandwidth |\n| --- | --- | --- | --- | --- | --- | --- |\n' >"$out/table.md"
-bench() { # label model [env...]
-	local label=$1 m=$2 json
-	shift 2
-	json=$(env "$@" timeout 120 "$bin/edgectl" bench --backend cuda -m "$m" -p 512 -n 128 -r 3 --json 2>>"$out/bench.err")
+bench() { # label model "bench flags" [env...]
+	local label=$1 m=$2 flags=$3 json
+	shift 3
+	json=$(env "$@" timeout 120 "$bin/edgectl" bench --backend cuda -m "$m" $flags -r 3 --json 2>>"$out/bench.err")
 	echo "$json" >>"$out/bench.jsonl"
 	python3 - "$label" "$json" >>"$out/table.md" <<'PY'
 import json, sys
@@ -50,11 +61,12 @@ for shape in smollm2-135m qwen2.5-0.5b tinyllama-1.1b; do
 	for type in q4_0 q8_0; do
 		m=/tmp/gpucheck/models/$shape-$type.gguf
 		[ -f "$m" ] || "$bin/edgectl" synth --shape "$shape" --type "$type" --out "$m" >/dev/null || continue
-		bench "$shape | $type" "$m"
+		bench "$shape | $type" "$m" "-p 512 -n 128"
 	done
 done
 m=/tmp/gpucheck/models/tinyllama-1.1b-q4_0.gguf
-bench "tinyllama-1.1b | q4_0, graphs off" "$m" EDGED_CUDA_GRAPHS=0
+bench "tinyllama-1.1b | q4_0, graphs off" "$m" "-p 512 -n 128" EDGED_CUDA_GRAPHS=0
+bench "tinyllama-1.1b | q4_0 @ d1536" "$m" "-p 512 -n 128 -d 1536"
 EDGED_CUDA_PROFILE=1 timeout 120 "$bin/edgectl" bench --backend cuda -m "$m" -p 512 -n 32 -r 1 >"$out/profile.txt" 2>&1
 tail -5 "$out/bench.err" 2>/dev/null
 
@@ -69,5 +81,6 @@ cat "$out/table.md"
 echo
 cat "$out/peer.md" 2>/dev/null
 head -30 "$out/profile.txt"
+echo "auto backend: $picked; aidreams greedy text same as the CPU's: $same"
 echo "correctness: exit $status (log: $out/correctness.log)"
 exit $status
