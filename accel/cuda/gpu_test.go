@@ -317,9 +317,11 @@ func TestGPUFixtureLogits(t *testing.T) {
 		require.NoError(t, json.Unmarshal(raw, &gold))
 		t.Run(gold.Model, func(t *testing.T) {
 			float := strings.Contains(gold.Model, "-f16") || strings.Contains(gold.Model, "-f32")
-			vsCPU, vsGEMM, vsRef := 2e-2, 3e-2, 3e-2
+			// Two implementations each within the reference's tolerance
+			// can disagree on more near-ties with each other than with it.
+			vsCPU, vsGEMM, vsRef, minTop1 := 2e-2, 3e-2, 3e-2, 0.85
 			if float {
-				vsCPU, vsGEMM, vsRef = 2e-3, 2e-3, 2e-3
+				vsCPU, vsGEMM, vsRef, minTop1 = 2e-3, 2e-3, 2e-3, 0.95
 			}
 			eg := openEngine(t, filepath.Join(dir, gold.Model), g)
 			ec := openEngine(t, filepath.Join(dir, gold.Model), c)
@@ -346,7 +348,7 @@ func TestGPUFixtureLogits(t *testing.T) {
 				l2, top1 := fixture.RelL2(got, want), fixture.Top1(got, want, gold.NVocab)
 				t.Logf("GPU-CPU %s %s: rel L2 %.2e top-1 %.3f", gold.Model, run.name, l2, top1)
 				assert.LessOrEqual(t, l2, run.tol, run.name)
-				assert.GreaterOrEqual(t, top1, 0.9, run.name)
+				assert.GreaterOrEqual(t, top1, minTop1, run.name)
 				if run.name != "prompt" {
 					continue
 				}
