@@ -126,6 +126,7 @@ type blasAPI struct {
 	cublasGetVersion  func(h uintptr, v *int32) int32
 	cublasSetMathMode func(h uintptr, mode int32) int32
 	cublasSgemm       func(h uintptr, ta, tb, m, n, k int32, alpha *float32, a uint64, lda int32, b uint64, ldb int32, beta *float32, c uint64, ldc int32) int32
+	cublasGemmEx      func(h uintptr, ta, tb, m, n, k int32, alpha *float32, a uint64, atype, lda int32, b uint64, btype, ldb int32, beta *float32, c uint64, ctype, ldc int32, compute, algo int32) int32
 }
 
 func (b *blasAPI) symbols() []binding {
@@ -135,6 +136,7 @@ func (b *blasAPI) symbols() []binding {
 		{&b.cublasGetVersion, "cublasGetVersion_v2"},
 		{&b.cublasSetMathMode, "cublasSetMathMode"},
 		{&b.cublasSgemm, "cublasSgemm_v2"},
+		{&b.cublasGemmEx, "cublasGemmEx"},
 	}
 }
 

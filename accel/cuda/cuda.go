@@ -40,7 +40,7 @@ type Info struct {
 	NVRTC         string
 	CUBLAS        string
 	KernelCache   string // the compiled kernels' file, or why it was not written
-	GEMM          string // prefill's GEMM precision: tf32 or fp32
+	GEMM          string // prefill's GEMM precision: f16, tf32 or fp32
 }
 
 // Graphs says whether repeated launch sequences replay as CUDA graphs.
@@ -86,11 +86,11 @@ type Backend struct {
 	// Scratch memory, grown on demand: activations rounded to the 8-bit
 	// grid, a dequantized weight for prefill's GEMM, attention
 	// probabilities and scores handed to observers.
-	act, deq, obs, split devMem
-	ids, pos, idx, past  upload
-	pastHost             []int32
-	rounded              rounded             // what act holds
-	freqs                map[*float64]uint64 // RoPE frequency tables on the device
+	act, acth, deq, obs, split devMem
+	ids, pos, idx, past        upload
+	pastHost                   []int32
+	rounded                    rounded             // what act holds
+	freqs                      map[*float64]uint64 // RoPE frequency tables on the device
 
 	one, zero float32 // cuBLAS's alpha and beta, in host memory
 }
@@ -263,13 +263,19 @@ const (
 	blasTF32TensorOpMath = 3
 )
 
-// gemmMode is prefill's GEMM precision: EDGED_CUDA_GEMM=fp32 for exact
-// float32 products, else TF32.
-func gemmMode() (int32, string) {
-	if os.Getenv("EDGED_CUDA_GEMM") == "fp32" {
-		return blasDefaultMath, "fp32"
+// gemmMode is prefill's GEMM precision, EDGED_CUDA_GEMM: "f16" (weights
+// and activations in f16 on tensor cores, float32 sums), "tf32" (float32
+// inputs rounded to TF32 on tensor cores) or "fp32" (exact float32
+// products). The default is tf32.
+func gemmMode() (string, error) {
+	switch m := os.Getenv("EDGED_CUDA_GEMM"); m {
+	case "":
+		return "tf32", nil
+	case "f16", "tf32", "fp32":
+		return m, nil
+	default:
+		return "", fmt.Errorf("cuda: EDGED_CUDA_GEMM=%q: want f16, tf32 or fp32", m)
 	}
-	return blasTF32TensorOpMath, "tf32"
 }
 
 func (b *Backend) initBLAS() error {
@@ -280,8 +286,16 @@ func (b *Backend) initBLAS() error {
 	if code := b.blas.cublasGetVersion(b.handle, &v); code == 0 {
 		b.info.CUBLAS += fmt.Sprintf(" %d.%d.%d", v/10000, v%10000/100, v%100)
 	}
-	mode, name := gemmMode()
+	name, err := gemmMode()
+	if err != nil {
+		b.blas.cublasDestroy(b.handle)
+		return err
+	}
 	b.info.GEMM = name
+	mode := int32(blasTF32TensorOpMath)
+	if name == "fp32" {
+		mode = blasDefaultMath
+	}
 	if code := b.blas.cublasSetMathMode(b.handle, mode); code != 0 {
 		b.blas.cublasDestroy(b.handle)
 		return &Error{Op: "cublasSetMathMode", Code: int(code), Msg: blasStatus(code)}
@@ -309,7 +323,7 @@ func (b *Backend) Close() error {
 	var errs []error
 	errs = append(errs, b.check("cuCtxSynchronize", b.drv.cuCtxSynchronize()))
 	b.releaseGraphs()
-	for _, m := range []*devMem{&b.act, &b.deq, &b.obs, &b.split, &b.ids.mem, &b.pos.mem, &b.idx.mem, &b.past.mem} {
+	for _, m := range []*devMem{&b.act, &b.acth, &b.deq, &b.obs, &b.split, &b.ids.mem, &b.pos.mem, &b.idx.mem, &b.past.mem} {
 		b.release(m)
 	}
 	for _, p := range b.freqs {

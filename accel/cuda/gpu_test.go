@@ -220,17 +220,19 @@ func TestGPUAttention(t *testing.T) {
 	}
 }
 
-// Decode rows over a long cache take the chunked (flash-decoding) kernels;
-// a short context in a long cache leaves most chunks empty.
-func TestGPUAttentionSplit(t *testing.T) {
+// Without observers, decode rows over a long cache take the chunked
+// (flash-decoding) kernels, where a short context in a long cache leaves
+// most chunks empty, and many rows take the tiled kernel (a partial last
+// tile of rows, keys past a row's end masked).
+func TestGPUAttentionNoObserver(t *testing.T) {
 	b := newBoth(t)
 	rng := rand.New(rand.NewPCG(9, 10))
 	s := accel.AttnShape{NHead: 8, NHeadKV: 2, HeadDim: 64, Scale: 0.125}
 	kvDim, qDim := s.NHeadKV*s.HeadDim, s.NHead*s.HeadDim
 	const capacity = 1100
 	for _, typ := range []quant.Type{quant.F32, quant.F16} {
-		past, rows := []int{700, 3}, []int{1, 2}
-		total := rows[0] + rows[1]
+		past, rows := []int{700, 3, 0, 300}, []int{1, 2, 37, 20}
+		total := rows[0] + rows[1] + rows[2] + rows[3]
 		q, k, v := b.buf(randVals(rng, total*qDim, 1)), b.buf(randVals(rng, total*kvDim, 1)), b.buf(randVals(rng, total*kvDim, 1))
 		out := b.buf(make([]float32, total*qDim))
 		var gs, cs []accel.AttnSeq
@@ -248,7 +250,7 @@ func TestGPUAttentionSplit(t *testing.T) {
 		}
 		b.gpu.Attention(out.g, q.g, k.g, v.g, gs, s)
 		b.cpu.Attention(out.c, q.c, k.c, v.c, cs, s)
-		b.close(out, 1e-5, "split attention "+typ.String())
+		b.close(out, 1e-5, "attention without observers "+typ.String())
 	}
 }
 

@@ -348,27 +348,36 @@ __device__ void matvec(float* __restrict__ dst, const u8* __restrict__ W, const 
 	dst[(long long)lane * nrows + i] = s;
 }
 
-// dequant writes rows of W as float32 (for prefill's GEMM); one thread
-// per unit.
+// put stores v at element i of a float32 array, or of an f16 one when half
+// is set.
+__device__ __forceinline__ void put(void* dst, int half, long long i, float v) {
+	if (half)
+		((u16*)dst)[i] = f2h(v);
+	else
+		((float*)dst)[i] = v;
+}
+
+// dequant writes rows of W as float32 or f16 (for prefill's GEMM); one
+// thread per unit.
 template <int T>
-__device__ void dequant(float* __restrict__ dst, const u8* __restrict__ W, int nrows, int ncols, long long rowBytes) {
+__device__ void dequant(void* __restrict__ dst, int half, const u8* __restrict__ W, int nrows, int ncols, long long rowBytes) {
 	int units = ncols / 16, tail = ncols - 16 * units;
 	long long full = (long long)nrows * units, total = full + (long long)nrows * tail;
 	for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < total; g += (long long)gridDim.x * blockDim.x) {
 		if (g >= full) {
 			int i = (int)((g - full) / tail), j = 16 * units + (int)((g - full) % tail);
-			dst[(long long)i * ncols + j] = elem<T>(W + (long long)i * rowBytes, j);
+			put(dst, half, (long long)i * ncols + j, elem<T>(W + (long long)i * rowBytes, j));
 			continue;
 		}
 		int i = (int)(g / units), u = (int)(g % units);
 		float w[16];
 		int p0, p1;
 		unit<T>(W + (long long)i * rowBytes, ncols, u, w, &p0, &p1);
-		float* out = dst + (long long)i * ncols;
+		long long base = (long long)i * ncols;
 #pragma unroll
 		for (int k = 0; k < 8; k++) {
-			out[p0 + k] = w[k];
-			out[p1 + k] = w[8 + k];
+			put(dst, half, base + p0 + k, w[k]);
+			put(dst, half, base + p1 + k, w[8 + k]);
 		}
 	}
 }
@@ -401,8 +410,9 @@ __device__ void embed(float* __restrict__ dst, const u8* __restrict__ W, const i
 		else                                                                                                     \
 			matvec<T, MAXR>(dst, W, x, nrows, ncols, rowBytes, R, wpr);                                          \
 	}                                                                                                            \
-	extern "C" __global__ void dequant_##NAME(float* dst, const u8* W, int nrows, int ncols, long long rowBytes) { \
-		dequant<T>(dst, W, nrows, ncols, rowBytes);                                                              \
+	extern "C" __global__ void dequant_##NAME(void* dst, int half, const u8* W, int nrows, int ncols,           \
+	                                          long long rowBytes) {                                              \
+		dequant<T>(dst, half, W, nrows, ncols, rowBytes);                                                        \
 	}                                                                                                            \
 	extern "C" __global__ void embed_##NAME(float* dst, const u8* W, const int* ids, int ncols, long long rowBytes) { \
 		embed<T>(dst, W, ids, ncols, rowBytes);                                                                  \
@@ -538,6 +548,12 @@ extern "C" __global__ void rope(float* __restrict__ x, int width, const int* __r
 	}
 }
 
+// tohalf converts n float32 values to f16 (prefill's GEMM input).
+extern "C" __global__ void tohalf(u16* __restrict__ dst, const float* __restrict__ src, long long n) {
+	for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+		dst[i] = f2h(src[i]);
+}
+
 // store writes n float32 values into a cache buffer (f16 or f32) after
 // its first pasts[si] rows of kvDim values. The row count is read on the
 // device, so that a decode step's launches do not change from one token
@@ -643,6 +659,81 @@ extern "C" __global__ void attention(float* __restrict__ out, const float* __res
 		float acc = 0;
 		for (int g2 = 0; g2 < groups; g2++) acc += part[g2 * hd + d2];
 		o[d2] = acc;
+	}
+}
+
+// attn_tiled is attention for many rows (prefill): block (h, y) takes
+// query rows 16y..16y+15 of head h, 2 per warp, and walks the cache in
+// tiles of 32 keys loaded once into shared memory for all 16 rows, with a
+// running maximum and sum per row (online softmax, as FlashAttention).
+// Lane j scores key j of a tile; each lane accumulates hd/32 output
+// dimensions. Needs hd a multiple of 32, at most 128, and 256 threads.
+#define QT 16
+#define KT 32
+extern "C" __global__ void attn_tiled(float* __restrict__ out, const float* __restrict__ q, const void* __restrict__ kc,
+                                      const void* __restrict__ vc, int f16, const int* __restrict__ pasts, int si,
+                                      int rows, int nhead, int nheadkv, int hd, float scale) {
+	extern __shared__ float sh[];
+	float* qs = sh;                 // QT × hd
+	float* ks = qs + QT * hd;       // KT × (hd+1): a lane's key row, conflict-free
+	float* vs = ks + KT * (hd + 1); // KT × hd
+	int past = pasts[si];
+	int h = blockIdx.x, r0 = blockIdx.y * QT;
+	int kvh = h / (nhead / nheadkv), kvDim = nheadkv * hd;
+	int warp = threadIdx.x / 32, lane = threadIdx.x & 31, dims = hd / 32;
+	for (int e = threadIdx.x; e < QT * hd; e += blockDim.x) {
+		int r = r0 + e / hd;
+		qs[e] = r < rows ? q[((long long)r * nhead + h) * hd + e % hd] : 0.0f;
+	}
+	float m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0}, acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+	int last = past + min(r0 + QT, rows); // keys the tile's last row sees
+	for (int t0 = 0; t0 < last; t0 += KT) {
+		__syncthreads();
+		for (int e = threadIdx.x; e < KT * hd; e += blockDim.x) {
+			int j = e / hd, d = e % hd, t = t0 + j;
+			float kv = 0, vv = 0;
+			if (t < last) {
+				long long idx = (long long)t * kvDim + (long long)kvh * hd + d;
+				kv = cacheAt(kc, f16, idx);
+				vv = cacheAt(vc, f16, idx);
+			}
+			ks[j * (hd + 1) + d] = kv;
+			vs[j * hd + d] = vv;
+		}
+		__syncthreads();
+		for (int k = 0; k < 2; k++) {
+			int qi = 2 * warp + k, i = r0 + qi, n = past + i + 1;
+			if (i >= rows || t0 >= n) continue;
+			int t = t0 + lane;
+			float s = NEG_INF;
+			if (t < n) {
+				float a = 0;
+				for (int d = 0; d < hd; d++) a += qs[qi * hd + d] * ks[lane * (hd + 1) + d];
+				s = a * scale;
+			}
+			float tmax = s;
+			for (int o = 16; o > 0; o >>= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffff, tmax, o));
+			float mnew = fmaxf(m[k], tmax);
+			float p = t < n ? expf(s - mnew) : 0.0f;
+			float corr = expf(m[k] - mnew);
+			float psum = p;
+			for (int o = 16; o > 0; o >>= 1) psum += __shfl_xor_sync(0xffffffff, psum, o);
+			l[k] = l[k] * corr + psum;
+#pragma unroll
+			for (int c = 0; c < 4; c++) {
+				if (c >= dims) break;
+				float a = acc[k][c] * corr;
+				for (int j = 0; j < KT; j++) a += __shfl_sync(0xffffffff, p, j) * vs[j * hd + lane + 32 * c];
+				acc[k][c] = a;
+			}
+			m[k] = mnew;
+		}
+	}
+	for (int k = 0; k < 2; k++) {
+		int i = r0 + 2 * warp + k;
+		if (i >= rows) continue;
+		float* o = out + ((long long)i * nhead + h) * hd;
+		for (int c = 0; c < dims; c++) o[lane + 32 * c] = acc[k][c] / l[k];
 	}
 }
 

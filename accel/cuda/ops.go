@@ -51,7 +51,7 @@ func (b *Backend) launch(name string, grid [2]int, threads, shared int, args ...
 
 // launch3 is launch on a three-dimensional grid.
 func (b *Backend) launch3(name string, grid [3]int, threads, shared int, args ...uint64) {
-	if !strings.HasPrefix(name, "matvec_") && !strings.HasPrefix(name, "actq") && !strings.HasPrefix(name, "dequant_") {
+	if !strings.HasPrefix(name, "matvec_") && !strings.HasPrefix(name, "actq") && !strings.HasPrefix(name, "dequant_") && name != "tohalf" {
 		b.rounded = rounded{}
 	}
 	c := call{name: name, fn: b.fn[name], gx: uint32(max(grid[0], 1)), gy: uint32(max(grid[1], 1)), gz: uint32(max(grid[2], 1)),
@@ -140,27 +140,52 @@ const (
 	blasOpT = 1
 )
 
-// gemm computes dst = x·Wᵀ with cuBLAS on the weight dequantized to
-// float32. In cuBLAS's column-major terms the row-major dst (rows × R) is
-// Wᵀᵀ·xᵀ: A is the dequantized W seen as a cols × R matrix, transposed.
+// cuBLAS data and compute types, and its default algorithm choice.
+const (
+	cudaR32F      = 0
+	cudaR16F      = 2
+	blasCompute32 = 68
+	blasGemmAuto  = -1
+)
+
+// gemm computes dst = x·Wᵀ with cuBLAS on the weight dequantized to float32
+// (or f16 with the activations, see gemmMode). In cuBLAS's column-major
+// terms the row-major dst (rows × R) is Wᵀᵀ·xᵀ: A is the dequantized W seen
+// as a cols × R matrix, transposed.
 func (b *Backend) gemm(dst uint64, w *weight, act uint64, rows int) {
+	half := b.info.GEMM == "f16"
 	a := w.ptr
-	if w.kernel != "f32" {
-		a = b.grow(&b.deq, 4*w.rows*w.cols)
+	if w.kernel != "f32" || half {
+		size, flag := 4, 0
+		if half {
+			size, flag = 2, 1
+		}
+		a = b.grow(&b.deq, size*w.rows*w.cols)
 		units := w.rows * w.cols / 16
-		b.launch("dequant_"+w.kernel, blocks(units, 256), 256, 0, a, w.ptr, i32(w.rows), i32(w.cols), uint64(w.rowBytes))
+		b.launch("dequant_"+w.kernel, blocks(units, 256), 256, 0, a, i32(flag), w.ptr, i32(w.rows), i32(w.cols), uint64(w.rowBytes))
 	}
-	if a == 0 || b.err != nil {
+	if half {
+		x := b.grow(&b.acth, 2*rows*w.cols)
+		b.launch("tohalf", blocks(rows*w.cols, 256), 256, 0, x, act, uint64(rows*w.cols))
+		act = x
+	}
+	if a == 0 || act == 0 || b.err != nil {
 		return
 	}
 	// cuBLAS queues on the stream now: the kernels queued here (rounding,
 	// dequantizing) must go first.
 	b.flush()
-	defer b.profile.time("cublasSgemm", b)
-	code := b.blas.cublasSgemm(b.handle, blasOpT, blasOpN, int32(w.rows), int32(rows), int32(w.cols),
-		&b.one, a, int32(w.cols), act, int32(w.cols), &b.zero, dst, int32(w.rows))
+	defer b.profile.time("cublas", b)
+	var code int32
+	if half {
+		code = b.blas.cublasGemmEx(b.handle, blasOpT, blasOpN, int32(w.rows), int32(rows), int32(w.cols),
+			&b.one, a, cudaR16F, int32(w.cols), act, cudaR16F, int32(w.cols), &b.zero, dst, cudaR32F, int32(w.rows), blasCompute32, blasGemmAuto)
+	} else {
+		code = b.blas.cublasSgemm(b.handle, blasOpT, blasOpN, int32(w.rows), int32(rows), int32(w.cols),
+			&b.one, a, int32(w.cols), act, int32(w.cols), &b.zero, dst, int32(w.rows))
+	}
 	if code != 0 && b.err == nil {
-		b.err = &Error{Op: "cublasSgemm", Code: int(code), Msg: blasStatus(code)}
+		b.err = &Error{Op: "cuBLAS GEMM", Code: int(code), Msg: blasStatus(code)}
 	}
 }
 
@@ -271,7 +296,7 @@ func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s a
 		b.launch("store", blocks(n, 256), 256, 0, kb.ptr, i32(f16), pasts, i32(si), i32(kvDim), k.(*buffer).at(row*kvDim), uint64(n))
 		b.launch("store", blocks(n, 256), 256, 0, vb.ptr, i32(f16), pasts, i32(si), i32(kvDim), v.(*buffer).at(row*kvDim), uint64(n))
 
-		if b.attnSplit(out, q, kb, vb, f16, pasts, si, row, sq, s, threads) {
+		if b.attnSplit(out, q, kb, vb, f16, pasts, si, row, sq, s, threads) || b.attnTiled(out, q, kb, vb, f16, pasts, si, row, sq, s) {
 			row += sq.Rows
 			continue
 		}
@@ -335,6 +360,21 @@ func (b *Backend) attnSplit(out, q accel.Buffer, kb, vb *buffer, f16 int, pasts 
 		i32(s.NHead), i32(s.NHeadKV), i32(s.HeadDim), f32(s.Scale), i32(splitChunk))
 	b.launch("attn_combine", [2]int{s.NHead, sq.Rows}, 128, 0,
 		out.(*buffer).at(row*qDim), part, i32(sq.Rows), i32(s.NHead), i32(s.HeadDim), i32(chunks))
+	return true
+}
+
+// attnTiled queues the tiled attention (attn_tiled) of sequence si when it
+// applies: no observer, and heads of 32, 64, 96 or 128 dimensions.
+func (b *Backend) attnTiled(out, q accel.Buffer, kb, vb *buffer, f16 int, pasts uint64, si, row int, sq accel.AttnSeq, s accel.AttnShape) bool {
+	hd := s.HeadDim
+	if sq.Probs != nil || sq.Scores != nil || hd%32 != 0 || hd > 128 {
+		return false
+	}
+	const qt, kt = 16, 32 // QT and KT in kernels.cu
+	qDim := s.NHead * hd
+	b.launch("attn_tiled", [2]int{s.NHead, (sq.Rows + qt - 1) / qt}, 256, 4*(qt*hd+kt*(hd+1)+kt*hd),
+		out.(*buffer).at(row*qDim), q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, i32(f16), pasts, i32(si), i32(sq.Rows),
+		i32(s.NHead), i32(s.NHeadKV), i32(hd), f32(s.Scale))
 	return true
 }
 
