@@ -124,7 +124,7 @@ func TestGPUMatMul(t *testing.T) {
 				b.cpu.MatMul(out.c, wc, x.c, n)
 				tol := 1e-5
 				if n > 32 {
-					tol = 2e-3 // TF32 GEMM
+					tol = 2e-3 // the GEMM rounds to 11 significant bits (f16 or TF32)
 				}
 				b.close(out, tol, fmt.Sprintf("%s matmul of %d rows", typ, n))
 			}
@@ -297,7 +297,7 @@ func logits(t *testing.T, e *engine.Engine, ids []int32, oneByOne bool) []float3
 // that lands the other side of a boundary moves later layers: the CPU's own
 // assembly and portable paths differ by 0.7–1.2e-2 on these models. The GPU
 // cannot be closer to the CPU than that, so quantized models are held to
-// 2e-2 against the CPU, 3e-2 through the TF32 GEMM (float models to 2e-3).
+// 2e-2 against the CPU, 3e-2 through the GEMM (f16 or TF32 inputs; float models to 2e-3).
 func TestGPUFixtureLogits(t *testing.T) {
 	dir := fixture.Dir(t, "gguf")
 	paths, err := filepath.Glob(filepath.Join(dir, "*.golden.json"))
@@ -332,7 +332,7 @@ func TestGPUFixtureLogits(t *testing.T) {
 			for i := range long {
 				long[i] = int32(rng.IntN(gold.NVocab))
 			}
-			// Steps of more than 32 rows run the GEMM, on TF32 tensor cores
+			// Steps of more than 32 rows run the GEMM, on f16 or TF32 inputs
 			// (10-bit mantissas) unless EDGED_CUDA_GEMM=fp32.
 			gemmTol := func(ids []int32) float64 {
 				if len(ids) > 32 {

@@ -554,18 +554,23 @@ extern "C" __global__ void tohalf(u16* __restrict__ dst, const float* __restrict
 		dst[i] = f2h(src[i]);
 }
 
-// store writes n float32 values into a cache buffer (f16 or f32) after
-// its first pasts[si] rows of kvDim values. The row count is read on the
-// device, so that a decode step's launches do not change from one token
-// to the next (and replay as one CUDA graph).
-extern "C" __global__ void store(void* __restrict__ dst, int f16, const int* __restrict__ pasts, int si, int kvDim,
-                                 const float* __restrict__ src, long long n) {
+// store writes n float32 values of keys ks and of values vs into the
+// cache buffers kc and vc (f16 or f32) after their first pasts[si] rows of
+// kvDim values. The row count is read on the device, so that a decode
+// step's launches do not change from one token to the next (and replay as
+// one CUDA graph).
+extern "C" __global__ void store(void* __restrict__ kc, void* __restrict__ vc, int f16, const int* __restrict__ pasts,
+                                 int si, int kvDim, const float* __restrict__ ks, const float* __restrict__ vs,
+                                 long long n) {
 	long long off = (long long)pasts[si] * kvDim;
 	for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-		if (f16)
-			((u16*)dst)[off + i] = f2h(src[i]);
-		else
-			((float*)dst)[off + i] = src[i];
+		if (f16) {
+			((u16*)kc)[off + i] = f2h(ks[i]);
+			((u16*)vc)[off + i] = f2h(vs[i]);
+		} else {
+			((float*)kc)[off + i] = ks[i];
+			((float*)vc)[off + i] = vs[i];
+		}
 	}
 }
 

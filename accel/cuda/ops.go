@@ -293,8 +293,8 @@ func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s a
 			f16 = 1
 		}
 		n := sq.Rows * kvDim
-		b.launch("store", blocks(n, 256), 256, 0, kb.ptr, i32(f16), pasts, i32(si), i32(kvDim), k.(*buffer).at(row*kvDim), uint64(n))
-		b.launch("store", blocks(n, 256), 256, 0, vb.ptr, i32(f16), pasts, i32(si), i32(kvDim), v.(*buffer).at(row*kvDim), uint64(n))
+		b.launch("store", blocks(n, 256), 256, 0, kb.ptr, vb.ptr, i32(f16), pasts, i32(si), i32(kvDim),
+			k.(*buffer).at(row*kvDim), v.(*buffer).at(row*kvDim), uint64(n))
 
 		if b.attnSplit(out, q, kb, vb, f16, pasts, si, row, sq, s, threads) || b.attnTiled(out, q, kb, vb, f16, pasts, si, row, sq, s) {
 			row += sq.Rows
