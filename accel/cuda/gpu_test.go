@@ -91,6 +91,22 @@ func (b *both) close(p pair, tol float64, what string) {
 	assert.LessOrEqual(b.t, l2, tol, what)
 }
 
+// cache returns key and value caches of capacity rows on both backends,
+// their first past rows random and the same on both.
+func (b *both) cache(rng *rand.Rand, capacity, kvDim, past int, typ quant.Type) (kc, vc pair) {
+	var err error
+	for _, p := range []*pair{&kc, &vc} {
+		p.g, err = b.gpu.AllocCache(capacity*kvDim, typ)
+		require.NoError(b.t, err)
+		p.c, err = b.cpu.AllocCache(capacity*kvDim, typ)
+		require.NoError(b.t, err)
+	}
+	pk, pv := randVals(rng, past*kvDim, 1), randVals(rng, past*kvDim, 1)
+	b.gpu.WriteCache(kc.g, vc.g, kvDim, 0, pk, pv)
+	b.cpu.WriteCache(kc.c, vc.c, kvDim, 0, pk, pv)
+	return kc, vc
+}
+
 func randVals(rng *rand.Rand, n int, scale float32) []float32 {
 	v := make([]float32, n)
 	for i := range v {
@@ -193,16 +209,7 @@ func TestGPUAttention(t *testing.T) {
 		var gs, cs []accel.AttnSeq
 		var probs, scores [][]float32
 		for i := range past {
-			var kc, vc pair
-			kc.g, _ = b.gpu.AllocCache(capacity*kvDim, typ)
-			vc.g, _ = b.gpu.AllocCache(capacity*kvDim, typ)
-			kc.c, _ = b.cpu.AllocCache(capacity*kvDim, typ)
-			vc.c, _ = b.cpu.AllocCache(capacity*kvDim, typ)
-			if past[i] > 0 {
-				pk, pv := randVals(rng, past[i]*kvDim, 1), randVals(rng, past[i]*kvDim, 1)
-				b.gpu.WriteCache(kc.g, vc.g, kvDim, 0, pk, pv)
-				b.cpu.WriteCache(kc.c, vc.c, kvDim, 0, pk, pv)
-			}
+			kc, vc := b.cache(rng, capacity, kvDim, past[i], typ)
 			n := s.NHead * rows[i] * (past[i] + rows[i])
 			gp, gsc, cp, csc := make([]float32, n), make([]float32, n), make([]float32, n), make([]float32, n)
 			probs = append(probs, gp, cp)
@@ -237,14 +244,7 @@ func TestGPUAttentionNoObserver(t *testing.T) {
 		out := b.buf(make([]float32, total*qDim))
 		var gs, cs []accel.AttnSeq
 		for i := range past {
-			var kc, vc pair
-			kc.g, _ = b.gpu.AllocCache(capacity*kvDim, typ)
-			vc.g, _ = b.gpu.AllocCache(capacity*kvDim, typ)
-			kc.c, _ = b.cpu.AllocCache(capacity*kvDim, typ)
-			vc.c, _ = b.cpu.AllocCache(capacity*kvDim, typ)
-			pk, pv := randVals(rng, past[i]*kvDim, 1), randVals(rng, past[i]*kvDim, 1)
-			b.gpu.WriteCache(kc.g, vc.g, kvDim, 0, pk, pv)
-			b.cpu.WriteCache(kc.c, vc.c, kvDim, 0, pk, pv)
+			kc, vc := b.cache(rng, capacity, kvDim, past[i], typ)
 			gs = append(gs, accel.AttnSeq{K: kc.g, V: vc.g, Past: past[i], Rows: rows[i]})
 			cs = append(cs, accel.AttnSeq{K: kc.c, V: vc.c, Past: past[i], Rows: rows[i]})
 		}
