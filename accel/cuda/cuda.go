@@ -84,13 +84,15 @@ type Backend struct {
 	profile    *profile // per-kernel times, with EDGED_CUDA_PROFILE=1
 
 	// Scratch memory, grown on demand: activations rounded to the 8-bit
-	// grid, a dequantized weight for prefill's GEMM, attention
-	// probabilities and scores handed to observers.
+	// grid (and in f16 for the GEMM), a dequantized weight for prefill's
+	// GEMM, attention probabilities and scores handed to observers,
+	// flash-decoding's per-chunk results.
 	act, acth, deq, obs, split devMem
 	ids, pos, idx, past        upload
 	pastHost                   []int32
 	rounded                    rounded             // what act holds
 	freqs                      map[*float64]uint64 // RoPE frequency tables on the device
+	live                       map[uint64]struct{} // every allocation not yet freed
 
 	one, zero float32 // cuBLAS's alpha and beta, in host memory
 }
@@ -101,7 +103,7 @@ var _ accel.Backend = (*Backend)(nil)
 // from the cache) the kernels. The error says which step failed and why,
 // so that a caller can report "not available: …" and use the CPU.
 func Open(cfg Config) (*Backend, error) {
-	b := &Backend{fn: map[string]uintptr{}, freqs: map[*float64]uint64{}, one: 1}
+	b := &Backend{fn: map[string]uintptr{}, freqs: map[*float64]uint64{}, live: map[uint64]struct{}{}, one: 1}
 	if err := b.loadLibraries(cfg.LibDir); err != nil {
 		return nil, err
 	}
@@ -328,8 +330,8 @@ func (b *Backend) Close() error {
 	for _, m := range []*devMem{&b.act, &b.acth, &b.deq, &b.obs, &b.split, &b.ids.mem, &b.pos.mem, &b.idx.mem, &b.past.mem} {
 		b.release(m)
 	}
-	for _, p := range b.freqs {
-		b.drv.cuMemFree(p)
+	for p := range b.live {
+		b.free(p) // weights, buffers, RoPE tables
 	}
 	if code := b.blas.cublasDestroy(b.handle); code != 0 {
 		errs = append(errs, &Error{Op: "cublasDestroy", Code: int(code), Msg: blasStatus(code)})

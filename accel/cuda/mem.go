@@ -60,7 +60,19 @@ func (b *Backend) alloc(n int) (uint64, error) {
 		b.drv.cuMemFree(p)
 		return 0, err
 	}
+	b.live[p] = struct{}{}
 	return p, nil
+}
+
+// free releases memory from alloc. Close frees what is left, so that a
+// backend closed after a failed load (a model too large for the device)
+// gives its memory back even while other backends hold the device's
+// context.
+func (b *Backend) free(p uint64) {
+	if p != 0 {
+		delete(b.live, p)
+		b.drv.cuMemFree(p)
+	}
 }
 
 // grow makes m at least n bytes, replacing (not copying) its contents.
@@ -86,7 +98,7 @@ func (b *Backend) grow(m *devMem, n int) uint64 {
 
 func (b *Backend) release(m *devMem) {
 	if m.ptr != 0 {
-		b.drv.cuMemFree(m.ptr)
+		b.free(m.ptr)
 	}
 	m.ptr, m.size = 0, 0
 }
@@ -156,7 +168,7 @@ func (b *Backend) Free(buf accel.Buffer) {
 	defer b.leave()
 	b.flush()
 	b.fail("cuCtxSynchronize", b.drv.cuCtxSynchronize())
-	b.drv.cuMemFree(x.ptr)
+	b.free(x.ptr)
 	x.ptr, x.n = 0, 0
 }
 
@@ -266,7 +278,7 @@ func (b *Backend) Load(m accel.Matrix) (accel.Weight, error) {
 	}
 	if len(data) > 0 {
 		if err := b.check("cuMemcpyHtoD", b.drv.cuMemcpyHtoD(p, unsafePointer(data), uint64(len(data)))); err != nil {
-			b.drv.cuMemFree(p)
+			b.free(p)
 			return nil, fmt.Errorf("cuda: load %s: %w", m.Name, err)
 		}
 	}
@@ -284,12 +296,12 @@ func (b *Backend) CopyBandwidth(n int) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer b.drv.cuMemFree(src)
+	defer b.free(src)
 	dst, err := b.alloc(n)
 	if err != nil {
 		return 0, err
 	}
-	defer b.drv.cuMemFree(dst)
+	defer b.free(dst)
 	const reps = 20
 	var start time.Time
 	for i := -1; i < reps; i++ {
