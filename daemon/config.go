@@ -53,6 +53,7 @@ func (o *Options) settings() []setting {
 		{"engine.kv_cache", "KV cache storage: f16 or f32", &o.Engine.KVCache},
 		{"engine.backend", "compute backend: " + strings.Join(backend.Names, ", ") + " (auto: a GPU when one opens, else the CPU)", &o.Engine.Backend},
 		{"engine.gpu_lib_dir", "directory searched first for the GPU libraries (empty: the system's)", &o.Engine.GPULibDir},
+		{"engine.gpu_layers", "layers on the GPU, the last ones and the output; the rest run on the CPU (-1: all)", &o.Engine.GPULayers},
 		{"engine.kernel_cache", "directory of compiled GPU kernels (empty: kernels under state.dir)", &o.Engine.KernelCache},
 		{"scheduler.max_queue", "requests waiting per model before \"busy\"", &o.Scheduler.MaxQueue},
 		{"scheduler.max_active", "sequences decoding at once per model", &o.Scheduler.MaxActive},
@@ -348,7 +349,7 @@ func (o *Options) validate() []string {
 		name  string
 		v, lo int
 	}{
-		{"engine.threads", o.Engine.Threads, 0}, {"engine.context", o.Engine.Context, 0},
+		{"engine.threads", o.Engine.Threads, 0}, {"engine.context", o.Engine.Context, 0}, {"engine.gpu_layers", o.Engine.GPULayers, -1},
 		{"engine.batch_size", o.Engine.BatchSize, 1}, {"scheduler.max_queue", o.Scheduler.MaxQueue, 1},
 		{"scheduler.max_active", o.Scheduler.MaxActive, 1}, {"scheduler.prefill_chunk", o.Scheduler.PrefillChunk, 1},
 		{"scheduler.max_tokens", o.Scheduler.MaxTokens, 0},

@@ -145,6 +145,21 @@ func TestConfigKernelCache(t *testing.T) {
 	}
 }
 
+// gpu_layers defaults to every layer; below -1 is an error.
+func TestConfigGPULayers(t *testing.T) {
+	o, err := load(t, "", nil)
+	if err != nil || o.Engine.GPULayers != -1 {
+		t.Fatalf("default %d, %v", o.Engine.GPULayers, err)
+	}
+	o, err = load(t, "[engine]\ngpu_layers = 12\n", nil)
+	if err != nil || o.Engine.GPULayers != 12 {
+		t.Fatalf("got %d, %v", o.Engine.GPULayers, err)
+	}
+	if _, err := load(t, "", map[string]string{"EDGED_ENGINE_GPU_LAYERS": "-2"}); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "engine.gpu_layers -2") {
+		t.Fatalf("got %v", err)
+	}
+}
+
 func TestConfigExplicitFileMustExist(t *testing.T) {
 	if _, err := load(t, "", nil, "--config", "/nonexistent/edged.toml"); !errors.Is(err, ErrConfig) {
 		t.Fatalf("got %v", err)

@@ -93,13 +93,13 @@ func buildInstance(name string, spec ModelSpec, path string, f *model.File, eo E
 	}
 	sparse := newSparsity(mdl.Config.NLayer, pred)
 	hooks := engine.Hooks{Observer: sparse, Selector: sparse}
-	eng, skipped, err := newEngine(mdl, eo, engine.Options{Context: ctx, BatchSize: eo.BatchSize, Cache: cache, Hooks: hooks})
+	eng, where, skipped, err := newEngine(mdl, eo, engine.Options{Context: ctx, BatchSize: eo.BatchSize, Cache: cache, Hooks: hooks})
 	if err != nil {
 		return nil, err
 	}
 	inst := &instance{
 		name: name, spec: spec, file: f, tok: tok, eng: eng, sparse: sparse,
-		backend: eng.Backend().Name(), skipped: skipped,
+		backend: where, skipped: skipped,
 		ctxLen:  eng.Options().Context,
 		sched:   so,
 		m:       m,
@@ -115,20 +115,23 @@ func buildInstance(name string, spec ModelSpec, path string, f *model.File, eo E
 	return inst, nil
 }
 
-// newEngine builds an engine on the backend eo names, and returns the
+// newEngine builds an engine on the backend eo names (and the CPU for the
+// layers eo.GPULayers leaves there), and returns where it runs and the
 // backends passed over on the way. The engine owns the backend from then
 // on: run closes it when the model is freed.
-func newEngine(mdl *model.Model, eo EngineOptions, opts engine.Options) (*engine.Engine, []string, error) {
+func newEngine(mdl *model.Model, eo EngineOptions, opts engine.Options) (*engine.Engine, string, []string, error) {
 	c, err := backend.Open(eo.Backend, backend.Options{Threads: eo.Threads, CUDA: cuda.Config{LibDir: eo.GPULibDir, CacheDir: eo.KernelCache}})
 	if err != nil {
-		return nil, nil, err
+		return nil, "", nil, err
 	}
-	eng, err := engine.New(mdl, c.Backend, opts)
+	p := c.Place(eo.GPULayers, mdl.Config.NLayer, eo.Threads)
+	opts.Offload, opts.OffloadLayers = p.Offload, p.OffloadLayers
+	eng, err := engine.New(mdl, p.Backend, opts)
 	if err != nil {
-		c.Backend.Close() // a GPU backend holds a device context
-		return nil, nil, err
+		p.Close() // a GPU backend holds a device context
+		return nil, "", nil, err
 	}
-	return eng, c.Skipped, nil
+	return eng, p.Name(), c.Skipped, nil
 }
 
 // backendNote names the backend and, when "auto" fell back, why the

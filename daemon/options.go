@@ -63,6 +63,7 @@ type EngineOptions struct {
 	KVCache   string // f16 or f32
 	Backend   string // one of backend.Names; "auto": a GPU when one opens, else the CPU
 	GPULibDir string // searched first for the GPU libraries; "": the system's path
+	GPULayers int    // layers on the GPU (the last ones and the output); -1: all
 	// KernelCache holds compiled GPU kernels; "": "kernels" under StateDir
 	// (see Options.engineOptions).
 	KernelCache string
@@ -154,7 +155,7 @@ func defaultOptions(getenv func(string) string) Options {
 		StateDir:    defaultDir(getenv, "STATE_DIRECTORY", "XDG_STATE_HOME", filepath.Join(".local", "state")),
 		CacheDir:    defaultDir(getenv, "CACHE_DIRECTORY", "XDG_CACHE_HOME", ".cache"),
 		LockTimeout: time.Second,
-		Engine:      EngineOptions{BatchSize: 512, KVCache: "f16", Backend: "auto"},
+		Engine:      EngineOptions{BatchSize: 512, KVCache: "f16", Backend: "auto", GPULayers: -1},
 		Scheduler: SchedulerOptions{
 			MaxQueue:       64,
 			MaxActive:      16,

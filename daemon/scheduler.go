@@ -106,7 +106,7 @@ func (in *instance) run(free func()) {
 	defer close(in.done)
 	defer free()
 	defer in.file.Close()
-	defer in.eng.Backend().Close()
+	defer in.eng.Close()
 	var active []*seqState
 	nv := in.eng.Config().NVocab
 	logits := make([]float32, in.sched.MaxActive*nv)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/edged/edged/accel"
 	"github.com/edged/edged/model"
@@ -24,6 +25,12 @@ type Options struct {
 	// Cache is the storage type of the KV cache.
 	Cache CacheType
 	Hooks Hooks
+	// Offload, when set, runs the last OffloadLayers layers and the output
+	// (llama.cpp's -ngl) on a second backend, usually a GPU, while the
+	// engine's backend keeps the token embedding and the layers before
+	// them. The residual stream crosses between them once per forward pass.
+	Offload       accel.Backend
+	OffloadLayers int
 }
 
 // DefaultContext caps the default context: a model trained on 128k tokens
@@ -75,12 +82,14 @@ func (o Options) withDefaults(cfg *model.Config) Options {
 // Step runs at a time: Step is not safe for concurrent use.
 type Engine struct {
 	cfg    model.Config
-	be     accel.Backend
+	stages []*stage      // the engine's backend first; the offload one last
+	be     accel.Backend // the backend of the layer being run
+	act    *activations  // its scratch buffers
+	xfer   []float32     // the residual stream between stages
 	opts   Options
 	w      weights
 	rope   accel.RoPE
 	attn   accel.AttnShape
-	act    activations
 	stepID uint64 // counts Steps, for batch validation
 	// cacheType is the storage type of KV cache buffers.
 	cacheType quant.Type
@@ -101,8 +110,30 @@ type layerWeights struct {
 	gate, up, down    accel.Weight
 }
 
+// stage is the part of the model on one backend: the layers from its
+// from up to the next stage's.
+type stage struct {
+	be   accel.Backend
+	from int
+	act  activations
+}
+
+// stageOf is the stage that runs layer l.
+func (e *Engine) stageOf(l int) *stage {
+	s := e.stages[0]
+	for _, t := range e.stages[1:] {
+		if l >= t.from {
+			s = t
+		}
+	}
+	return s
+}
+
+// use makes s the stage the forward pass computes on.
+func (e *Engine) use(s *stage) { e.be, e.act = s.be, &s.act }
+
 // activations are the scratch buffers of one forward pass of BatchSize
-// rows, allocated once.
+// rows on one stage, allocated once (the output's on the last stage only).
 type activations struct {
 	x, xn     accel.Buffer // [rows × NEmbd]
 	q, att    accel.Buffer // [rows × QDim]
@@ -120,8 +151,8 @@ type activations struct {
 	logitRows []int32
 }
 
-// New places m's weights on be and allocates the scratch memory of one
-// batch.
+// New places m's weights on be (and opts.Offload) and allocates the
+// scratch memory of one batch.
 func New(m *model.Model, be accel.Backend, opts Options) (*Engine, error) {
 	cfg := m.Config
 	opts = opts.withDefaults(&cfg)
@@ -129,10 +160,17 @@ func New(m *model.Model, be accel.Backend, opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	stages := []*stage{{be: be}}
+	if opts.Offload != nil {
+		if opts.OffloadLayers < 1 || opts.OffloadLayers > cfg.NLayer {
+			return nil, fmt.Errorf("engine: %d offloaded layers: want 1 to %d", opts.OffloadLayers, cfg.NLayer)
+		}
+		stages = append(stages, &stage{be: opts.Offload, from: cfg.NLayer - opts.OffloadLayers})
+	}
 	e := &Engine{
 		cfg:       cfg,
 		cacheType: cacheType,
-		be:        be,
+		stages:    stages,
 		opts:      opts,
 		rope:      accel.NewRoPE(cfg.HeadDim, cfg.Rope.Dims, cfg.Rope.Theta, cfg.Rope.NeoX, cfg.Rope.FreqFactors),
 		attn:      accel.AttnShape{NHead: cfg.NHead, NHeadKV: cfg.NHeadKV, HeadDim: cfg.HeadDim, Scale: float32(1 / math.Sqrt(float64(cfg.HeadDim)))},
@@ -143,9 +181,12 @@ func New(m *model.Model, be accel.Backend, opts Options) (*Engine, error) {
 	if err := e.loadWeights(m); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
-	if err := e.allocActivations(); err != nil {
-		return nil, fmt.Errorf("engine: %w", err)
+	for i, s := range e.stages {
+		if err := e.allocActivations(s, i == len(e.stages)-1); err != nil {
+			return nil, fmt.Errorf("engine: %s: %w", s.be.Name(), err)
+		}
 	}
+	e.use(e.stages[0])
 	return e, nil
 }
 
@@ -155,8 +196,28 @@ func (e *Engine) Config() model.Config { return e.cfg }
 // Options returns the options in force, defaults filled in.
 func (e *Engine) Options() Options { return e.opts }
 
-// Backend returns the backend the engine computes on.
-func (e *Engine) Backend() accel.Backend { return e.be }
+// Backend returns the backend the engine was made with (which also runs
+// everything when nothing is offloaded).
+func (e *Engine) Backend() accel.Backend { return e.stages[0].be }
+
+// Backends returns every backend the engine runs on, its own first.
+func (e *Engine) Backends() []accel.Backend {
+	bs := make([]accel.Backend, len(e.stages))
+	for i, s := range e.stages {
+		bs[i] = s.be
+	}
+	return bs
+}
+
+// Close closes the engine's backends. The engine and its sequences must
+// not be used afterwards.
+func (e *Engine) Close() error {
+	var errs []error
+	for _, s := range e.stages {
+		errs = append(errs, s.be.Close())
+	}
+	return errors.Join(errs...)
+}
 
 // loader collects the first error of a series of backend uploads.
 type loader struct {
@@ -194,38 +255,54 @@ func (l *loader) vector(t *model.Tensor) accel.Buffer {
 }
 
 func (e *Engine) loadWeights(m *model.Model) error {
-	l := loader{be: e.be}
-	e.w.tokEmbd = l.matrix(m.TokenEmbd)
-	e.w.output = e.w.tokEmbd
-	if !m.Tied {
-		e.w.output = l.matrix(m.Output)
+	loaders := make([]loader, len(e.stages))
+	for i, s := range e.stages {
+		loaders[i] = loader{be: s.be}
 	}
-	e.w.outputNorm = l.vector(m.OutputNorm)
+	first, last := &loaders[0], &loaders[len(loaders)-1]
+	e.w.tokEmbd = first.matrix(m.TokenEmbd)
+	e.w.output = e.w.tokEmbd
+	if !m.Tied || last != first {
+		// A tied embedding goes to the output's backend a second time.
+		out := m.Output
+		if m.Tied {
+			out = m.TokenEmbd
+		}
+		e.w.output = last.matrix(out)
+	}
+	e.w.outputNorm = last.vector(m.OutputNorm)
 	e.w.layers = make([]layerWeights, len(m.Layers))
 	for i := range m.Layers {
+		l := &loaders[slices.Index(e.stages, e.stageOf(i))]
 		src, dst := &m.Layers[i], &e.w.layers[i]
 		dst.attnNorm, dst.ffnNorm = l.vector(src.AttnNorm), l.vector(src.FFNNorm)
 		dst.wq, dst.wk, dst.wv, dst.wo = l.matrix(src.Wq), l.matrix(src.Wk), l.matrix(src.Wv), l.matrix(src.Wo)
 		dst.bq, dst.bk, dst.bv = l.vector(src.Bq), l.vector(src.Bk), l.vector(src.Bv)
 		dst.gate, dst.up, dst.down = l.matrix(src.Gate), l.matrix(src.Up), l.matrix(src.Down)
 	}
-	return l.err
+	var errs []error
+	for _, l := range loaders {
+		errs = append(errs, l.err)
+	}
+	return errors.Join(errs...)
 }
 
-func (e *Engine) allocActivations() error {
+func (e *Engine) allocActivations(s *stage, output bool) error {
 	c, n := &e.cfg, e.opts.BatchSize
 	var errs []error
 	alloc := func(size int) accel.Buffer {
-		b, err := e.be.Alloc(size)
+		b, err := s.be.Alloc(size)
 		errs = append(errs, err)
 		return b
 	}
-	a := &e.act
+	a := &s.act
 	a.x, a.xn = alloc(n*c.NEmbd), alloc(n*c.NEmbd)
 	a.q, a.att = alloc(n*c.QDim()), alloc(n*c.QDim())
 	a.k, a.v = alloc(n*c.KVDim()), alloc(n*c.KVDim())
 	a.gate, a.up = alloc(n*c.NFF), alloc(n*c.NFF)
-	a.outX, a.logits = alloc(e.logitN*c.NEmbd), alloc(e.logitN*c.NVocab)
+	if output {
+		a.outX, a.logits = alloc(e.logitN*c.NEmbd), alloc(e.logitN*c.NVocab)
+	}
 	a.ids, a.pos = make([]int32, n), make([]int32, n)
 	a.rows = make([]Row, n)
 	a.logitRows = make([]int32, 0, n)

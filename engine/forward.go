@@ -9,7 +9,13 @@ import (
 // forward computes one slice of at most BatchSize rows through the layers
 // of sp (see run).
 func (e *Engine) forward(batch []Entry, sp span, x, logits []float32) error {
-	a, be := &e.act, e.be
+	// The embedding lives on the first stage, whichever runs layer 0.
+	if sp.from == 0 {
+		e.use(e.stages[0])
+	} else {
+		e.use(e.stageOf(sp.from))
+	}
+	a, be := e.act, e.be
 	n := len(batch)
 	ids, pos, rows := a.ids[:n], a.pos[:n], a.rows[:n]
 	for i, en := range batch {
@@ -23,6 +29,9 @@ func (e *Engine) forward(batch []Entry, sp span, x, logits []float32) error {
 	}
 	hidden, _ := e.opts.Hooks.Observer.(HiddenObserver)
 	for l := sp.from; l < sp.to; l++ {
+		if s := e.stageOf(l); s.be != e.be {
+			e.moveTo(s, len(rows))
+		}
 		if hidden != nil && hidden.WantsHidden(l) {
 			e.observeHidden(hidden, l, rows)
 		}
@@ -41,16 +50,28 @@ func (e *Engine) forward(batch []Entry, sp span, x, logits []float32) error {
 		if len(rows) != n {
 			return fmt.Errorf("%w: a token selector dropped rows before layer %d", ErrBatch, sp.to)
 		}
-		be.Read(x, a.x, 0)
+		e.be.Read(x, e.act.x, 0)
 		return nil
 	}
 	return e.output(rows, logits)
 }
 
+// moveTo carries the residual stream of n rows to stage s and computes
+// there from now on.
+func (e *Engine) moveTo(s *stage, n int) {
+	size := n * e.cfg.NEmbd
+	if cap(e.xfer) < size {
+		e.xfer = make([]float32, size)
+	}
+	e.be.Read(e.xfer[:size], e.act.x, 0)
+	e.use(s)
+	e.be.Write(e.act.x, 0, e.xfer[:size])
+}
+
 // layer runs transformer block l over rows, updating the residual stream
 // a.x in place.
 func (e *Engine) layer(l int, rows []Row, pos []int32) error {
-	a, c, be, w := &e.act, &e.cfg, e.be, &e.w.layers[l]
+	a, c, be, w := e.act, &e.cfg, e.be, &e.w.layers[l]
 	n := len(rows)
 
 	// Attention: x += Wo · attn(rope(Wq·xn), rope(Wk·xn), Wv·xn).
@@ -112,7 +133,7 @@ func (e *Engine) project(l int, p Proj, y accel.Buffer, w accel.Weight, bias, x 
 
 // attnSeqs groups rows by sequence for the attention kernel at layer l.
 func (e *Engine) attnSeqs(l int, rows []Row) []accel.AttnSeq {
-	a := &e.act
+	a := e.act
 	a.seqs, a.seqOf = a.seqs[:0], a.seqOf[:0]
 	for i, r := range rows {
 		if i > 0 && r.Seq == rows[i-1].Seq {
@@ -163,7 +184,7 @@ func (e *Engine) observe(l int, seqs []accel.AttnSeq) {
 // observeHidden reads back the residual stream of rows entering layer l
 // for a hidden-state observer.
 func (e *Engine) observeHidden(h HiddenObserver, l int, rows []Row) {
-	a := &e.act
+	a := e.act
 	n := len(rows) * e.cfg.NEmbd
 	if cap(a.hidden) < n {
 		a.hidden = make([]float32, n)
@@ -175,7 +196,7 @@ func (e *Engine) observeHidden(h HiddenObserver, l int, rows []Row) {
 // observeKeys reads back the keys of rows at layer l, before RoPE, for a
 // key observer.
 func (e *Engine) observeKeys(k KeyObserver, l int, rows []Row) {
-	a := &e.act
+	a := e.act
 	n := len(rows) * e.cfg.KVDim()
 	if cap(a.keys) < n {
 		a.keys = make([]float32, n)
@@ -191,7 +212,7 @@ func (e *Engine) selectRows(l int, rows []Row, pos []int32) ([]Row, []int32) {
 	if keep == nil || len(keep) == len(rows) {
 		return rows, pos
 	}
-	a := &e.act
+	a := e.act
 	e.be.Gather(a.xn, a.x, e.cfg.NEmbd, keep)
 	a.x, a.xn = a.xn, a.x
 	for i, k := range keep {
@@ -203,7 +224,7 @@ func (e *Engine) selectRows(l int, rows []Row, pos []int32) ([]Row, []int32) {
 // output computes the logits of the rows that asked for them, logitN rows
 // at a time.
 func (e *Engine) output(rows []Row, logits []float32) error {
-	a, c, be := &e.act, &e.cfg, e.be
+	a, c, be := e.act, &e.cfg, e.be
 	sel := a.logitRows[:0]
 	for i, r := range rows {
 		if r.Logits {
@@ -221,8 +242,10 @@ func (e *Engine) output(rows []Row, logits []float32) error {
 		be.Read(logits[:m*c.NVocab], a.logits, 0)
 		logits, sel = logits[m*c.NVocab:], sel[m:]
 	}
-	if err := accel.Check(be); err != nil {
-		return fmt.Errorf("engine: %s: %w", be.Name(), err)
+	for _, s := range e.stages {
+		if err := accel.Check(s.be); err != nil {
+			return fmt.Errorf("engine: %s: %w", s.be.Name(), err)
+		}
 	}
 	return nil
 }

@@ -26,8 +26,9 @@ func (e *Engine) NewSequence(p PrefixProvider) (*Sequence, error) {
 	size := e.opts.Context * c.KVDim()
 	for l := range s.k {
 		var errK, errV error
-		s.k[l], errK = e.be.AllocCache(size, e.cacheType)
-		s.v[l], errV = e.be.AllocCache(size, e.cacheType)
+		be := e.stageOf(l).be
+		s.k[l], errK = be.AllocCache(size, e.cacheType)
+		s.v[l], errV = be.AllocCache(size, e.cacheType)
 		if err := errors.Join(errK, errV); err != nil {
 			s.Free()
 			return nil, fmt.Errorf("engine: KV cache of %d tokens: %w", e.opts.Context, err)
@@ -52,7 +53,7 @@ func (s *Sequence) setPrefix(p PrefixProvider) error {
 		if len(k) != n*kvDim || len(v) != n*kvDim {
 			return fmt.Errorf("engine: prefix layer %d: %d/%d values, want %d", l, len(k), len(v), n*kvDim)
 		}
-		s.e.be.WriteCache(s.k[l], s.v[l], kvDim, 0, k, v)
+		s.e.stageOf(l).be.WriteCache(s.k[l], s.v[l], kvDim, 0, k, v)
 		s.n[l] = n
 	}
 	s.prefix = n
@@ -89,11 +90,12 @@ func (s *Sequence) Truncate(n int) error {
 // Free releases the cache. The sequence must not be used afterwards.
 func (s *Sequence) Free() {
 	for l := range s.k {
+		be := s.e.stageOf(l).be
 		if s.k[l] != nil {
-			s.e.be.Free(s.k[l])
+			be.Free(s.k[l])
 		}
 		if s.v[l] != nil {
-			s.e.be.Free(s.v[l])
+			be.Free(s.v[l])
 		}
 	}
 	s.k, s.v = nil, nil

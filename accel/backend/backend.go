@@ -4,6 +4,7 @@
 package backend
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 
@@ -81,4 +82,49 @@ func gpu(name string, o Options) (accel.Backend, error) {
 		return nil, err
 	}
 	return b, nil
+}
+
+// Placement is where a model's layers run: all on Backend, or, with
+// Offload set, the last OffloadLayers layers and the output on Offload (a
+// GPU) and the rest on Backend (the CPU), as engine.Options takes them.
+type Placement struct {
+	Backend       accel.Backend
+	Offload       accel.Backend
+	OffloadLayers int
+}
+
+// Place spreads a model of nLayer layers over the chosen backend and the
+// CPU by gpuLayers, llama.cpp's -ngl: negative (or nLayer and more) puts
+// every layer on the chosen backend, 0 none (the GPU is closed and the CPU
+// runs the model), and n in between the last n layers and the output. A
+// CPU choice runs everything whatever gpuLayers says.
+func (c Choice) Place(gpuLayers, nLayer, threads int) Placement {
+	if _, isCPU := c.Backend.(*cpu.Backend); isCPU || gpuLayers < 0 || gpuLayers >= nLayer {
+		return Placement{Backend: c.Backend}
+	}
+	if gpuLayers == 0 {
+		c.Backend.Close()
+		return Placement{Backend: cpu.New(threads)}
+	}
+	return Placement{Backend: cpu.New(threads), Offload: c.Backend, OffloadLayers: gpuLayers}
+}
+
+// Close closes the placement's backends (after an engine failed to use
+// them; an engine's own Close does it otherwise).
+func (p Placement) Close() error {
+	var errs []error
+	errs = append(errs, p.Backend.Close())
+	if p.Offload != nil {
+		errs = append(errs, p.Offload.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Name describes the placement: the backend's name, and the offloaded
+// layers' backend when there is one.
+func (p Placement) Name() string {
+	if p.Offload == nil {
+		return p.Backend.Name()
+	}
+	return fmt.Sprintf("%s + %s for the last %d layers", p.Backend.Name(), p.Offload.Name(), p.OffloadLayers)
 }

@@ -34,8 +34,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	threads := fs.Int("t", 0, "CPU threads (0: one per core)")
 	reps := fs.Int("r", 5, "repetitions of each test")
 	kvType := fs.String("kv-type", "f16", "KV cache storage: f16 or f32")
-	var backendName string
-	registerBackend(fs, &backendName)
+	var bf backendFlags
+	bf.register(fs)
 	asJSON := fs.Bool("json", false, `print one JSON object {"pp", "pp_std", "tg", "tg_std", "model", "threads", "load_ms", ...}`)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -65,15 +65,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("%s: %w", *path, err)
 	}
-	be, err := openBackend(backendName, *threads)
-	if err != nil {
-		return err
-	}
-	defer be.Close()
-	e, err := engine.New(m, be, engine.Options{Context: max(*depth+max(*p, *n), 1), BatchSize: max(*p, 1), Cache: cache})
+	e, err := bf.newEngine(m, *threads, engine.Options{Context: max(*depth+max(*p, *n), 1), BatchSize: max(*p, 1), Cache: cache})
 	if err != nil {
 		return fmt.Errorf("%s: %w", *path, err)
 	}
+	defer e.Close()
+	be := e.Backends()[len(e.Backends())-1] // the GPU when there is one
 	loadTime := time.Since(start)
 
 	b := &bencher{ctx: ctx, e: e, rng: rand.New(rand.NewPCG(1, 2)), nVocab: m.Config.NVocab, first: firstToken(file, m.Config.NVocab)}
@@ -105,8 +102,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		res.TG, res.TGStd = &mean, &sd
 		rows = append(rows, benchRow{testName("tg", *n, *depth), mean, sd})
 	}
-	if err := res.bound(be); err != nil {
-		return err
+	if len(e.Backends()) == 1 { // a bound for the whole model on one device
+		if err := res.bound(be); err != nil {
+			return err
+		}
 	}
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(res)

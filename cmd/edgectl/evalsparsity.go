@@ -130,7 +130,7 @@ func runEvalSparsity(ctx context.Context, args []string, stdout, stderr io.Write
 	report.Data, report.Seed = *data, *seed
 	report.Model, report.Keep, report.Layers, report.Window, report.Iterations = l.path, *keep, ls, *window, *iters
 	report.Block, report.Predictor, report.Similarity = settings.For(prune.MethodLeMo).Config().Block, *predictor, *similarity
-	report.Threads = l.engine.Backend().(interface{ Threads() int }).Threads()
+	report.Threads = threadsOf(l.engine.Backend())
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(report)
 	}

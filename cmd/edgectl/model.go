@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/edged/edged/accel"
 	"github.com/edged/edged/accel/backend"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
@@ -17,7 +16,7 @@ type engineFlags struct {
 	threads int
 	context int
 	kvType  string
-	backend string
+	backend backendFlags
 }
 
 func (f *engineFlags) register(fs *flag.FlagSet, defaultKV string) {
@@ -26,21 +25,37 @@ func (f *engineFlags) register(fs *flag.FlagSet, defaultKV string) {
 	fs.IntVar(&f.threads, "t", 0, "CPU threads (0: one per core)")
 	fs.IntVar(&f.context, "c", 0, fmt.Sprintf("context length in tokens (0: the model's, at most %d)", engine.DefaultContext))
 	fs.StringVar(&f.kvType, "kv-type", defaultKV, "KV cache storage: f16 or f32")
-	registerBackend(fs, &f.backend)
+	f.backend.register(fs)
 }
 
-// registerBackend adds --backend to a command's flags.
-func registerBackend(fs *flag.FlagSet, name *string) {
-	fs.StringVar(name, "backend", "auto", "compute backend: "+strings.Join(backend.Names, ", ")+" (auto: a GPU when one opens, else the CPU)")
+// backendFlags choose where a model runs.
+type backendFlags struct {
+	name      string
+	gpuLayers int
 }
 
-// openBackend opens the named backend (see package backend).
-func openBackend(name string, threads int) (accel.Backend, error) {
-	c, err := backend.Open(name, backend.Options{Threads: threads})
+func (f *backendFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.name, "backend", "auto", "compute backend: "+strings.Join(backend.Names, ", ")+" (auto: a GPU when one opens, else the CPU)")
+	fs.IntVar(&f.gpuLayers, "gpu-layers", -1, "layers on the GPU, the last ones and the output; the rest run on the CPU (-1: all)")
+	fs.IntVar(&f.gpuLayers, "ngl", -1, "shorthand for --gpu-layers")
+}
+
+// newEngine places m on the chosen backend (and the CPU, for the layers
+// --gpu-layers leaves there) and builds its engine. The engine owns the
+// backends: engine.Close closes them.
+func (f *backendFlags) newEngine(m *model.Model, threads int, opts engine.Options) (*engine.Engine, error) {
+	c, err := backend.Open(f.name, backend.Options{Threads: threads})
 	if err != nil {
 		return nil, err
 	}
-	return c.Backend, nil
+	p := c.Place(f.gpuLayers, m.Config.NLayer, threads)
+	opts.Offload, opts.OffloadLayers = p.Offload, p.OffloadLayers
+	e, err := engine.New(m, p.Backend, opts)
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	return e, nil
 }
 
 // loaded is an open model ready to run.
@@ -63,7 +78,7 @@ func (l *loaded) tokenizer() (*model.Tokenizer, error) {
 }
 
 func (l *loaded) Close() error {
-	l.engine.Backend().Close()
+	l.engine.Close()
 	return l.file.Close()
 }
 
@@ -83,14 +98,8 @@ func (f *engineFlags) open(hooks engine.Hooks) (*loaded, error) {
 		file.Close()
 		return nil, fmt.Errorf("%s: %w", f.model, err)
 	}
-	be, err := openBackend(f.backend, f.threads)
-	if err != nil {
-		file.Close()
-		return nil, err
-	}
 	opts := engine.Options{Context: f.context, Cache: cache, Hooks: hooks}
-	if l.engine, err = engine.New(l.model, be, opts); err != nil {
-		be.Close()
+	if l.engine, err = f.backend.newEngine(l.model, f.threads, opts); err != nil {
 		file.Close()
 		return nil, fmt.Errorf("%s: %w", f.model, err)
 	}
