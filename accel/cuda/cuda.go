@@ -357,14 +357,3 @@ func (b *Backend) fail(op string, code int32) {
 		b.err = b.check(op, code)
 	}
 }
-
-// Available reports whether a CUDA backend can open with cfg, and if not
-// why, without keeping it open.
-func Available(cfg Config) (Info, error) {
-	b, err := Open(cfg)
-	if err != nil {
-		return Info{}, err
-	}
-	info := b.Info()
-	return info, b.Close()
-}
