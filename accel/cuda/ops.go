@@ -267,15 +267,17 @@ func (b *Backend) WriteCache(kc, vc accel.Buffer, kvDim, at int, k, v []float32)
 }
 
 // Attention implements accel.Backend: per sequence, the new key and value
-// rows go into its cache, then one block per (head, row) attends over the
-// cache. The sequences' past lengths go to the device once per step (every
-// layer has the same), and shared memory is sized for a full cache, so
-// that the launches of a decode step are the same at every token.
+// rows go into its cache, then the first kernel that applies attends over
+// it: chunked for a few rows over a long cache (attnSplit), tiled for many
+// rows (attnTiled), else one block per head and row (attnOnePass, the only
+// one that hands probabilities to observers). The sequences' past lengths
+// go to the device once per step (every layer has the same) and launches
+// are sized by the cache's capacity, so that the launches of a decode step
+// are the same at every token.
 func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s accel.AttnShape) {
 	b.enter()
 	defer b.leave()
 	kvDim := s.NHeadKV * s.HeadDim
-	qDim := s.NHead * s.HeadDim
 	threads := 256
 	if s.HeadDim > threads {
 		threads = (s.HeadDim + 31) &^ 31
@@ -296,43 +298,53 @@ func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s a
 		b.launch("store", blocks(n, 256), 256, 0, kb.ptr, vb.ptr, i32(f16), pasts, i32(si), i32(kvDim),
 			k.(*buffer).at(row*kvDim), v.(*buffer).at(row*kvDim), uint64(n))
 
-		if b.attnSplit(out, q, kb, vb, f16, pasts, si, row, sq, s, threads) || b.attnTiled(out, q, kb, vb, f16, pasts, si, row, sq, s) {
-			row += sq.Rows
-			continue
-		}
-		shared, ok := b.attnShared(s.HeadDim, threads, kb.n/kvDim, sq.Past+sq.Rows)
-		if !ok {
-			if b.err == nil {
-				b.err = &Error{Op: "attention", Code: -1, Msg: "context too long for one block's shared memory"}
-			}
+		if !b.attnSplit(out, q, kb, vb, f16, pasts, si, row, sq, s, threads) &&
+			!b.attnTiled(out, q, kb, vb, f16, pasts, si, row, sq, s) &&
+			!b.attnOnePass(out, q, kb, vb, f16, pasts, si, row, sq, s, threads) {
 			return
-		}
-		obs := s.NHead * sq.Rows * (sq.Past + sq.Rows)
-		var probs, scores uint64
-		if sq.Probs != nil || sq.Scores != nil {
-			base := b.grow(&b.obs, 8*obs)
-			b.fail("cuMemsetD8", b.drv.cuMemsetD8(base, 0, uint64(8*obs)))
-			if sq.Probs != nil {
-				probs = base
-			}
-			if sq.Scores != nil {
-				scores = base + uint64(4*obs)
-			}
-		}
-		b.launch("attention", [2]int{s.NHead, sq.Rows}, threads, shared,
-			out.(*buffer).at(row*qDim), q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, i32(f16), pasts, i32(si), i32(sq.Rows),
-			i32(s.NHead), i32(s.NHeadKV), i32(s.HeadDim), f32(s.Scale), probs, scores)
-		if probs != 0 || scores != 0 {
-			b.flush()
-		}
-		if probs != 0 {
-			b.fail("cuMemcpyDtoH", b.drv.cuMemcpyDtoH(unsafePointer(sq.Probs), probs, uint64(4*obs)))
-		}
-		if scores != 0 {
-			b.fail("cuMemcpyDtoH", b.drv.cuMemcpyDtoH(unsafePointer(sq.Scores), scores, uint64(4*obs)))
 		}
 		row += sq.Rows
 	}
+}
+
+// attnOnePass queues the one-pass attention kernel of sequence si: one
+// block per head and row, the whole row's scores in shared memory, and
+// the probabilities or scores an observer asked for copied back. It
+// reports false (and the failure) when the context does not fit.
+func (b *Backend) attnOnePass(out, q accel.Buffer, kb, vb *buffer, f16 int, pasts uint64, si, row int, sq accel.AttnSeq, s accel.AttnShape, threads int) bool {
+	kvDim, qDim := s.NHeadKV*s.HeadDim, s.NHead*s.HeadDim
+	shared, ok := b.attnShared(s.HeadDim, threads, kb.n/kvDim, sq.Past+sq.Rows)
+	if !ok {
+		if b.err == nil {
+			b.err = &Error{Op: "attention", Code: -1, Msg: "context too long for one block's shared memory"}
+		}
+		return false
+	}
+	obs := s.NHead * sq.Rows * (sq.Past + sq.Rows)
+	var probs, scores uint64
+	if sq.Probs != nil || sq.Scores != nil {
+		base := b.grow(&b.obs, 8*obs)
+		b.fail("cuMemsetD8", b.drv.cuMemsetD8(base, 0, uint64(8*obs)))
+		if sq.Probs != nil {
+			probs = base
+		}
+		if sq.Scores != nil {
+			scores = base + uint64(4*obs)
+		}
+	}
+	b.launch("attention", [2]int{s.NHead, sq.Rows}, threads, shared,
+		out.(*buffer).at(row*qDim), q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, i32(f16), pasts, i32(si), i32(sq.Rows),
+		i32(s.NHead), i32(s.NHeadKV), i32(s.HeadDim), f32(s.Scale), probs, scores)
+	if probs != 0 || scores != 0 {
+		b.flush()
+	}
+	if probs != 0 {
+		b.fail("cuMemcpyDtoH", b.drv.cuMemcpyDtoH(unsafePointer(sq.Probs), probs, uint64(4*obs)))
+	}
+	if scores != 0 {
+		b.fail("cuMemcpyDtoH", b.drv.cuMemcpyDtoH(unsafePointer(sq.Scores), scores, uint64(4*obs)))
+	}
+	return true
 }
 
 // Flash-decoding: a few rows over a cache longer than splitChunk rows
