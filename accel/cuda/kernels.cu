@@ -599,6 +599,63 @@ __device__ float blockSum(float v, float* red) {
 	return v;
 }
 
+// loadQuery copies a query row of hd values into shared memory.
+__device__ void loadQuery(float* qs, const float* __restrict__ qr, int hd) {
+	for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
+	__syncthreads();
+}
+
+// scoreRows writes scale·q·k for the key rows t0..t1-1 (at kvOff in rows
+// of kvDim) into sc[t - t0], one warp per row, its lanes across the head's
+// dimensions so that each row is read in whole lines, and returns the
+// block's largest score.
+__device__ float scoreRows(const float* qs, const void* __restrict__ kc, int f16, long long kvOff, int kvDim, int hd,
+                           float scale, int t0, int t1, float* sc, float* red) {
+	int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nwarps = blockDim.x / 32;
+	float m = NEG_INF;
+	for (int t = t0 + warp; t < t1; t += nwarps) {
+		long long base = (long long)t * kvDim + kvOff;
+		float s = 0;
+		for (int d = lane; d < hd; d += 32) s += qs[d] * cacheAt(kc, f16, base + d);
+		for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+		s *= scale;
+		if (lane == 0) sc[t - t0] = s;
+		m = fmaxf(m, s);
+	}
+	return blockMax(m, red);
+}
+
+// expRows replaces sc[0..n) by e^(sc - m) and returns the block's sum.
+__device__ float expRows(float* sc, int n, float m, float* red) {
+	float sum = 0;
+	for (int t = threadIdx.x; t < n; t += blockDim.x) {
+		float e = expf(sc[t] - m);
+		sc[t] = e;
+		sum += e;
+	}
+	return blockSum(sum, red);
+}
+
+// weighted writes Σ w[t - t0]·v[t] over the value rows t0..t1-1 into
+// out[0..hd): thread (g, d) sums dimension d over the rows t ≡ g (mod
+// groups) into acc, then the groups are added.
+__device__ void weighted(const float* w, const void* __restrict__ vc, int f16, long long kvOff, int kvDim, int hd, int t0,
+                         int t1, float* acc, float* __restrict__ out) {
+	int groups = blockDim.x / hd;
+	int g = threadIdx.x / hd, d = threadIdx.x % hd;
+	if (g < groups) {
+		float a = 0;
+		for (int t = t0 + g; t < t1; t += groups) a += w[t - t0] * cacheAt(vc, f16, (long long)t * kvDim + kvOff + d);
+		acc[g * hd + d] = a;
+	}
+	__syncthreads();
+	for (int d2 = threadIdx.x; d2 < hd; d2 += blockDim.x) {
+		float a = 0;
+		for (int g2 = 0; g2 < groups; g2++) a += acc[g2 * hd + d2];
+		out[d2] = a;
+	}
+}
+
 // attention computes, for row i of one sequence and head h (block
 // (h, i)), softmax(q·K^T·scale)·V over the cache rows 0..past+i, where
 // past = pasts[si] is read on the device (see store). The
@@ -614,57 +671,23 @@ extern "C" __global__ void attention(float* __restrict__ out, const float* __res
 	__shared__ float red[32];
 	int past = pasts[si];
 	int h = blockIdx.x, i = blockIdx.y, n = past + i + 1;
-	int kvh = h / (nhead / nheadkv), kvDim = nheadkv * hd;
+	long long kvOff = (long long)(h / (nhead / nheadkv)) * hd;
+	int kvDim = nheadkv * hd;
 	float* qs = sh;            // hd
 	float* sc = sh + hd;       // n
 	float* part = sc + n;      // blockDim.x/hd groups × hd
-	const float* qr = q + ((long long)i * nhead + h) * hd;
-	for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
-	__syncthreads();
-	// Scores: one warp per key row, its lanes across the head's
-	// dimensions, so that each row is read in whole lines.
-	int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nwarps = blockDim.x / 32;
-	float m = NEG_INF;
-	for (int t = warp; t < n; t += nwarps) {
-		long long base = (long long)t * kvDim + (long long)kvh * hd;
-		float s = 0;
-		for (int d = lane; d < hd; d += 32) s += qs[d] * cacheAt(kc, f16, base + d);
-		for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
-		s *= scale;
-		if (lane == 0) sc[t] = s;
-		m = fmaxf(m, s);
-	}
-	m = blockMax(m, red);
+	loadQuery(qs, q + ((long long)i * nhead + h) * hd, hd);
+	float m = scoreRows(qs, kc, f16, kvOff, kvDim, hd, scale, 0, n, sc, red);
 	long long obs = ((long long)h * rows + i) * (past + rows);
-	float sum = 0;
-	for (int t = threadIdx.x; t < n; t += blockDim.x) {
-		if (scores) scores[obs + t] = sc[t];
-		float e = expf(sc[t] - m);
-		sc[t] = e;
-		sum += e;
-	}
-	sum = blockSum(sum, red);
-	float inv = 1.0f / sum;
+	if (scores)
+		for (int t = threadIdx.x; t < n; t += blockDim.x) scores[obs + t] = sc[t];
+	float inv = 1.0f / expRows(sc, n, m, red);
 	for (int t = threadIdx.x; t < n; t += blockDim.x) {
 		sc[t] *= inv;
 		if (probs) probs[obs + t] = sc[t];
 	}
 	__syncthreads();
-	// Output: thread (g, d) sums dimension d over the rows t ≡ g mod groups.
-	int groups = blockDim.x / hd;
-	int g = threadIdx.x / hd, d = threadIdx.x % hd;
-	if (g < groups) {
-		float acc = 0;
-		for (int t = g; t < n; t += groups) acc += sc[t] * cacheAt(vc, f16, (long long)t * kvDim + (long long)kvh * hd + d);
-		part[g * hd + d] = acc;
-	}
-	__syncthreads();
-	float* o = out + ((long long)i * nhead + h) * hd;
-	for (int d2 = threadIdx.x; d2 < hd; d2 += blockDim.x) {
-		float acc = 0;
-		for (int g2 = 0; g2 < groups; g2++) acc += part[g2 * hd + d2];
-		o[d2] = acc;
-	}
+	weighted(sc, vc, f16, kvOff, kvDim, hd, 0, n, part, out + ((long long)i * nhead + h) * hd);
 }
 
 // attn_tiled is attention for many rows (prefill): block (h, y) takes
@@ -761,46 +784,16 @@ extern "C" __global__ void attn_split(float* __restrict__ part, const float* __r
 		for (int d = threadIdx.x; d < hd + 2; d += blockDim.x) rec[d] = d == 0 ? NEG_INF : 0.0f;
 		return;
 	}
-	int kvh = h / (nhead / nheadkv), kvDim = nheadkv * hd;
+	long long kvOff = (long long)(h / (nhead / nheadkv)) * hd;
+	int kvDim = nheadkv * hd;
 	float* qs = sh;           // hd
 	float* sc = sh + hd;      // chunk
 	float* acc = sc + chunk;  // blockDim.x/hd groups × hd
-	const float* qr = q + ((long long)i * nhead + h) * hd;
-	for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
+	loadQuery(qs, q + ((long long)i * nhead + h) * hd, hd);
+	float m = scoreRows(qs, kc, f16, kvOff, kvDim, hd, scale, t0, t1, sc, red);
+	float sum = expRows(sc, t1 - t0, m, red);
 	__syncthreads();
-	int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nwarps = blockDim.x / 32;
-	float m = NEG_INF;
-	for (int t = t0 + warp; t < t1; t += nwarps) {
-		long long base = (long long)t * kvDim + (long long)kvh * hd;
-		float s = 0;
-		for (int d = lane; d < hd; d += 32) s += qs[d] * cacheAt(kc, f16, base + d);
-		for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
-		s *= scale;
-		if (lane == 0) sc[t - t0] = s;
-		m = fmaxf(m, s);
-	}
-	m = blockMax(m, red);
-	float sum = 0;
-	for (int t = t0 + threadIdx.x; t < t1; t += blockDim.x) {
-		float e = expf(sc[t - t0] - m);
-		sc[t - t0] = e;
-		sum += e;
-	}
-	sum = blockSum(sum, red);
-	__syncthreads();
-	int groups = blockDim.x / hd;
-	int g = threadIdx.x / hd, d = threadIdx.x % hd;
-	if (g < groups) {
-		float a = 0;
-		for (int t = t0 + g; t < t1; t += groups) a += sc[t - t0] * cacheAt(vc, f16, (long long)t * kvDim + (long long)kvh * hd + d);
-		acc[g * hd + d] = a;
-	}
-	__syncthreads();
-	for (int d2 = threadIdx.x; d2 < hd; d2 += blockDim.x) {
-		float a = 0;
-		for (int g2 = 0; g2 < groups; g2++) a += acc[g2 * hd + d2];
-		rec[2 + d2] = a;
-	}
+	weighted(sc, vc, f16, kvOff, kvDim, hd, t0, t1, acc, rec + 2);
 	if (threadIdx.x == 0) {
 		rec[0] = m;
 		rec[1] = sum;
