@@ -3,7 +3,6 @@ package cuda
 import (
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,12 +13,6 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
-
-	"github.com/edged/edged/accel"
-	"github.com/edged/edged/accel/cpu"
-	"github.com/edged/edged/internal/fixture"
 	"github.com/edged/edged/quant"
 )
 
@@ -348,222 +341,19 @@ func (d *emuDevice) gemm(ta, tb, m, n, k int32, alpha float32, a uint64, atype, 
 	return 0
 }
 
-// emuPair holds the same buffer on the emulated backend and the CPU's.
-type emuPair struct {
-	g, c accel.Buffer
-}
-
-type emuBoth struct {
-	t   *testing.T
-	gpu *Backend
-	dev *emuDevice
-	cpu *cpu.Backend
-}
-
-func newEmuBoth(t *testing.T, gemm string) *emuBoth {
+// newEmuBoth is the emulated backend, with the GEMM in mode gemm, beside
+// the CPU's.
+func newEmuBoth(t *testing.T, gemm string) *both {
 	g, d := emuBackend(t, gemm)
-	c := cpu.New(1)
-	t.Cleanup(func() { c.Close() })
-	return &emuBoth{t: t, gpu: g, dev: d, cpu: c}
+	return newBoth(t, g, func(k string) int { return d.counts[k] })
 }
 
-func (b *emuBoth) buf(vals []float32) emuPair {
-	g, err := b.gpu.Alloc(len(vals))
-	require.NoError(b.t, err)
-	c, err := b.cpu.Alloc(len(vals))
-	require.NoError(b.t, err)
-	b.gpu.Write(g, 0, vals)
-	b.cpu.Write(c, 0, vals)
-	return emuPair{g, c}
-}
-
-func (b *emuBoth) close(p emuPair, tol float64, what string) {
-	g, c := make([]float32, p.g.Len()), make([]float32, p.c.Len())
-	b.gpu.Read(g, p.g, 0)
-	b.cpu.Read(c, p.c, 0)
-	require.NoError(b.t, b.gpu.Err())
-	l2 := fixture.RelL2(g, c)
-	b.t.Logf("%s: rel L2 %.2e", what, l2)
-	assert.LessOrEqual(b.t, l2, tol, what)
-}
-
-func (b *emuBoth) cache(rng *rand.Rand, capacity, kvDim, past int, typ quant.Type) (kc, vc emuPair) {
-	var err error
-	for _, p := range []*emuPair{&kc, &vc} {
-		p.g, err = b.gpu.AllocCache(capacity*kvDim, typ)
-		require.NoError(b.t, err)
-		p.c, err = b.cpu.AllocCache(capacity*kvDim, typ)
-		require.NoError(b.t, err)
-	}
-	pk, pv := emuRand(rng, past*kvDim, 1), emuRand(rng, past*kvDim, 1)
-	b.gpu.WriteCache(kc.g, vc.g, kvDim, 0, pk, pv)
-	b.cpu.WriteCache(kc.c, vc.c, kvDim, 0, pk, pv)
-	return kc, vc
-}
-
-func emuRand(rng *rand.Rand, n int, scale float32) []float32 {
-	v := make([]float32, n)
-	for i := range v {
-		v[i] = float32(rng.NormFloat64()) * scale
-	}
-	return v
-}
-
-// Every weight type: MatMul at decode and small-batch sizes (the mat-vec
-// kernels, with the activations rounded by actq8a or actq8k), at a GEMM
-// size in float32 and on f16 inputs (the dequant and tohalf kernels before
-// the fake cuBLAS), and Embed, against the CPU.
 func TestEmuMatMul(t *testing.T) {
-	for _, gemm := range []string{"fp32", "f16"} {
-		t.Run(gemm, func(t *testing.T) {
-			b := newEmuBoth(t, gemm)
-			rng := rand.New(rand.NewPCG(1, 2))
-			const rows, cols = 77, 512
-			types := []quant.Type{quant.F32, quant.F16, quant.BF16, quant.Q4_0, quant.Q4_1, quant.Q5_0, quant.Q5_1, quant.Q8_0, quant.Q4_K, quant.Q5_K, quant.Q6_K}
-			for _, typ := range types {
-				t.Run(typ.String(), func(t *testing.T) {
-					b.t = t
-					size, err := typ.RowSize(cols)
-					require.NoError(t, err)
-					data := make([]byte, rows*size)
-					require.NoError(t, quant.Quantize(typ, emuRand(rng, rows*cols, 0.5), data))
-					m := accel.Matrix{Name: "w", Type: typ, Rows: rows, Cols: cols, Data: data}
-					wg, err := b.gpu.Load(m)
-					require.NoError(t, err)
-					wc, err := b.cpu.Load(m)
-					require.NoError(t, err)
-					ns := []int{1, 3, 8, 13, 40}
-					if gemm == "f16" {
-						ns = []int{40} // the mat-vec does not depend on the GEMM's mode
-					}
-					for _, n := range ns {
-						x := b.buf(emuRand(rng, n*cols, 1))
-						out := b.buf(make([]float32, n*rows))
-						b.gpu.MatMul(out.g, wg, x.g, n)
-						b.cpu.MatMul(out.c, wc, x.c, n)
-						tol := 1e-5
-						if n > gemmRows && gemm == "f16" {
-							tol = 2e-3 // f16 inputs: 11 significant bits
-						}
-						b.close(out, tol, fmt.Sprintf("%s matmul of %d rows", typ, n))
-					}
-					if gemm == "fp32" {
-						ids := []int32{3, 0, rows - 1, 3, 40}
-						emb := b.buf(make([]float32, len(ids)*cols))
-						b.gpu.Embed(emb.g, wg, ids)
-						b.cpu.Embed(emb.c, wc, ids)
-						b.close(emb, 1e-7, typ.String()+" embed")
-					}
-				})
-			}
-			t.Logf("launches: %v", b.dev.counts)
-		})
-	}
+	checkMatMul(newEmuBoth(t, "fp32"), []int{1, 3, 8, 13, 40}, true)
+	// The mat-vec does not depend on the GEMM's mode.
+	t.Run("f16", func(t *testing.T) { checkMatMul(newEmuBoth(t, "f16"), []int{40}, false) })
 }
 
-func TestEmuElementwise(t *testing.T) {
-	b := newEmuBoth(t, "fp32")
-	rng := rand.New(rand.NewPCG(3, 4))
-	const rows, n = 5, 96
-	x, y, w := b.buf(emuRand(rng, rows*n, 1)), b.buf(emuRand(rng, rows*n, 1)), b.buf(emuRand(rng, n, 1))
-
-	out := b.buf(make([]float32, rows*n))
-	b.gpu.RMSNorm(out.g, x.g, w.g, rows, 1e-5)
-	b.cpu.RMSNorm(out.c, x.c, w.c, rows, 1e-5)
-	b.close(out, 1e-6, "rmsnorm")
-
-	b.gpu.Add(x.g, y.g, rows*n-7)
-	b.cpu.Add(x.c, y.c, rows*n-7)
-	b.close(x, 1e-7, "add")
-
-	b.gpu.AddRows(y.g, w.g, rows)
-	b.cpu.AddRows(y.c, w.c, rows)
-	b.close(y, 1e-7, "addrows")
-
-	b.gpu.SwiGLU(out.g, x.g, y.g, rows*n)
-	b.cpu.SwiGLU(out.c, x.c, y.c, rows*n)
-	b.close(out, 1e-5, "swiglu")
-
-	idx := []int32{4, 0, 2, 2}
-	g := b.buf(make([]float32, len(idx)*n))
-	b.gpu.Gather(g.g, x.g, n, idx)
-	b.cpu.Gather(g.c, x.c, n, idx)
-	b.close(g, 0, "gather")
-
-	for _, neox := range []bool{false, true} {
-		r := accel.NewRoPE(16, 16, 10000, neox, nil)
-		pos := []int32{0, 1, 7, 300, 4095}
-		v := b.buf(emuRand(rng, len(pos)*n, 1))
-		b.gpu.RoPE(v.g, n, pos, r)
-		b.cpu.RoPE(v.c, n, pos, r)
-		b.close(v, 1e-6, fmt.Sprintf("rope (neox %v)", neox))
-	}
-}
-
-// Attention with probabilities and scores handed back: the one-pass
-// kernel, two sequences, grouped heads, both cache types.
-func TestEmuAttention(t *testing.T) {
-	b := newEmuBoth(t, "fp32")
-	rng := rand.New(rand.NewPCG(5, 6))
-	s := accel.AttnShape{NHead: 6, NHeadKV: 2, HeadDim: 32, Scale: 1 / float32(math.Sqrt(32))}
-	kvDim, qDim := s.NHeadKV*s.HeadDim, s.NHead*s.HeadDim
-	for _, typ := range []quant.Type{quant.F32, quant.F16} {
-		const capacity = 64
-		past := []int{5, 0}
-		rows := []int{1, 9}
-		total := rows[0] + rows[1]
-		q, k, v := b.buf(emuRand(rng, total*qDim, 1)), b.buf(emuRand(rng, total*kvDim, 1)), b.buf(emuRand(rng, total*kvDim, 1))
-		out := b.buf(make([]float32, total*qDim))
-		var gs, cs []accel.AttnSeq
-		var probs, scores [][]float32
-		for i := range past {
-			kc, vc := b.cache(rng, capacity, kvDim, past[i], typ)
-			n := s.NHead * rows[i] * (past[i] + rows[i])
-			gp, gsc, cp, csc := make([]float32, n), make([]float32, n), make([]float32, n), make([]float32, n)
-			probs = append(probs, gp, cp)
-			scores = append(scores, gsc, csc)
-			gs = append(gs, accel.AttnSeq{K: kc.g, V: vc.g, Past: past[i], Rows: rows[i], Probs: gp, Scores: gsc})
-			cs = append(cs, accel.AttnSeq{K: kc.c, V: vc.c, Past: past[i], Rows: rows[i], Probs: cp, Scores: csc})
-		}
-		b.gpu.Attention(out.g, q.g, k.g, v.g, gs, s)
-		b.cpu.Attention(out.c, q.c, k.c, v.c, cs, s)
-		b.close(out, 1e-5, "attention "+typ.String())
-		for i := 0; i < len(probs); i += 2 {
-			assert.LessOrEqual(t, fixture.RelL2(probs[i], probs[i+1]), 1e-5, "probs")
-			assert.LessOrEqual(t, fixture.RelL2(scores[i], scores[i+1]), 1e-5, "scores")
-		}
-	}
-	assert.Equal(t, 4, b.dev.counts["attention"])
-	assert.Zero(t, b.dev.counts["attn_split"]+b.dev.counts["attn_tiled"])
-}
-
-// Without observers, decode rows over a long cache take the chunked
-// kernels (attn_split, attn_combine), where a short context in a long
-// cache leaves most chunks empty, and many rows the tiled kernel (a
-// partial last tile of rows, keys past a row's end masked).
-func TestEmuAttentionNoObserver(t *testing.T) {
-	b := newEmuBoth(t, "fp32")
-	rng := rand.New(rand.NewPCG(9, 10))
-	s := accel.AttnShape{NHead: 8, NHeadKV: 2, HeadDim: 64, Scale: 0.125}
-	kvDim, qDim := s.NHeadKV*s.HeadDim, s.NHead*s.HeadDim
-	const capacity = 1100
-	for _, typ := range []quant.Type{quant.F32, quant.F16} {
-		past, rows := []int{700, 3, 0, 300}, []int{1, 2, 37, 20}
-		total := rows[0] + rows[1] + rows[2] + rows[3]
-		q, k, v := b.buf(emuRand(rng, total*qDim, 1)), b.buf(emuRand(rng, total*kvDim, 1)), b.buf(emuRand(rng, total*kvDim, 1))
-		out := b.buf(make([]float32, total*qDim))
-		var gs, cs []accel.AttnSeq
-		for i := range past {
-			kc, vc := b.cache(rng, capacity, kvDim, past[i], typ)
-			gs = append(gs, accel.AttnSeq{K: kc.g, V: vc.g, Past: past[i], Rows: rows[i]})
-			cs = append(cs, accel.AttnSeq{K: kc.c, V: vc.c, Past: past[i], Rows: rows[i]})
-		}
-		b.gpu.Attention(out.g, q.g, k.g, v.g, gs, s)
-		b.cpu.Attention(out.c, q.c, k.c, v.c, cs, s)
-		b.close(out, 1e-5, "attention without observers "+typ.String())
-	}
-	assert.Equal(t, 4, b.dev.counts["attn_split"])
-	assert.Equal(t, 4, b.dev.counts["attn_combine"])
-	assert.Equal(t, 4, b.dev.counts["attn_tiled"])
-	assert.Zero(t, b.dev.counts["attention"])
-}
+func TestEmuElementwise(t *testing.T)         { checkElementwise(newEmuBoth(t, "fp32")) }
+func TestEmuAttention(t *testing.T)           { checkAttention(newEmuBoth(t, "fp32")) }
+func TestEmuAttentionNoObserver(t *testing.T) { checkAttentionNoObserver(newEmuBoth(t, "fp32")) }

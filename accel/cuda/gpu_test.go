@@ -1,4 +1,4 @@
-package cuda_test
+package cuda
 
 // These tests run only where a CUDA device and its libraries are present
 // (tests/gpu/check.sh runs them on a lent GPU machine); elsewhere they
@@ -7,8 +7,6 @@ package cuda_test
 
 import (
 	"encoding/json"
-	"fmt"
-	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -20,14 +18,12 @@ import (
 
 	"github.com/edged/edged/accel"
 	"github.com/edged/edged/accel/cpu"
-	"github.com/edged/edged/accel/cuda"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/internal/fixture"
 	"github.com/edged/edged/model"
-	"github.com/edged/edged/quant"
 )
 
-func openGPU(t testing.TB) *cuda.Backend {
+func openGPU(t testing.TB) *Backend {
 	t.Helper()
 	// A shared cache (the check script sets one) compiles the kernels once
 	// for all tests.
@@ -35,7 +31,7 @@ func openGPU(t testing.TB) *cuda.Backend {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	b, err := cuda.Open(cuda.Config{CacheDir: dir})
+	b, err := Open(Config{CacheDir: dir})
 	if err != nil {
 		if os.Getenv("EDGED_REQUIRE_GPU") == "1" {
 			t.Fatalf("CUDA required: %v", err)
@@ -47,212 +43,13 @@ func openGPU(t testing.TB) *cuda.Backend {
 	return b
 }
 
-// pair holds the same buffer on both backends.
-type pair struct {
-	g, c accel.Buffer
-}
+// The operation tests of ops_test.go on the GPU.
+func newGPUBoth(t *testing.T) *both { return newBoth(t, openGPU(t), nil) }
 
-type both struct {
-	t   *testing.T
-	gpu *cuda.Backend
-	cpu *cpu.Backend
-}
-
-func newBoth(t *testing.T) *both {
-	g := openGPU(t)
-	c := cpu.New(2)
-	t.Cleanup(func() { c.Close() })
-	return &both{t: t, gpu: g, cpu: c}
-}
-
-func (b *both) buf(vals []float32) pair {
-	g, err := b.gpu.Alloc(len(vals))
-	require.NoError(b.t, err)
-	c, err := b.cpu.Alloc(len(vals))
-	require.NoError(b.t, err)
-	b.gpu.Write(g, 0, vals)
-	b.cpu.Write(c, 0, vals)
-	return pair{g, c}
-}
-
-// read returns both backends' contents of p.
-func (b *both) read(p pair) (gpu, cpu []float32) {
-	gpu, cpu = make([]float32, p.g.Len()), make([]float32, p.c.Len())
-	b.gpu.Read(gpu, p.g, 0)
-	b.cpu.Read(cpu, p.c, 0)
-	require.NoError(b.t, b.gpu.Err())
-	return gpu, cpu
-}
-
-func (b *both) close(p pair, tol float64, what string) {
-	g, c := b.read(p)
-	l2 := fixture.RelL2(g, c)
-	b.t.Logf("%s: rel L2 %.2e", what, l2)
-	assert.LessOrEqual(b.t, l2, tol, what)
-}
-
-// cache returns key and value caches of capacity rows on both backends,
-// their first past rows random and the same on both.
-func (b *both) cache(rng *rand.Rand, capacity, kvDim, past int, typ quant.Type) (kc, vc pair) {
-	var err error
-	for _, p := range []*pair{&kc, &vc} {
-		p.g, err = b.gpu.AllocCache(capacity*kvDim, typ)
-		require.NoError(b.t, err)
-		p.c, err = b.cpu.AllocCache(capacity*kvDim, typ)
-		require.NoError(b.t, err)
-	}
-	pk, pv := randVals(rng, past*kvDim, 1), randVals(rng, past*kvDim, 1)
-	b.gpu.WriteCache(kc.g, vc.g, kvDim, 0, pk, pv)
-	b.cpu.WriteCache(kc.c, vc.c, kvDim, 0, pk, pv)
-	return kc, vc
-}
-
-func randVals(rng *rand.Rand, n int, scale float32) []float32 {
-	v := make([]float32, n)
-	for i := range v {
-		v[i] = float32(rng.NormFloat64()) * scale
-	}
-	return v
-}
-
-// Every weight type: MatMul at decode, small-batch and GEMM sizes, and
-// Embed, against the CPU.
-func TestGPUMatMul(t *testing.T) {
-	b := newBoth(t)
-	rng := rand.New(rand.NewPCG(1, 2))
-	const rows, cols = 77, 512
-	types := []quant.Type{quant.F32, quant.F16, quant.BF16, quant.Q4_0, quant.Q4_1, quant.Q5_0, quant.Q5_1, quant.Q8_0, quant.Q4_K, quant.Q5_K, quant.Q6_K}
-	for _, typ := range types {
-		t.Run(typ.String(), func(t *testing.T) {
-			size, err := typ.RowSize(cols)
-			require.NoError(t, err)
-			data := make([]byte, rows*size)
-			require.NoError(t, quant.Quantize(typ, randVals(rng, rows*cols, 0.5), data))
-			m := accel.Matrix{Name: "w", Type: typ, Rows: rows, Cols: cols, Data: data}
-			wg, err := b.gpu.Load(m)
-			require.NoError(t, err)
-			wc, err := b.cpu.Load(m)
-			require.NoError(t, err)
-			for _, n := range []int{1, 3, 8, 13, 40, 100} {
-				x := b.buf(randVals(rng, n*cols, 1))
-				out := b.buf(make([]float32, n*rows))
-				b.gpu.MatMul(out.g, wg, x.g, n)
-				b.cpu.MatMul(out.c, wc, x.c, n)
-				tol := 1e-5
-				if n > 32 {
-					tol = 2e-3 // the GEMM rounds to 11 significant bits (f16 or TF32)
-				}
-				b.close(out, tol, fmt.Sprintf("%s matmul of %d rows", typ, n))
-			}
-			ids := []int32{3, 0, 76, 3, 40}
-			emb := b.buf(make([]float32, len(ids)*cols))
-			b.gpu.Embed(emb.g, wg, ids)
-			b.cpu.Embed(emb.c, wc, ids)
-			b.close(emb, 1e-7, typ.String()+" embed")
-		})
-	}
-}
-
-func TestGPUElementwise(t *testing.T) {
-	b := newBoth(t)
-	rng := rand.New(rand.NewPCG(3, 4))
-	const rows, n = 5, 96
-	x, y, w := b.buf(randVals(rng, rows*n, 1)), b.buf(randVals(rng, rows*n, 1)), b.buf(randVals(rng, n, 1))
-
-	out := b.buf(make([]float32, rows*n))
-	b.gpu.RMSNorm(out.g, x.g, w.g, rows, 1e-5)
-	b.cpu.RMSNorm(out.c, x.c, w.c, rows, 1e-5)
-	b.close(out, 1e-6, "rmsnorm")
-
-	b.gpu.Add(x.g, y.g, rows*n-7)
-	b.cpu.Add(x.c, y.c, rows*n-7)
-	b.close(x, 1e-7, "add")
-
-	b.gpu.AddRows(y.g, w.g, rows)
-	b.cpu.AddRows(y.c, w.c, rows)
-	b.close(y, 1e-7, "addrows")
-
-	b.gpu.SwiGLU(out.g, x.g, y.g, rows*n)
-	b.cpu.SwiGLU(out.c, x.c, y.c, rows*n)
-	b.close(out, 1e-5, "swiglu")
-
-	idx := []int32{4, 0, 2, 2}
-	g := b.buf(make([]float32, len(idx)*n))
-	b.gpu.Gather(g.g, x.g, n, idx)
-	b.cpu.Gather(g.c, x.c, n, idx)
-	b.close(g, 0, "gather")
-
-	for _, neox := range []bool{false, true} {
-		r := accel.NewRoPE(16, 16, 10000, neox, nil)
-		pos := []int32{0, 1, 7, 300, 4095}
-		v := b.buf(randVals(rng, len(pos)*n, 1))
-		b.gpu.RoPE(v.g, n, pos, r)
-		b.cpu.RoPE(v.c, n, pos, r)
-		b.close(v, 1e-6, "rope")
-	}
-}
-
-// Attention of two sequences with earlier rows in their caches, grouped
-// heads, both cache types, with probabilities and scores handed back.
-func TestGPUAttention(t *testing.T) {
-	b := newBoth(t)
-	rng := rand.New(rand.NewPCG(5, 6))
-	s := accel.AttnShape{NHead: 6, NHeadKV: 2, HeadDim: 32, Scale: 1 / float32(math.Sqrt(32))}
-	kvDim, qDim := s.NHeadKV*s.HeadDim, s.NHead*s.HeadDim
-	for _, typ := range []quant.Type{quant.F32, quant.F16} {
-		const capacity = 64
-		past := []int{5, 0}
-		rows := []int{1, 9}
-		total := rows[0] + rows[1]
-		q, k, v := b.buf(randVals(rng, total*qDim, 1)), b.buf(randVals(rng, total*kvDim, 1)), b.buf(randVals(rng, total*kvDim, 1))
-		out := b.buf(make([]float32, total*qDim))
-		var gs, cs []accel.AttnSeq
-		var probs, scores [][]float32
-		for i := range past {
-			kc, vc := b.cache(rng, capacity, kvDim, past[i], typ)
-			n := s.NHead * rows[i] * (past[i] + rows[i])
-			gp, gsc, cp, csc := make([]float32, n), make([]float32, n), make([]float32, n), make([]float32, n)
-			probs = append(probs, gp, cp)
-			scores = append(scores, gsc, csc)
-			gs = append(gs, accel.AttnSeq{K: kc.g, V: vc.g, Past: past[i], Rows: rows[i], Probs: gp, Scores: gsc})
-			cs = append(cs, accel.AttnSeq{K: kc.c, V: vc.c, Past: past[i], Rows: rows[i], Probs: cp, Scores: csc})
-		}
-		b.gpu.Attention(out.g, q.g, k.g, v.g, gs, s)
-		b.cpu.Attention(out.c, q.c, k.c, v.c, cs, s)
-		b.close(out, 1e-5, "attention "+typ.String())
-		for i := 0; i < len(probs); i += 2 {
-			assert.LessOrEqual(t, fixture.RelL2(probs[i], probs[i+1]), 1e-5, "probs")
-			assert.LessOrEqual(t, fixture.RelL2(scores[i], scores[i+1]), 1e-5, "scores")
-		}
-	}
-}
-
-// Without observers, decode rows over a long cache take the chunked
-// (flash-decoding) kernels, where a short context in a long cache leaves
-// most chunks empty, and many rows take the tiled kernel (a partial last
-// tile of rows, keys past a row's end masked).
-func TestGPUAttentionNoObserver(t *testing.T) {
-	b := newBoth(t)
-	rng := rand.New(rand.NewPCG(9, 10))
-	s := accel.AttnShape{NHead: 8, NHeadKV: 2, HeadDim: 64, Scale: 0.125}
-	kvDim, qDim := s.NHeadKV*s.HeadDim, s.NHead*s.HeadDim
-	const capacity = 1100
-	for _, typ := range []quant.Type{quant.F32, quant.F16} {
-		past, rows := []int{700, 3, 0, 300}, []int{1, 2, 37, 20}
-		total := rows[0] + rows[1] + rows[2] + rows[3]
-		q, k, v := b.buf(randVals(rng, total*qDim, 1)), b.buf(randVals(rng, total*kvDim, 1)), b.buf(randVals(rng, total*kvDim, 1))
-		out := b.buf(make([]float32, total*qDim))
-		var gs, cs []accel.AttnSeq
-		for i := range past {
-			kc, vc := b.cache(rng, capacity, kvDim, past[i], typ)
-			gs = append(gs, accel.AttnSeq{K: kc.g, V: vc.g, Past: past[i], Rows: rows[i]})
-			cs = append(cs, accel.AttnSeq{K: kc.c, V: vc.c, Past: past[i], Rows: rows[i]})
-		}
-		b.gpu.Attention(out.g, q.g, k.g, v.g, gs, s)
-		b.cpu.Attention(out.c, q.c, k.c, v.c, cs, s)
-		b.close(out, 1e-5, "attention without observers "+typ.String())
-	}
-}
+func TestGPUMatMul(t *testing.T)              { checkMatMul(newGPUBoth(t), []int{1, 3, 8, 13, 40, 100}, true) }
+func TestGPUElementwise(t *testing.T)         { checkElementwise(newGPUBoth(t)) }
+func TestGPUAttention(t *testing.T)           { checkAttention(newGPUBoth(t)) }
+func TestGPUAttentionNoObserver(t *testing.T) { checkAttentionNoObserver(newGPUBoth(t)) }
 
 func openEngine(t *testing.T, path string, be accel.Backend) *engine.Engine {
 	t.Helper()
