@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/edged/edged/internal/cxxemu"
 	"github.com/edged/edged/quant"
 )
 
@@ -29,10 +31,9 @@ import (
 // at a barrier or for a shuffle partner; blocks run one at a time).
 
 var (
-	emuOnce   sync.Once
-	emuDir    string // removed by TestMain
-	emuDriver string
-	emuErr    error
+	emuOnce sync.Once
+	emu     cxxemu.Program // removed by TestMain
+	emuErr  error
 )
 
 // emuSource is kernels.cu as C++: its two inline PTX conversions become
@@ -59,69 +60,28 @@ func emuSource(src string) (string, error) {
 // It needs a C++20 compiler with _Float16 (g++ 12 on x86-64 or arm64).
 func buildEmulator() (string, error) {
 	emuOnce.Do(func() {
-		cxx := os.Getenv("CXX")
-		if cxx == "" {
-			cxx = "g++"
-		}
-		dir, err := os.MkdirTemp("", "cuda-emu")
-		if err != nil {
-			emuErr = err
-			return
-		}
-		emuDir = dir
-		if err := emuProbe(cxx, dir); err != nil {
-			emuErr = fmt.Errorf("no C++ compiler: %w", err)
-			return
-		}
-		driver, err := filepath.Abs("testdata/driver.cpp")
-		if err != nil {
-			emuErr = err
-			return
-		}
 		src, err := emuSource(kernelSource)
 		if err != nil {
 			emuErr = err
 			return
 		}
-		if err := os.WriteFile(filepath.Join(dir, "kernels.cpp"), []byte(src), 0o644); err != nil {
-			emuErr = err
-			return
-		}
-		emuDriver = filepath.Join(dir, "driver")
 		// No contraction: the GPU fuses some products into FMAs, the CPU
 		// backend none; the tolerances cover the difference.
-		cmd := exec.Command(cxx, "-std=c++20", "-O1", "-ffp-contract=off", "-fno-strict-aliasing",
-			"-Wall", "-Wno-unknown-pragmas", "-Wno-unused", "-Wno-sign-compare", "-I", dir, "-o", emuDriver, driver)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			emuErr = fmt.Errorf("compile the emulator: %v\n%s", err, out)
-		}
+		emu, emuErr = cxxemu.Build("cuda-emu", "testdata/driver.cpp", src, emuProbe, "-std=c++20", "-O1", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused", "-Wno-sign-compare")
 	})
-	return emuDriver, emuErr
+	return emu.Path, emuErr
 }
 
 // TestMain removes the emulator built for the run.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if emuDir != "" {
-		os.RemoveAll(emuDir)
-	}
+	emu.Remove()
 	os.Exit(code)
 }
 
-// emuProbe checks that cxx compiles C++20 with _Float16, so that a system
-// without one skips the emulator rather than failing on it.
-func emuProbe(cxx, dir string) error {
-	src := filepath.Join(dir, "probe.cpp")
-	prog := "#include <ucontext.h>\n#include <bit>\nint main() { _Float16 h = 1.5f; ucontext_t c; getcontext(&c); return std::bit_cast<unsigned short>(h) == 0x3e00 ? 0 : 1; }\n"
-	if err := os.WriteFile(src, []byte(prog), 0o644); err != nil {
-		return err
-	}
-	out, err := exec.Command(cxx, "-std=c++20", "-o", filepath.Join(dir, "probe"), src).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s: %v: %s", cxx, err, out)
-	}
-	return nil
-}
+// emuProbe needs _Float16 and ucontext, so that a system without them
+// skips the emulator rather than failing on it.
+const emuProbe = "#include <ucontext.h>\n#include <bit>\nint main() { _Float16 h = 1.5f; ucontext_t c; getcontext(&c); return std::bit_cast<unsigned short>(h) == 0x3e00 ? 0 : 1; }\n"
 
 // emuDevice is the fake driver's state: device memory, by base address.
 type emuDevice struct {
@@ -161,7 +121,7 @@ func emuBackend(t testing.TB, gemm string) (*Backend, *emuDevice) {
 	}
 	driver, err := buildEmulator()
 	if err != nil {
-		if strings.HasPrefix(err.Error(), "no C++ compiler") {
+		if errors.Is(err, cxxemu.ErrNoCompiler) {
 			t.Skip(err)
 		}
 		t.Fatal(err)

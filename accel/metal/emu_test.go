@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"unsafe"
+
+	"github.com/edged/edged/internal/cxxemu"
 )
 
 // emuDevice runs the kernels of kernels.metal compiled as C++ for the CPU
@@ -27,81 +29,40 @@ type emuDevice struct {
 }
 
 var (
-	emuOnce   sync.Once
-	emuDir    string // removed by TestMain
-	emuDriver string
-	emuErr    error
+	emuOnce sync.Once
+	emu     cxxemu.Program // removed by TestMain
+	emuErr  error
 )
 
 // buildEmulator compiles the driver with the kernels once per test run.
 // It needs a C++20 compiler with _Float16 (g++ 12 on x86-64 or arm64).
 func buildEmulator() (string, error) {
 	emuOnce.Do(func() {
-		cxx := os.Getenv("CXX")
-		if cxx == "" {
-			cxx = "g++"
-		}
-		dir, err := os.MkdirTemp("", "metal-emu")
-		if err != nil {
-			emuErr = err
-			return
-		}
-		emuDir = dir
-		if err := probeCompiler(cxx, dir); err != nil {
-			emuErr = fmt.Errorf("no C++ compiler: %w", err)
-			return
-		}
-		driver, err := filepath.Abs("testdata/driver.cpp")
-		if err != nil {
-			emuErr = err
-			return
-		}
 		// C++ has no threadgroup address space: the driver runs one
 		// threadgroup at a time, so the threadgroup arrays become statics.
 		src := strings.Replace(source, "#include <metal_stdlib>", "", 1)
 		src = strings.Replace(src, "using namespace metal;", "", 1)
 		src = regexp.MustCompile(`threadgroup (float \w+\[\w+\];)`).ReplaceAllString(src, "static $1")
-		if err := os.WriteFile(filepath.Join(dir, "kernels.cpp"), []byte(src), 0o644); err != nil {
-			emuErr = err
-			return
-		}
-		emuDriver = filepath.Join(dir, "driver")
-		cmd := exec.Command(cxx, "-std=c++20", "-O1", "-pthread", "-Wall", "-Wno-attributes", "-Wno-unused", "-I", dir, "-o", emuDriver, driver)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			emuErr = fmt.Errorf("compile the emulator: %v\n%s", err, out)
-		}
+		emu, emuErr = cxxemu.Build("metal-emu", "testdata/driver.cpp", src, emuProbe, "-std=c++20", "-O1", "-pthread", "-Wall", "-Wno-attributes", "-Wno-unused")
 	})
-	return emuDriver, emuErr
+	return emu.Path, emuErr
 }
 
 // TestMain removes the emulator built for the run.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if emuDir != "" {
-		os.RemoveAll(emuDir)
-	}
+	emu.Remove()
 	os.Exit(code)
 }
 
-// probeCompiler checks that cxx compiles C++20 with _Float16, so that a
-// system without one skips the emulator rather than failing on it.
-func probeCompiler(cxx, dir string) error {
-	src := filepath.Join(dir, "probe.cpp")
-	prog := "#include <barrier>\nint main() { _Float16 h = 1.5f; std::barrier b(1); return h > 1 ? 0 : 1; }\n"
-	if err := os.WriteFile(src, []byte(prog), 0o644); err != nil {
-		return err
-	}
-	out, err := exec.Command(cxx, "-std=c++20", "-pthread", "-o", filepath.Join(dir, "probe"), src).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s: %v: %s", cxx, err, out)
-	}
-	return nil
-}
+// emuProbe needs _Float16 and std::barrier, so that a system without them
+// skips the emulator rather than failing on it.
+const emuProbe = "#include <barrier>\nint main() { _Float16 h = 1.5f; std::barrier b(1); return h > 1 ? 0 : 1; }\n"
 
 func newEmuDevice(t *testing.T) *emuDevice {
 	driver, err := buildEmulator()
 	if err != nil {
-		if strings.HasPrefix(err.Error(), "no C++ compiler") {
+		if errors.Is(err, cxxemu.ErrNoCompiler) {
 			t.Skip(err)
 		}
 		t.Fatal(err)
