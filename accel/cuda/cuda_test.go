@@ -126,14 +126,7 @@ func TestKernelSource(t *testing.T) {
 		assert.False(t, defined[n], "kernel %s defined twice", n)
 		defined[n] = true
 	}
-	suffixes := []string{}
 	for _, suffix := range kernelSuffix {
-		suffixes = append(suffixes, suffix)
-	}
-	for _, r := range repackedTypes {
-		suffixes = append(suffixes, r.suffix)
-	}
-	for _, suffix := range suffixes {
 		for _, k := range []string{"matvec_", "dequant_", "embed_"} {
 			assert.True(t, defined[k+suffix], k+suffix)
 		}

@@ -21,11 +21,9 @@ typedef unsigned int u32;
 // GGML type numbers, as in quant.Type.
 #define T_F32 0
 #define T_F16 1
-#define T_Q4_0 2
 #define T_Q4_1 3
 #define T_Q5_0 6
 #define T_Q5_1 7
-#define T_Q8_0 8
 #define T_Q4_K 12
 #define T_Q5_K 13
 #define T_Q6_K 14
@@ -97,24 +95,9 @@ __device__ __forceinline__ void unit<T_BF16>(const u8* __restrict__ row, int nco
 	*p1 = 16 * u + 8;
 }
 
-// The 32-value types: unit h of block b is bytes 8h..8h+7 of qs, whose low
-// nibbles are elements 8h.. and high nibbles 16+8h.. (q8_0: 16 plain bytes).
-template <>
-__device__ __forceinline__ void unit<T_Q4_0>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
-	int b = u >> 1, h = u & 1;
-	const u8* blk = row + 18 * b;
-	float d = h2f(ld16(blk));
-	const u8* qs = blk + 2 + 8 * h;
-#pragma unroll
-	for (int i = 0; i < 8; i++) {
-		int q = qs[i];
-		w[i] = (float)((q & 0xf) - 8) * d;
-		w[8 + i] = (float)((q >> 4) - 8) * d;
-	}
-	*p0 = 32 * b + 8 * h;
-	*p1 = 32 * b + 16 + 8 * h;
-}
-
+// The 32-value types (q4_1, q5_0, q5_1; q4_0 and q8_0 are repacked, below):
+// unit h of block b is bytes 8h..8h+7 of qs, whose low nibbles are elements
+// 8h.. and high nibbles 16+8h..
 template <>
 __device__ __forceinline__ void unit<T_Q4_1>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
 	int b = u >> 1, h = u & 1;
@@ -167,18 +150,6 @@ __device__ __forceinline__ void unit<T_Q5_1>(const u8* __restrict__ row, int nco
 	}
 	*p0 = 32 * b + 8 * h;
 	*p1 = 32 * b + 16 + 8 * h;
-}
-
-template <>
-__device__ __forceinline__ void unit<T_Q8_0>(const u8* __restrict__ row, int ncols, int u, float* w, int* p0, int* p1) {
-	int b = u >> 1, h = u & 1;
-	const u8* blk = row + 34 * b;
-	float d = h2f(ld16(blk));
-	const i8* qs = (const i8*)(blk + 2) + 16 * h;
-#pragma unroll
-	for (int i = 0; i < 16; i++) w[i] = (float)qs[i] * d;
-	*p0 = 32 * b + 16 * h;
-	*p1 = 32 * b + 16 * h + 8;
 }
 
 template <>
@@ -421,11 +392,9 @@ __device__ void embed(float* __restrict__ dst, const u8* __restrict__ W, const i
 WEIGHT_KERNELS(f32, T_F32)
 WEIGHT_KERNELS(f16, T_F16)
 WEIGHT_KERNELS(bf16, T_BF16)
-WEIGHT_KERNELS(q4_0, T_Q4_0)
 WEIGHT_KERNELS(q4_1, T_Q4_1)
 WEIGHT_KERNELS(q5_0, T_Q5_0)
 WEIGHT_KERNELS(q5_1, T_Q5_1)
-WEIGHT_KERNELS(q8_0, T_Q8_0)
 WEIGHT_KERNELS(q4_0r, T_Q4_0R)
 WEIGHT_KERNELS(q8_0r, T_Q8_0R)
 WEIGHT_KERNELS(q4_k, T_Q4_K)

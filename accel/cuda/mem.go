@@ -229,10 +229,11 @@ type weight struct {
 
 func (w *weight) Dims() (rows, cols int) { return w.rows, w.cols }
 
-// kernelSuffix names each supported weight type's kernels.
+// kernelSuffix names each supported weight type's kernels (q4_0 and q8_0:
+// of their repacked layout, repack.go).
 var kernelSuffix = map[quant.Type]string{
 	quant.F32: "f32", quant.F16: "f16", quant.BF16: "bf16",
-	quant.Q4_0: "q4_0", quant.Q4_1: "q4_1", quant.Q5_0: "q5_0", quant.Q5_1: "q5_1", quant.Q8_0: "q8_0",
+	quant.Q4_0: "q4_0r", quant.Q4_1: "q4_1", quant.Q5_0: "q5_0", quant.Q5_1: "q5_1", quant.Q8_0: "q8_0r",
 	quant.Q4_K: "q4_k", quant.Q5_K: "q5_k", quant.Q6_K: "q6_k",
 }
 
@@ -268,7 +269,7 @@ func (b *Backend) Load(m accel.Matrix) (accel.Weight, error) {
 	}
 	data := m.Data
 	if r, ok := repackedTypes[m.Type]; ok {
-		data, rowBytes, suffix = r.repack(m.Data, m.Rows, m.Cols), r.rowBytes(m.Cols/32), r.suffix
+		data, rowBytes = r.repack(m.Data, m.Rows, m.Cols), r.rowBytes(m.Cols/32)
 	}
 	b.enter()
 	defer b.leave()

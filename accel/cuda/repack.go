@@ -6,18 +6,18 @@ import "github.com/edged/edged/quant"
 // quants of every block back to back (16 or 32 bytes a block, so that a
 // kernel reads them in aligned 8- and 16-byte loads; GGUF's 18- and
 // 34-byte blocks are only 2-byte aligned), then the blocks' f16 scales,
-// the row padded to 16 bytes.
+// the row padded to 16 bytes. Only this layout has kernels for these
+// types (kernelSuffix).
 type repacked struct {
-	suffix string // the kernels of the layout
-	quants int    // quant bytes of one block
+	quants int // quant bytes of one block
 }
 
 var repackedTypes = map[quant.Type]repacked{
-	quant.Q4_0: {"q4_0r", 16},
-	quant.Q8_0: {"q8_0r", 32},
+	quant.Q4_0: {16},
+	quant.Q8_0: {32},
 }
 
-// repackedRowBytes is the size of a repacked row of nb blocks.
+// rowBytes is the size of a repacked row of nb blocks.
 func (r repacked) rowBytes(nb int) int { return (nb*(r.quants+2) + 15) &^ 15 }
 
 // repack converts rows of GGUF blocks (2-byte scale, then quants) into the

@@ -159,7 +159,7 @@ template <typename... A> static Invoker invoker(void (*f)(A...)) {
 #define W(s) K(matvec_##s), K(dequant_##s), K(embed_##s)
 
 static const std::map<std::string, Invoker> kernels = {
-    W(f32), W(f16), W(bf16), W(q4_0), W(q4_1), W(q5_0), W(q5_1), W(q8_0), W(q4_0r), W(q8_0r), W(q4_k), W(q5_k), W(q6_k),
+    W(f32), W(f16), W(bf16), W(q4_1), W(q5_0), W(q5_1), W(q4_0r), W(q8_0r), W(q4_k), W(q5_k), W(q6_k),
     K(actq8a), K(actq8k), K(rmsnorm), K(add), K(addrows), K(swiglu), K(rope), K(tohalf), K(store),
     K(attention), K(attn_tiled), K(attn_split), K(attn_combine), K(gather),
 };
