@@ -91,6 +91,7 @@ type Backend struct {
 	ids, pos, idx, past        upload
 	pastHost                   []int32
 	rounded                    rounded             // what act holds
+	inMatMul                   bool                // MatMul's own launches keep rounded
 	freqs                      map[*float64]uint64 // RoPE frequency tables on the device
 	live                       map[uint64]struct{} // every allocation not yet freed
 
@@ -251,7 +252,7 @@ func (b *Backend) initKernels(cacheDirCfg string) error {
 	}
 	// Attention keeps a row's scores in shared memory: allow the most the
 	// device offers, so that long contexts fit.
-	if err := b.check("cuFuncSetAttribute", b.drv.cuFuncSetAttribute(b.fn["attention"], funcAttrMaxDynamicSMem, int32(b.maxShared-1024))); err != nil {
+	if err := b.check("cuFuncSetAttribute", b.drv.cuFuncSetAttribute(b.fn["attention"], funcAttrMaxDynamicSMem, int32(b.sharedLimit()))); err != nil {
 		b.drv.cuModuleUnload(b.mod)
 		return err
 	}
@@ -353,7 +354,18 @@ func (b *Backend) leave() { runtime.UnlockOSThread() }
 
 // fail records the first failed operation.
 func (b *Backend) fail(op string, code int32) {
-	if code != 0 && b.err == nil {
-		b.err = b.check(op, code)
+	if code != 0 {
+		b.failWith(b.check(op, code))
 	}
 }
+
+// failWith records err unless an earlier failure is recorded.
+func (b *Backend) failWith(err error) {
+	if b.err == nil {
+		b.err = err
+	}
+}
+
+// sharedLimit is the dynamic shared memory a kernel may ask for: the
+// device's opt-in maximum less room for the kernels' static arrays.
+func (b *Backend) sharedLimit() int { return b.maxShared - 1024 }

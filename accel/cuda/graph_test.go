@@ -139,7 +139,7 @@ func TestRoundOnce(t *testing.T) {
 		b.fn[n] = uintptr(len(n))
 	}
 	x, y := &buffer{ptr: 0x10, n: 64}, &buffer{ptr: 0x20, n: 64}
-	w := &weight{rows: 2, cols: 32, kernel: "q4_0r", act: "actq8a"}
+	w := &weight{rows: 2, cols: 32, matvec: "matvec_q4_0r", act: "actq8a"}
 	names := func() (out []string) {
 		for _, c := range b.queue {
 			out = append(out, c.name)

@@ -84,15 +84,14 @@ func (b *Backend) grow(m *devMem, n int) uint64 {
 	b.flush()
 	b.rounded = rounded{}
 	b.fail("cuCtxSynchronize", b.drv.cuCtxSynchronize())
+	size := max(n, 2*m.size)
 	b.release(m)
-	p, err := b.alloc(max(n, 2*m.size))
+	p, err := b.alloc(size)
 	if err != nil {
-		if b.err == nil {
-			b.err = err
-		}
+		b.failWith(err)
 		return 0
 	}
-	m.ptr, m.size = p, max(n, 2*m.size)
+	m.ptr, m.size = p, size
 	return p
 }
 
@@ -124,38 +123,34 @@ func (b *Backend) send(u *upload, v []int32) uint64 {
 }
 
 // Alloc implements accel.Backend.
-func (b *Backend) Alloc(n int) (accel.Buffer, error) {
-	if n < 0 {
-		return nil, fmt.Errorf("cuda: alloc %d values", n)
-	}
-	b.enter()
-	defer b.leave()
-	p, err := b.alloc(4 * n)
-	if err != nil {
-		return nil, err
-	}
-	return &buffer{ptr: p, n: n}, nil
-}
+func (b *Backend) Alloc(n int) (accel.Buffer, error) { return b.allocBuffer(n, false) }
 
 // AllocCache implements accel.Backend. The cache is row-major for keys and
 // values alike: [row][kvDim].
 func (b *Backend) AllocCache(n int, typ quant.Type) (accel.Buffer, error) {
 	switch typ {
 	case quant.F32:
-		return b.Alloc(n)
+		return b.allocBuffer(n, false)
 	case quant.F16:
-		if n < 0 {
-			return nil, fmt.Errorf("cuda: alloc %d values", n)
-		}
-		b.enter()
-		defer b.leave()
-		p, err := b.alloc(2 * n)
-		if err != nil {
-			return nil, err
-		}
-		return &buffer{ptr: p, n: n, f16: true}, nil
+		return b.allocBuffer(n, true)
 	}
 	return nil, fmt.Errorf("cuda: KV cache type %s is not supported (f32, f16)", typ)
+}
+
+// allocBuffer returns a zeroed buffer of n float32 (or f16) values.
+func (b *Backend) allocBuffer(n int, f16 bool) (accel.Buffer, error) {
+	if n < 0 {
+		return nil, fmt.Errorf("cuda: alloc %d values", n)
+	}
+	buf := &buffer{n: n, f16: f16}
+	b.enter()
+	defer b.leave()
+	p, err := b.alloc(n * buf.elem())
+	if err != nil {
+		return nil, err
+	}
+	buf.ptr = p
+	return buf, nil
 }
 
 // Free implements accel.Backend.
@@ -223,8 +218,9 @@ type weight struct {
 	typ        quant.Type
 	ptr        uint64
 	rowBytes   int
-	kernel     string // suffix of its matvec_, dequant_ and embed_ kernels
-	act        string // the activation rounding kernel, "" for float weights
+	// The kernels of its type, named once here rather than at every
+	// launch; act rounds the activations, "" for float weights.
+	matvec, dequant, embed, act string
 }
 
 func (w *weight) Dims() (rows, cols int) { return w.rows, w.cols }
@@ -283,7 +279,8 @@ func (b *Backend) Load(m accel.Matrix) (accel.Weight, error) {
 			return nil, fmt.Errorf("cuda: load %s: %w", m.Name, err)
 		}
 	}
-	return &weight{rows: m.Rows, cols: m.Cols, typ: m.Type, ptr: p, rowBytes: rowBytes, kernel: suffix, act: actKernel(m.Type)}, nil
+	return &weight{rows: m.Rows, cols: m.Cols, typ: m.Type, ptr: p, rowBytes: rowBytes,
+		matvec: "matvec_" + suffix, dequant: "dequant_" + suffix, embed: "embed_" + suffix, act: actKernel(m.Type)}, nil
 }
 
 // CopyBandwidth measures device memory bandwidth with device-to-device

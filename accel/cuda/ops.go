@@ -3,10 +3,10 @@ package cuda
 import (
 	"math"
 	"runtime"
-	"strings"
 	"unsafe"
 
 	"github.com/edged/edged/accel"
+	"github.com/edged/edged/quant"
 )
 
 // launchArgs holds a kernel's parameter values and the array of pointers
@@ -33,10 +33,19 @@ func newLaunchArgs() *launchArgs {
 func i32(v int) uint64     { return uint64(uint32(int32(v))) }
 func f32(v float32) uint64 { return uint64(math.Float32bits(v)) }
 
+// flag passes a bool as the C int 0 or 1.
+func flag(v bool) uint64 {
+	if v {
+		return 1
+	}
+	return 0
+}
+
 // rounded names the activations in the act scratch: rows × cols values of
 // buffer x rounded by kernel. The projections that share an input (q, k
-// and v; gate and up) round it once. Any kernel other than a mat-vec or a
-// rounding may write x, and so forgets it (as do Write and a grown act).
+// and v; gate and up) round it once. Any kernel that MatMul does not
+// launch itself may write x, and so forgets it (as do Write, a grown
+// scratch and a MatMul into x).
 type rounded struct {
 	x          uint64
 	rows, cols int
@@ -51,7 +60,7 @@ func (b *Backend) launch(name string, grid [2]int, threads, shared int, args ...
 
 // launch3 is launch on a three-dimensional grid.
 func (b *Backend) launch3(name string, grid [3]int, threads, shared int, args ...uint64) {
-	if !strings.HasPrefix(name, "matvec_") && !strings.HasPrefix(name, "actq") && !strings.HasPrefix(name, "dequant_") && name != "tohalf" {
+	if !b.inMatMul {
 		b.rounded = rounded{}
 	}
 	c := call{name: name, fn: b.fn[name], gx: uint32(max(grid[0], 1)), gy: uint32(max(grid[1], 1)), gz: uint32(max(grid[2], 1)),
@@ -72,7 +81,7 @@ func (b *Backend) Embed(dst accel.Buffer, table accel.Weight, ids []int32) {
 	b.enter()
 	defer b.leave()
 	p := b.send(&b.ids, ids)
-	b.launch("embed_"+w.kernel, [2]int{len(ids), 1}, 128, 0, dst.(*buffer).ptr, w.ptr, p, i32(w.cols), uint64(w.rowBytes))
+	b.launch(w.embed, [2]int{len(ids), 1}, 128, 0, dst.(*buffer).ptr, w.ptr, p, i32(w.cols), uint64(w.rowBytes))
 }
 
 // matvecRows is the most activation rows one mat-vec launch multiplies
@@ -91,6 +100,8 @@ func (b *Backend) MatMul(dst accel.Buffer, wt accel.Weight, x accel.Buffer, rows
 	w := wt.(*weight)
 	b.enter()
 	defer b.leave()
+	b.inMatMul = true
+	defer func() { b.inMatMul = false }()
 	act := x.(*buffer).ptr
 	if w.act != "" {
 		// Round the activations to the CPU backend's 8-bit grid, so that
@@ -118,7 +129,7 @@ func (b *Backend) MatMul(dst accel.Buffer, wt accel.Weight, x accel.Buffer, rows
 	wpr := warpsPerRow(w.rows)
 	for r := 0; r < rows; r += matvecRows {
 		n := min(matvecRows, rows-r)
-		b.launch("matvec_"+w.kernel, [2]int{(w.rows*wpr + 7) / 8, 1}, 256, 0,
+		b.launch(w.matvec, [2]int{(w.rows*wpr + 7) / 8, 1}, 256, 0,
 			d+uint64(4*r*w.rows), w.ptr, act+uint64(4*r*w.cols), i32(w.rows), i32(w.cols), uint64(w.rowBytes), i32(n), i32(wpr))
 	}
 }
@@ -155,14 +166,14 @@ const (
 func (b *Backend) gemm(dst uint64, w *weight, act uint64, rows int) {
 	half := b.info.GEMM == "f16"
 	a := w.ptr
-	if w.kernel != "f32" || half {
-		size, flag := 4, 0
+	if w.typ != quant.F32 || half {
+		size := 4
 		if half {
-			size, flag = 2, 1
+			size = 2
 		}
 		a = b.grow(&b.deq, size*w.rows*w.cols)
 		units := w.rows * w.cols / 16
-		b.launch("dequant_"+w.kernel, blocks(units, 256), 256, 0, a, i32(flag), w.ptr, i32(w.rows), i32(w.cols), uint64(w.rowBytes))
+		b.launch(w.dequant, blocks(units, 256), 256, 0, a, flag(half), w.ptr, i32(w.rows), i32(w.cols), uint64(w.rowBytes))
 	}
 	if half {
 		x := b.grow(&b.acth, 2*rows*w.cols)
@@ -184,8 +195,8 @@ func (b *Backend) gemm(dst uint64, w *weight, act uint64, rows int) {
 		code = b.blas.cublasSgemm(b.handle, blasOpT, blasOpN, int32(w.rows), int32(rows), int32(w.cols),
 			&b.one, a, int32(w.cols), act, int32(w.cols), &b.zero, dst, int32(w.rows))
 	}
-	if code != 0 && b.err == nil {
-		b.err = &Error{Op: "cuBLAS GEMM", Code: int(code), Msg: blasStatus(code)}
+	if code != 0 {
+		b.failWith(&Error{Op: "cuBLAS GEMM", Code: int(code), Msg: blasStatus(code)})
 	}
 }
 
@@ -242,21 +253,15 @@ func (b *Backend) RoPE(x accel.Buffer, width int, pos []int32, r accel.RoPE) {
 	if !ok {
 		p, err := b.alloc(8 * len(r.Freqs))
 		if err != nil {
-			if b.err == nil {
-				b.err = err
-			}
+			b.failWith(err)
 			return
 		}
 		b.fail("cuMemcpyHtoD", b.drv.cuMemcpyHtoD(p, unsafePointer(r.Freqs), uint64(8*len(r.Freqs))))
 		b.freqs[&r.Freqs[0]], freqs = p, p
 	}
-	neox := 0
-	if r.NeoX {
-		neox = 1
-	}
 	p := b.send(&b.pos, pos)
 	n := len(pos) * (width / r.HeadDim) * (r.Dims / 2)
-	b.launch("rope", blocks(n, 256), 256, 0, x.(*buffer).ptr, i32(width), p, freqs, i32(r.HeadDim), i32(r.Dims), i32(neox), i32(len(pos)))
+	b.launch("rope", blocks(n, 256), 256, 0, x.(*buffer).ptr, i32(width), p, freqs, i32(r.HeadDim), i32(r.Dims), flag(r.NeoX), i32(len(pos)))
 }
 
 // WriteCache implements accel.Backend: keys and values are both stored
@@ -290,12 +295,9 @@ func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s a
 	row := 0
 	for si, sq := range seqs {
 		kb, vb := sq.K.(*buffer), sq.V.(*buffer)
-		f16 := 0
-		if kb.f16 {
-			f16 = 1
-		}
+		f16 := flag(kb.f16)
 		n := sq.Rows * kvDim
-		b.launch("store", blocks(n, 256), 256, 0, kb.ptr, vb.ptr, i32(f16), pasts, i32(si), i32(kvDim),
+		b.launch("store", blocks(n, 256), 256, 0, kb.ptr, vb.ptr, f16, pasts, i32(si), i32(kvDim),
 			k.(*buffer).at(row*kvDim), v.(*buffer).at(row*kvDim), uint64(n))
 
 		if !b.attnSplit(out, q, kb, vb, f16, pasts, si, row, sq, s, threads) &&
@@ -311,13 +313,11 @@ func (b *Backend) Attention(out, q, k, v accel.Buffer, seqs []accel.AttnSeq, s a
 // block per head and row, the whole row's scores in shared memory, and
 // the probabilities or scores an observer asked for copied back. It
 // reports false (and the failure) when the context does not fit.
-func (b *Backend) attnOnePass(out, q accel.Buffer, kb, vb *buffer, f16 int, pasts uint64, si, row int, sq accel.AttnSeq, s accel.AttnShape, threads int) bool {
+func (b *Backend) attnOnePass(out, q accel.Buffer, kb, vb *buffer, f16, pasts uint64, si, row int, sq accel.AttnSeq, s accel.AttnShape, threads int) bool {
 	kvDim, qDim := s.NHeadKV*s.HeadDim, s.NHead*s.HeadDim
 	shared, ok := b.attnShared(s.HeadDim, threads, kb.n/kvDim, sq.Past+sq.Rows)
 	if !ok {
-		if b.err == nil {
-			b.err = &Error{Op: "attention", Code: -1, Msg: "context too long for one block's shared memory"}
-		}
+		b.failWith(&Error{Op: "attention", Code: -1, Msg: "context too long for one block's shared memory"})
 		return false
 	}
 	obs := s.NHead * sq.Rows * (sq.Past + sq.Rows)
@@ -333,7 +333,7 @@ func (b *Backend) attnOnePass(out, q accel.Buffer, kb, vb *buffer, f16 int, past
 		}
 	}
 	b.launch("attention", [2]int{s.NHead, sq.Rows}, threads, shared,
-		out.(*buffer).at(row*qDim), q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, i32(f16), pasts, i32(si), i32(sq.Rows),
+		out.(*buffer).at(row*qDim), q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, f16, pasts, i32(si), i32(sq.Rows),
 		i32(s.NHead), i32(s.NHeadKV), i32(s.HeadDim), f32(s.Scale), probs, scores)
 	if probs != 0 || scores != 0 {
 		b.flush()
@@ -359,7 +359,7 @@ const (
 // attnSplit queues the chunked attention of sequence si when it applies
 // (no observer wants probabilities or scores, which only the one-pass
 // kernel writes) and reports whether it did.
-func (b *Backend) attnSplit(out, q accel.Buffer, kb, vb *buffer, f16 int, pasts uint64, si, row int, sq accel.AttnSeq, s accel.AttnShape, threads int) bool {
+func (b *Backend) attnSplit(out, q accel.Buffer, kb, vb *buffer, f16, pasts uint64, si, row int, sq accel.AttnSeq, s accel.AttnShape, threads int) bool {
 	kvDim, qDim := s.NHeadKV*s.HeadDim, s.NHead*s.HeadDim
 	capacity := kb.n / kvDim
 	if sq.Probs != nil || sq.Scores != nil || sq.Rows > splitRows || capacity <= splitChunk {
@@ -368,7 +368,7 @@ func (b *Backend) attnSplit(out, q accel.Buffer, kb, vb *buffer, f16 int, pasts 
 	chunks := (capacity + splitChunk - 1) / splitChunk
 	part := b.grow(&b.split, 4*s.NHead*sq.Rows*chunks*(s.HeadDim+2))
 	b.launch3("attn_split", [3]int{s.NHead, sq.Rows, chunks}, threads, 4*(s.HeadDim+splitChunk+threads),
-		part, q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, i32(f16), pasts, i32(si), i32(sq.Rows),
+		part, q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, f16, pasts, i32(si), i32(sq.Rows),
 		i32(s.NHead), i32(s.NHeadKV), i32(s.HeadDim), f32(s.Scale), i32(splitChunk))
 	b.launch("attn_combine", [2]int{s.NHead, sq.Rows}, 128, 0,
 		out.(*buffer).at(row*qDim), part, i32(sq.Rows), i32(s.NHead), i32(s.HeadDim), i32(chunks))
@@ -377,7 +377,7 @@ func (b *Backend) attnSplit(out, q accel.Buffer, kb, vb *buffer, f16 int, pasts 
 
 // attnTiled queues the tiled attention (attn_tiled) of sequence si when it
 // applies: no observer, and heads of 32, 64, 96 or 128 dimensions.
-func (b *Backend) attnTiled(out, q accel.Buffer, kb, vb *buffer, f16 int, pasts uint64, si, row int, sq accel.AttnSeq, s accel.AttnShape) bool {
+func (b *Backend) attnTiled(out, q accel.Buffer, kb, vb *buffer, f16, pasts uint64, si, row int, sq accel.AttnSeq, s accel.AttnShape) bool {
 	hd := s.HeadDim
 	if sq.Probs != nil || sq.Scores != nil || hd%32 != 0 || hd > 128 {
 		return false
@@ -385,7 +385,7 @@ func (b *Backend) attnTiled(out, q accel.Buffer, kb, vb *buffer, f16 int, pasts 
 	const qt, kt = 16, 32 // QT and KT in kernels.cu
 	qDim := s.NHead * hd
 	b.launch("attn_tiled", [2]int{s.NHead, (sq.Rows + qt - 1) / qt}, 256, 4*(qt*hd+kt*(hd+1)+kt*hd),
-		out.(*buffer).at(row*qDim), q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, i32(f16), pasts, i32(si), i32(sq.Rows),
+		out.(*buffer).at(row*qDim), q.(*buffer).at(row*qDim), kb.ptr, vb.ptr, f16, pasts, i32(si), i32(sq.Rows),
 		i32(s.NHead), i32(s.NHeadKV), i32(hd), f32(s.Scale))
 	return true
 }
@@ -394,7 +394,7 @@ func (b *Backend) attnTiled(out, q accel.Buffer, kb, vb *buffer, f16 int, pasts 
 // capacity rows (the same at every step), or for the ctx rows in use when
 // a full cache would not fit.
 func (b *Backend) attnShared(headDim, threads, capacity, ctx int) (int, bool) {
-	limit := b.maxShared - 1024
+	limit := b.sharedLimit()
 	for _, rows := range []int{capacity, ctx} {
 		if n := 4 * (headDim + rows + threads); n <= limit {
 			return n, true
