@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 
 	"github.com/edged/edged/accel"
 	"github.com/edged/edged/model"
@@ -119,14 +118,17 @@ type stage struct {
 }
 
 // stageOf is the stage that runs layer l.
-func (e *Engine) stageOf(l int) *stage {
-	s := e.stages[0]
-	for _, t := range e.stages[1:] {
+func (e *Engine) stageOf(l int) *stage { return e.stages[e.stageIndex(l)] }
+
+// stageIndex is the index in e.stages of the stage that runs layer l.
+func (e *Engine) stageIndex(l int) int {
+	i := 0
+	for j, t := range e.stages {
 		if l >= t.from {
-			s = t
+			i = j
 		}
 	}
-	return s
+	return i
 }
 
 // use makes s the stage the forward pass computes on.
@@ -273,7 +275,7 @@ func (e *Engine) loadWeights(m *model.Model) error {
 	e.w.outputNorm = last.vector(m.OutputNorm)
 	e.w.layers = make([]layerWeights, len(m.Layers))
 	for i := range m.Layers {
-		l := &loaders[slices.Index(e.stages, e.stageOf(i))]
+		l := &loaders[e.stageIndex(i)]
 		src, dst := &m.Layers[i], &e.w.layers[i]
 		dst.attnNorm, dst.ffnNorm = l.vector(src.AttnNorm), l.vector(src.FFNNorm)
 		dst.wq, dst.wk, dst.wv, dst.wo = l.matrix(src.Wq), l.matrix(src.Wk), l.matrix(src.Wv), l.matrix(src.Wo)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/edged/edged/accel"
 	"github.com/edged/edged/accel/cpu"
+	"github.com/edged/edged/accel/cuda"
+	"github.com/edged/edged/accel/metal"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
 )
@@ -70,7 +72,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%s: %w", *path, err)
 	}
 	defer e.Close()
-	be := e.Backends()[len(e.Backends())-1] // the GPU when there is one
+	backends := e.Backends()
+	be := backends[len(backends)-1] // the GPU when there is one
 	loadTime := time.Since(start)
 
 	b := &bencher{ctx: ctx, e: e, rng: rand.New(rand.NewPCG(1, 2)), nVocab: m.Config.NVocab, first: firstToken(file, m.Config.NVocab)}
@@ -102,7 +105,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		res.TG, res.TGStd = &mean, &sd
 		rows = append(rows, benchRow{testName("tg", *n, *depth), mean, sd})
 	}
-	if len(e.Backends()) == 1 { // a bound for the whole model on one device
+	if len(backends) == 1 { // a bound for the whole model on one device
 		if err := res.bound(be); err != nil {
 			return err
 		}
@@ -344,11 +347,10 @@ func dashes(n int, right bool) string {
 
 // label is the backend's column in the table, as llama-bench names them.
 func label(be accel.Backend) string {
-	name, _, _ := strings.Cut(be.Name(), " ")
-	switch name {
-	case "cuda":
+	switch be.(type) {
+	case *cuda.Backend:
 		return "CUDA"
-	case "metal":
+	case *metal.Backend:
 		return "Metal"
 	}
 	return "CPU"
