@@ -1,7 +1,6 @@
 package cuda
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"unsafe"
 
@@ -30,11 +28,8 @@ import (
 // scheduling (a block's threads are coroutines switched where they wait
 // at a barrier or for a shuffle partner; blocks run one at a time).
 
-var (
-	emuOnce sync.Once
-	emu     cxxemu.Program // removed by TestMain
-	emuErr  error
-)
+// emu is the emulator, built once per test run; TestMain removes it.
+var emu cxxemu.Once
 
 // emuSource is kernels.cu as C++: its two inline PTX conversions become
 // calls of the driver's, and its dynamic shared arrays pointers to the
@@ -56,20 +51,16 @@ func emuSource(src string) (string, error) {
 	return src, nil
 }
 
-// buildEmulator compiles the driver with the kernels once per test run.
-// It needs a C++20 compiler with _Float16 (g++ 12 on x86-64 or arm64).
-func buildEmulator() (string, error) {
-	emuOnce.Do(func() {
-		src, err := emuSource(kernelSource)
-		if err != nil {
-			emuErr = err
-			return
-		}
-		// No contraction: the GPU fuses some products into FMAs, the CPU
-		// backend none; the tolerances cover the difference.
-		emu, emuErr = cxxemu.Build("cuda-emu", "testdata/driver.cpp", src, emuProbe, "-std=c++20", "-O1", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused", "-Wno-sign-compare")
-	})
-	return emu.Path, emuErr
+// buildEmulator compiles the driver with the kernels. It needs a C++20
+// compiler with _Float16 (g++ 12 on x86-64 or arm64).
+func buildEmulator() (cxxemu.Program, error) {
+	src, err := emuSource(kernelSource)
+	if err != nil {
+		return cxxemu.Program{}, err
+	}
+	// No contraction: the GPU fuses some products into FMAs, the CPU
+	// backend none; the tolerances cover the difference.
+	return cxxemu.Build("cuda-emu", "testdata/driver.cpp", src, emuProbe, "-std=c++20", "-O1", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused", "-Wno-sign-compare")
 }
 
 // TestMain removes the emulator built for the run.
@@ -119,14 +110,7 @@ func emuBackend(t testing.TB, gemm string) (*Backend, *emuDevice) {
 	if testing.Short() {
 		t.Skip("emulator: not with -short")
 	}
-	driver, err := buildEmulator()
-	if err != nil {
-		if errors.Is(err, cxxemu.ErrNoCompiler) {
-			t.Skip(err)
-		}
-		t.Fatal(err)
-	}
-	d := &emuDevice{t: t, driver: driver, dir: t.TempDir(), mems: map[uint64][]byte{}, next: emuBase,
+	d := &emuDevice{t: t, driver: emu.Path(t, buildEmulator), dir: t.TempDir(), mems: map[uint64][]byte{}, next: emuBase,
 		names: map[uintptr]string{}, counts: map[string]int{}}
 	b := &Backend{fn: map[string]uintptr{}, freqs: map[*float64]uint64{}, live: map[uint64]struct{}{}, one: 1,
 		args: newLaunchArgs(), graphsOff: "emulator", maxShared: 232448} // an H200's opt-in shared memory

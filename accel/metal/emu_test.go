@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"unsafe"
 
@@ -28,24 +27,18 @@ type emuDevice struct {
 	next        uintptr
 }
 
-var (
-	emuOnce sync.Once
-	emu     cxxemu.Program // removed by TestMain
-	emuErr  error
-)
+// emu is the emulator, built once per test run; TestMain removes it.
+var emu cxxemu.Once
 
-// buildEmulator compiles the driver with the kernels once per test run.
-// It needs a C++20 compiler with _Float16 (g++ 12 on x86-64 or arm64).
-func buildEmulator() (string, error) {
-	emuOnce.Do(func() {
-		// C++ has no threadgroup address space: the driver runs one
-		// threadgroup at a time, so the threadgroup arrays become statics.
-		src := strings.Replace(source, "#include <metal_stdlib>", "", 1)
-		src = strings.Replace(src, "using namespace metal;", "", 1)
-		src = regexp.MustCompile(`threadgroup (float \w+\[\w+\];)`).ReplaceAllString(src, "static $1")
-		emu, emuErr = cxxemu.Build("metal-emu", "testdata/driver.cpp", src, emuProbe, "-std=c++20", "-O1", "-pthread", "-Wall", "-Wno-attributes", "-Wno-unused")
-	})
-	return emu.Path, emuErr
+// buildEmulator compiles the driver with the kernels. It needs a C++20
+// compiler with _Float16 (g++ 12 on x86-64 or arm64).
+func buildEmulator() (cxxemu.Program, error) {
+	// C++ has no threadgroup address space: the driver runs one
+	// threadgroup at a time, so the threadgroup arrays become statics.
+	src := strings.Replace(source, "#include <metal_stdlib>", "", 1)
+	src = strings.Replace(src, "using namespace metal;", "", 1)
+	src = regexp.MustCompile(`threadgroup (float \w+\[\w+\];)`).ReplaceAllString(src, "static $1")
+	return cxxemu.Build("metal-emu", "testdata/driver.cpp", src, emuProbe, "-std=c++20", "-O1", "-pthread", "-Wall", "-Wno-attributes", "-Wno-unused")
 }
 
 // TestMain removes the emulator built for the run.
@@ -60,14 +53,7 @@ func TestMain(m *testing.M) {
 const emuProbe = "#include <barrier>\nint main() { _Float16 h = 1.5f; std::barrier b(1); return h > 1 ? 0 : 1; }\n"
 
 func newEmuDevice(t *testing.T) *emuDevice {
-	driver, err := buildEmulator()
-	if err != nil {
-		if errors.Is(err, cxxemu.ErrNoCompiler) {
-			t.Skip(err)
-		}
-		t.Fatal(err)
-	}
-	return &emuDevice{driver: driver, dir: t.TempDir(), mems: map[uintptr][]byte{}}
+	return &emuDevice{driver: emu.Path(t, buildEmulator), dir: t.TempDir(), mems: map[uintptr][]byte{}}
 }
 
 func (d *emuDevice) name() string { return "emulator" }

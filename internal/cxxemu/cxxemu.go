@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
+	"testing"
 )
 
 // ErrNoCompiler means no C++ compiler with what the emulators need; tests
@@ -72,3 +74,28 @@ func (p Program) Remove() {
 		os.RemoveAll(p.Dir)
 	}
 }
+
+// Once builds a program the first time a test asks for it, for all the
+// tests of a run.
+type Once struct {
+	once sync.Once
+	prog Program
+	err  error
+}
+
+// Path returns the program's path, running build on the first call. The
+// test skips when there is no compiler for it and fails on any other error.
+func (o *Once) Path(t testing.TB, build func() (Program, error)) string {
+	t.Helper()
+	o.once.Do(func() { o.prog, o.err = build() })
+	if errors.Is(o.err, ErrNoCompiler) {
+		t.Skip(o.err)
+	}
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	return o.prog.Path
+}
+
+// Remove deletes the program built, if any (from TestMain, after the run).
+func (o *Once) Remove() { o.prog.Remove() }
