@@ -8,6 +8,7 @@ import (
 	"github.com/edged/edged/accel"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
+	"github.com/edged/edged/quant"
 )
 
 // LoRA is a low-rank adapter (Hu et al. 2021): for each adapted projection
@@ -189,10 +190,10 @@ func (s *scratch) apply(b accel.Backend, pr *LoRAPair, scale float32, x, y accel
 	for r := range n {
 		xr, yr := s.x[r*pr.In:(r+1)*pr.In], s.y[r*pr.Out:(r+1)*pr.Out]
 		for k := range pr.Rank {
-			s.h[k] = scale * dot(pr.A[k*pr.In:(k+1)*pr.In], xr)
+			s.h[k] = scale * quant.DotF32(pr.A[k*pr.In:(k+1)*pr.In], xr)
 		}
 		for o := range yr {
-			yr[o] += dot(pr.B[o*pr.Rank:(o+1)*pr.Rank], s.h)
+			yr[o] += quant.DotF32(pr.B[o*pr.Rank:(o+1)*pr.Rank], s.h)
 		}
 	}
 	b.Write(y, from*pr.Out, s.y)
@@ -204,12 +205,4 @@ func grow(s []float32, n int) []float32 {
 		return make([]float32, n)
 	}
 	return s[:n]
-}
-
-func dot(a, b []float32) float32 {
-	var s float32
-	for i, v := range a {
-		s += v * b[i]
-	}
-	return s
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edged/edged/engine"
+	"github.com/edged/edged/quant"
 )
 
 // InitFromInputs picks the directions in which the keys stand out from
@@ -48,7 +49,7 @@ func TestInitFromInputs(t *testing.T) {
 		assert.Less(t, off, 1e-4*onAxes, "row %d lies on the keys' axes", r)
 		var ms float64
 		for _, k := range keys {
-			d := float64(dot(row, k))
+			d := float64(quant.DotF32(row, k))
 			ms += d * d / float64(len(keys))
 		}
 		assert.InDelta(t, 1, ms, 1e-3, "row %d: mean square response on the keys", r)

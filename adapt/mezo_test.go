@@ -37,17 +37,23 @@ func trainOpts() MeZOOptions {
 	return MeZOOptions{LR: 2e-2, Eps: 1e-2, Samples: 1, Seed: 42, MaxGrad: 100}
 }
 
-// MeZO lowers the training loss of a LoRA on real weights.
+// MeZO lowers the training loss of a LoRA on real weights. Two
+// perturbations a step: with one, a trajectory is noisy enough that a
+// change in the last bits of the loss moved the end of some seeds' runs
+// from 0.70 to 1.01 of the start (with two, 150 steps ended at 0.65–0.77
+// over eight seeds; this runs 200).
 func TestMeZOLowersLoss(t *testing.T) {
 	if testing.Short() {
-		t.Skip("300 MeZO steps (5 s) in -short mode")
+		t.Skip("200 MeZO steps (5 s) in -short mode")
 	}
 	m := aidreams(t)
-	mz, _ := newTrainer(t, m, 7, trainOpts())
+	opts := trainOpts()
+	opts.Samples = 2
+	mz, _ := newTrainer(t, m, 7, opts)
 	before, err := mz.Loss(trainPairs)
 	require.NoError(t, err)
 	start := time.Now()
-	steps := 300
+	steps := 200
 	for range steps {
 		_, err := mz.Step()
 		require.NoError(t, err)

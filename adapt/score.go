@@ -7,6 +7,7 @@ import (
 	"math"
 	"runtime"
 
+	"github.com/edged/edged/accel/cpu"
 	"github.com/edged/edged/engine"
 )
 
@@ -26,12 +27,13 @@ type Scorer struct {
 	seqs    []*engine.Sequence
 	batch   []engine.Entry
 	targets []int32
-	owner   []int       // the example of each target
-	refs    [][]float32 // the reference log-probabilities of each target, or nil
+	owner   []int        // the example of each target
+	refs    []*Reference // the reference distribution of each target, or nil
 	logits  []float32
-	// collect, when not nil, receives the log-probabilities of every
-	// scored row (LogProbs).
-	collect *[][]float32
+	exps    []float32 // logSumExp's scratch
+	// collect, when not nil, receives the distribution of every scored
+	// row (References).
+	collect *[]Reference
 
 	// from is the adapter's lowest layer. The layers below it compute the
 	// same for an example whatever the adapter's values, so Loss runs
@@ -129,8 +131,8 @@ func (s *Scorer) crossEntropies(examples []Example, from int) ([]float64, []int,
 			return nil, nil, fmt.Errorf("adapt: example %d: %d reference rows for %d completion tokens", i, len(ex.Reference), len(ex.Completion))
 		}
 		for _, r := range ex.Reference {
-			if len(r) != nv {
-				return nil, nil, fmt.Errorf("adapt: example %d: a reference row of %d values, want %d", i, len(r), nv)
+			if len(r.P) != nv {
+				return nil, nil, fmt.Errorf("adapt: example %d: a reference row of %d values, want %d", i, len(r.P), nv)
 			}
 		}
 	}
@@ -159,9 +161,9 @@ func (s *Scorer) crossEntropies(examples []Example, from int) ([]float64, []int,
 				continue
 			}
 			s.targets, s.owner = append(s.targets, tokenAt(ex, j+1)), append(s.owner, i)
-			var ref []float32
+			var ref *Reference
 			if ex.Reference != nil {
-				ref = ex.Reference[j-len(ex.Prompt)+1]
+				ref = &ex.Reference[j-len(ex.Prompt)+1]
 			}
 			s.refs = append(s.refs, ref)
 			counts[i]++
@@ -197,13 +199,15 @@ func (s *Scorer) flush(sums []float64, from int) error {
 	}
 	for r, tgt := range s.targets {
 		row := s.logits[r*nv : (r+1)*nv]
+		s.exps = grow(s.exps, nv)
+		lse := logSumExp(row, s.exps)
 		if s.refs[r] != nil {
-			sums[s.owner[r]] += klDivergence(s.refs[r], row)
+			sums[s.owner[r]] += klDivergence(s.refs[r], row, lse)
 		} else {
-			sums[s.owner[r]] += crossEntropy(row, tgt)
+			sums[s.owner[r]] += lse - float64(row[tgt])
 		}
 		if s.collect != nil {
-			*s.collect = append(*s.collect, logSoftmax(row))
+			*s.collect = append(*s.collect, referenceOf(row, lse))
 		}
 	}
 	s.batch, s.targets, s.owner, s.refs, s.x = s.batch[:0], s.targets[:0], s.owner[:0], s.refs[:0], s.x[:0]
@@ -339,59 +343,72 @@ func tokenAt(ex Example, j int) int32 {
 	return ex.Completion[j-len(ex.Prompt)]
 }
 
-// crossEntropy is -log softmax(logits)[target], computed in float64.
-func crossEntropy(logits []float32, target int32) float64 {
-	return logSumExp(logits) - float64(logits[target])
+// Reference is a distribution to keep at one scored row: its
+// probabilities over the vocabulary, with Σ p·log p and Σ p, so that
+// KL(p ‖ softmax(logits)) = Σ p·log p − Σ p·logits + Σ p·lse(logits)
+// costs one pass over the logits and no exponential per value (taking
+// the exponentials of stored log-probabilities was a third of a
+// rehearsal step).
+type Reference struct {
+	P                []float32
+	negEntropy, mass float64
 }
 
-// klDivergence is KL(p ‖ softmax(logits)) for p given as log-probabilities
-// ref, computed in float64.
-func klDivergence(ref, logits []float32) float64 {
-	lse := logSumExp(logits)
-	var kl float64
-	for v, lp := range ref {
-		if p := math.Exp(float64(lp)); p > 0 {
-			kl += p * (float64(lp) - (float64(logits[v]) - lse))
-		}
-	}
-	return kl
-}
-
-// logSoftmax returns log softmax(logits) as a new slice.
-func logSoftmax(logits []float32) []float32 {
-	lse := logSumExp(logits)
-	out := make([]float32, len(logits))
+// referenceOf is softmax(logits) as a Reference, computed in float64;
+// lse is logSumExp(logits).
+func referenceOf(logits []float32, lse float64) Reference {
+	r := Reference{P: make([]float32, len(logits))}
 	for v, x := range logits {
-		out[v] = float32(float64(x) - lse)
+		lp := float64(x) - lse
+		p := float32(math.Exp(lp))
+		r.P[v] = p
+		r.negEntropy += float64(p) * lp
+		r.mass += float64(p)
 	}
-	return out
+	return r
 }
 
-// logSumExp is log Σ exp(logits), computed in float64.
-func logSumExp(logits []float32) float64 {
-	mx := math.Inf(-1)
-	for _, v := range logits {
-		mx = max(mx, float64(v))
+// klDivergence is KL(ref ‖ softmax(logits)), computed in float64; lse is
+// logSumExp(logits).
+func klDivergence(ref *Reference, logits []float32, lse float64) float64 {
+	var pl float64
+	for v, p := range ref.P {
+		pl += float64(p) * float64(logits[v])
 	}
-	var s float64
-	for _, v := range logits {
-		s += math.Exp(float64(v) - mx)
-	}
-	return mx + math.Log(s)
+	return ref.negEntropy - pl + ref.mass*lse
 }
 
-// LogProbs returns, for each example in order, the log-probabilities the
-// model gives at its scored rows (len(Completion) rows of NVocab values):
-// the Reference of a rehearsal example. They take 4·NVocab bytes a row.
-func (s *Scorer) LogProbs(examples []Example) ([][][]float32, error) {
-	var rows [][]float32
+// logSumExp is log Σ exp(logits): the exponentials by the CPU backend's
+// vector math (a loss takes one per logit, and math.Exp made them a third
+// of a rehearsal step) into scratch, len(logits) values, summed in
+// float64.
+func logSumExp(logits, scratch []float32) float64 {
+	mx := float32(math.Inf(-1))
+	for _, v := range logits {
+		mx = max(mx, v)
+	}
+	scratch = scratch[:len(logits)]
+	copy(scratch, logits)
+	cpu.ExpSub(scratch, mx)
+	var sum float64
+	for _, e := range scratch {
+		sum += float64(e)
+	}
+	return float64(mx) + math.Log(sum)
+}
+
+// References returns, for each example in order, the distributions the
+// model gives at its scored rows (len(Completion) rows): the Reference of
+// a rehearsal example. They take 4·NVocab bytes a row.
+func (s *Scorer) References(examples []Example) ([][]Reference, error) {
+	var rows []Reference
 	s.collect = &rows
 	_, _, err := s.crossEntropies(examples, s.from)
 	s.collect = nil
 	if err != nil {
 		return nil, err
 	}
-	out := make([][][]float32, len(examples))
+	out := make([][]Reference, len(examples))
 	for i, ex := range examples {
 		out[i], rows = rows[:len(ex.Completion):len(ex.Completion)], rows[len(ex.Completion):]
 	}

@@ -2,6 +2,7 @@ package adapt
 
 import (
 	"context"
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -35,7 +36,7 @@ func TestScorerChunks(t *testing.T) {
 		var exSum float64
 		for j, tgt := range ex.Completion {
 			row := len(ex.Prompt) - 1 + j
-			exSum += crossEntropy(logits[row*nv:(row+1)*nv], tgt)
+			exSum += crossEntropy64(logits[row*nv:(row+1)*nv], tgt)
 		}
 		sum += exSum
 		assert.InDelta(t, exSum/float64(len(ex.Completion)), per[i], 1e-5, "example %d", i)
@@ -134,7 +135,7 @@ func TestScorerReference(t *testing.T) {
 	require.NoError(t, err)
 	sc := NewScorer(e, lo)
 	defer sc.Close()
-	refs, err := sc.LogProbs(trainPairs)
+	refs, err := sc.References(trainPairs)
 	require.NoError(t, err)
 	kept := make([]Example, len(trainPairs))
 	for i, ex := range trainPairs {
@@ -154,7 +155,21 @@ func TestScorerReference(t *testing.T) {
 	bad.Reference = bad.Reference[1:]
 	_, err = sc.Loss([]Example{bad})
 	assert.Error(t, err)
-	bad.Reference = [][]float32{{0}, {0}, {0}, {0}}
+	bad.Reference = []Reference{{P: []float32{0}}, {P: []float32{0}}, {P: []float32{0}}, {P: []float32{0}}}
 	_, err = sc.Loss([]Example{bad})
 	assert.Error(t, err)
+}
+
+// crossEntropy64 is -log softmax(logits)[target] in float64 with
+// math.Exp: the Scorer's loss, computed apart from it.
+func crossEntropy64(logits []float32, target int32) float64 {
+	mx := math.Inf(-1)
+	for _, v := range logits {
+		mx = max(mx, float64(v))
+	}
+	var s float64
+	for _, v := range logits {
+		s += math.Exp(float64(v) - mx)
+	}
+	return mx + math.Log(s) - float64(logits[target])
 }

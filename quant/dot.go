@@ -3,6 +3,7 @@ package quant
 import (
 	"fmt"
 	"os"
+	"unsafe"
 )
 
 // The assembly is generated (by avo for amd64, by a small encoder for
@@ -204,6 +205,25 @@ func FloatMatVec(t Type) (FloatRows, error) {
 			k.MatVec(n, w, wStride, a1, out1)
 		}
 	}, nil
+}
+
+// f32Dot is the F32 kernel's Dot, for DotF32.
+var f32Dot = func() func(n int, w, a []byte) float32 {
+	k, err := KernelFor(F32)
+	if err != nil {
+		panic(err) // every tier has an F32 kernel
+	}
+	return k.Dot
+}()
+
+// DotF32 is a·b for float32 vectors (b at least as long as a), through the
+// F32 weight kernel: assembly where the CPU has it.
+func DotF32(a, b []float32) float32 {
+	if len(a) == 0 {
+		return 0
+	}
+	_ = b[len(a)-1]
+	return f32Dot(len(a), unsafe.Slice((*byte)(unsafe.Pointer(&a[0])), 4*len(a)), unsafe.Slice((*byte)(unsafe.Pointer(&b[0])), 4*len(a)))
 }
 
 // Assembly reports whether KernelFor returns assembly kernels: false with

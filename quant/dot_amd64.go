@@ -49,6 +49,14 @@ var avx2Tier = tier{
 		return nil
 	},
 	dotRows: func(t Type) func(n int, w, a []byte, aStride int, out []float32) {
+		switch t {
+		case F32:
+			return floatDotRows(dotF32AVX2x3, 4, 8, floatDot(dotF32AVX2, 4, 8, dotF32), dotF32)
+		case F16:
+			return floatDotRows(dotF16AVX2x3, 2, 8, floatDot(dotF16AVX2, 2, 8, dotF16), dotF16)
+		case BF16:
+			return floatDotRows(dotBF16AVX2x3, 2, 8, floatDot(dotBF16AVX2, 2, 8, dotBF16), dotBF16)
+		}
 		if b, ok := avx2Blocks[t]; ok {
 			return b.dotRows
 		}

@@ -92,6 +92,31 @@ func floatDot(kernel func(n int, w, a *byte) float32, wsize, chunk int, tail fun
 	}
 }
 
+// floatDotRows runs an assembly float kernel for three activation rows
+// (x3) over the largest multiple of chunk values, the portable tail over
+// the rest, and dot on the rows left over. x3 runs dot's kernel's
+// instructions for each row, so every out[r] is what dot returns.
+func floatDotRows(x3 func(n int, w, a *byte, astride int, out *float32), wsize, chunk int, dot, tail func(n int, w, a []byte) float32) func(n int, w, a []byte, aStride int, out []float32) {
+	return func(n int, w, a []byte, aStride int, out []float32) {
+		m, r := n-n%chunk, 0
+		if m > 0 && aStride >= 0 && len(out) >= 3 {
+			_, _ = w[:n*wsize], a[:(len(out)-1)*aStride+4*n]
+			for ; r+3 <= len(out); r += 3 {
+				x3(m, &w[0], &a[r*aStride], aStride, &out[r])
+				if m == n {
+					continue
+				}
+				for j := r; j < r+3; j++ {
+					out[j] += tail(n-m, w[m*wsize:], a[j*aStride+4*m:])
+				}
+			}
+		}
+		for ; r < len(out); r++ {
+			out[r] = dot(n, w, a[r*aStride:])
+		}
+	}
+}
+
 // floatMatVec runs an assembly four-row float kernel (w4 for one
 // activation row, w4x2 for two) on tiles of four weight rows over the
 // largest multiple of 8 values, the portable tail over the rest of those

@@ -184,6 +184,21 @@ func dotF16AVX2w4x2(n int, w *byte, wstride int, a0 *byte, a1 *byte, out0 *float
 //go:noescape
 func dotBF16AVX2(n int, w *byte, a *byte) float32
 
+// dotF32AVX2x3 is the float × float32 kernel for one weight row and three activation rows astride bytes apart, n values each, n a positive multiple of 8.
+//
+//go:noescape
+func dotF32AVX2x3(n int, w *byte, a *byte, astride int, out *float32)
+
+// dotF16AVX2x3 is the float × float32 kernel for one weight row and three activation rows astride bytes apart, n values each, n a positive multiple of 8.
+//
+//go:noescape
+func dotF16AVX2x3(n int, w *byte, a *byte, astride int, out *float32)
+
+// dotBF16AVX2x3 is the float × float32 kernel for one weight row and three activation rows astride bytes apart, n values each, n a positive multiple of 8.
+//
+//go:noescape
+func dotBF16AVX2x3(n int, w *byte, a *byte, astride int, out *float32)
+
 // quantQ8AAVX2 quantizes nb blocks of 32 values into Q8A.
 //
 //go:noescape

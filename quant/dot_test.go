@@ -212,7 +212,9 @@ func TestDotRows(t *testing.T) {
 	for _, typ := range kernelTypes {
 		t.Run(typ.String(), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(typ), 2))
-			for _, blocks := range []int{1, 3, 9} {
+			// 34 blocks: float rows of 181 values, through every loop of
+			// their kernels and a tail.
+			for _, blocks := range []int{1, 3, 9, 34} {
 				c := makeDotCase(t, rng, typ, blocks)
 				for _, tr := range availableTiers() {
 					k := tierKernel(t, tr, typ)
@@ -474,8 +476,8 @@ func benchRows(b testing.TB, k Kernel, typ Type, rows, n int) (w, a []byte, rowS
 	for r := range rows {
 		require.NoError(b, Quantize(typ, testRow(rng, n), w[r*rowSize:(r+1)*rowSize]))
 	}
-	a = make([]byte, 4*k.ActRowSize(n))
-	for r := range 4 {
+	a = make([]byte, 12*k.ActRowSize(n))
+	for r := range 12 {
 		k.Quantize(testRow(rng, n), a[r*k.ActRowSize(n):])
 	}
 	return w, a, rowSize
@@ -502,8 +504,8 @@ func BenchmarkDot(b *testing.B) {
 
 // BenchmarkMatVec: a rows×n matrix times one vector (the decode step), row
 // by row with Dot ("dot") and four rows at a time with MatVec ("matvec"),
-// and one weight row at a time against 4 vectors with DotRows ("rows4", a
-// prefill tile); the throughput is weight bytes read per vector. The
+// and one weight row at a time against 12 vectors with DotRows ("rows12",
+// as the CPU backend's prefill calls it); the throughput is weight bytes read per vector. The
 // shapes are a 2048×2048 matrix and smollm2's 1536×576 MLP projection.
 func BenchmarkMatVec(b *testing.B) {
 	for _, shape := range [][2]int{{2048, 2048}, {1536, 576}} {
@@ -531,9 +533,9 @@ func BenchmarkMatVec(b *testing.B) {
 						k.MatVec(n, w, rs, a, out)
 					}
 				})
-				b.Run(name+"/rows4", func(b *testing.B) {
-					out := make([]float32, 4)
-					b.SetBytes(4 * int64(len(w)))
+				b.Run(name+"/rows12", func(b *testing.B) {
+					out := make([]float32, 12)
+					b.SetBytes(12 * int64(len(w)))
 					for b.Loop() {
 						for r := range rows {
 							k.DotRows(n, w[r*rs:], a, k.ActRowSize(n), out)

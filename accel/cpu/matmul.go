@@ -108,14 +108,16 @@ func (m *matmulTask) tiles(t, lo, hi, r0, r1 int) int {
 }
 
 // dotRows computes weight rows [lo, hi) by activation rows [r0, r1), one
-// weight row by up to four activation rows at a time.
+// weight row by up to twelve activation rows a call: the block kernels
+// take them four at a time, the float kernels three.
 func (m *matmulTask) dotRows(t, lo, hi, r0, r1 int) {
+	const span = 12
 	w, n := m.w, m.w.m.Rows
-	out := m.b.scratchFor(t, 4)
+	out := m.b.scratchFor(t, span)
 	for i := lo; i < hi; i++ {
 		row := w.m.Data[i*w.rowLen : (i+1)*w.rowLen]
-		for r := r0; r < r1; r += 4 {
-			k := min(4, r1-r)
+		for r := r0; r < r1; r += span {
+			k := min(span, r1-r)
 			w.kernel.DotRows(w.m.Cols, row, m.act[r*w.actRowLen:], w.actRowLen, out[:k])
 			for j, v := range out[:k] {
 				m.dst[(r+j)*n+i] = v

@@ -8,6 +8,10 @@ package cpu
 // portable versions, which also take the few values of a softmax row past
 // a multiple of 8.
 
+// ExpSub sets x[i] = e^(x[i]-m), with the vector math of softmax, for
+// arithmetic on logits outside the backend (adapt's losses).
+func ExpSub(x []float32, m float32) { expSub(x, m) }
+
 // expSubGo sets x[i] = e^(x[i]-m).
 func expSubGo(x []float32, m float32) {
 	for i, v := range x {

@@ -233,7 +233,7 @@ func (a *adaptFlags) replaySamples(l *loaded, tok *model.Tokenizer) ([]adapt.Exa
 	if err != nil {
 		return nil, fmt.Errorf("--replay: %w", err)
 	}
-	refs, err := base.LogProbs(ex)
+	refs, err := base.References(ex)
 	if err != nil {
 		return nil, fmt.Errorf("--replay: %w", err)
 	}

@@ -133,6 +133,9 @@ func main() {
 	dotFloatW4("dotF32AVX2w4x2", kF32, 2)
 	dotFloatW4("dotF16AVX2w4x2", kF16, 2)
 	dotFloat("dotBF16AVX2", kBF16)
+	dotFloatX3("dotF32AVX2x3", kF32)
+	dotFloatX3("dotF16AVX2x3", kF16)
+	dotFloatX3("dotBF16AVX2x3", kBF16)
 	quantQ8A()
 	quantQ8K()
 	Generate()
@@ -993,6 +996,76 @@ func dotFloat(name string, ft floatKind) {
 	x := hsum(acc[0])
 	VZEROUPPER()
 	Store(x, ReturnIndex(0))
+	RET()
+}
+
+// dotFloatX3 is dotFloat for one weight row and three activation rows
+// astride bytes apart (out[0:3]): each weight chunk is loaded once for the
+// three, and each row has dotFloat's four accumulators and sees its
+// instructions in its order, so out[r] is bit for bit what dotFloat
+// returns for row r. Three rows, because their twelve accumulators and
+// the weight fill the sixteen registers; a prefill over float weights
+// paid more for the call per pair than for the arithmetic of short rows.
+func dotFloatX3(name string, ft floatKind) {
+	TEXT(name, NOSPLIT, "func(n int, w, a *byte, astride int, out *float32)")
+	Pragma("noescape")
+	Doc(name + " is the float × float32 kernel for one weight row and three activation rows astride bytes apart, n values each, n a positive multiple of 8.")
+	n := Load(Param("n"), GP64())
+	w := Load(Param("w"), GP64())
+	stride := Load(Param("astride"), GP64())
+	out := Load(Param("out"), GP64())
+	var a [3]Register
+	a[0] = Load(Param("a"), GP64())
+	for r := 1; r < 3; r++ {
+		a[r] = GP64()
+		LEAQ(Mem{Base: a[r-1], Index: stride, Scale: 1}, a[r])
+	}
+	wsize := ft.size()
+	var acc [3][4]VecVirtual
+	for r := range acc {
+		for u := range acc[r] {
+			acc[r][u] = YMM()
+			zero(acc[r][u])
+		}
+	}
+	cnt := GP64()
+	MOVQ(n, cnt)
+	SHRQ(U8(5), cnt)
+	JZ(LabelRef(name + "_tail"))
+	Label(name + "_loop32")
+	for u := range 4 {
+		y := ft.load(Mem{Base: w, Disp: 8 * wsize * u})
+		for r := range a {
+			VFMADD231PS(Mem{Base: a[r], Disp: 32 * u}, y, acc[r][u])
+		}
+	}
+	ADDQ(U32(32*wsize), w)
+	for r := range a {
+		ADDQ(U32(128), a[r])
+	}
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_loop32"))
+	Label(name + "_tail")
+	ANDQ(U32(31), n)
+	SHRQ(U8(3), n)
+	JZ(LabelRef(name + "_done"))
+	Label(name + "_loop8")
+	y := ft.load(Mem{Base: w})
+	for r := range a {
+		VFMADD231PS(Mem{Base: a[r]}, y, acc[r][0])
+		ADDQ(U32(32), a[r])
+	}
+	ADDQ(U32(8*wsize), w)
+	DECQ(n)
+	JNZ(LabelRef(name + "_loop8"))
+	Label(name + "_done")
+	for r := range acc {
+		VADDPS(acc[r][1], acc[r][0], acc[r][0])
+		VADDPS(acc[r][3], acc[r][2], acc[r][2])
+		VADDPS(acc[r][2], acc[r][0], acc[r][0])
+		VMOVSS(hsum(acc[r][0]), Mem{Base: out, Disp: 4 * r})
+	}
+	VZEROUPPER()
 	RET()
 }
 
