@@ -48,6 +48,10 @@ type MeZOOptions struct {
 	MaxGrad   float64
 	SkipLarge bool
 	Seed      uint64 // with the step, determines every perturbation and batch
+	// RehearsalWeight is the weight of a rehearsal row (of an example with
+	// a Reference) in the loss's mean, against 1 for a target token; 0
+	// means 1.
+	RehearsalWeight float64
 }
 
 // DefaultMeZOOptions returns the paper's LoRA settings (ε 1e-2, η 1e-4,
@@ -98,6 +102,9 @@ func NewMeZO(e *engine.Engine, a Trainable, data []Example, opts MeZOOptions) (*
 	if !(opts.Eps > 0) || !(opts.LR >= 0) || opts.WeightDecay < 0 {
 		return nil, fmt.Errorf("adapt: MeZO: want ε > 0, η ≥ 0, λ ≥ 0; have %g, %g, %g", opts.Eps, opts.LR, opts.WeightDecay)
 	}
+	if !(opts.RehearsalWeight >= 0) {
+		return nil, fmt.Errorf("adapt: MeZO: rehearsal weight %g: want ≥ 0", opts.RehearsalWeight)
+	}
 	if opts.Schedule == Linear && opts.Steps <= 0 {
 		return nil, errors.New("adapt: MeZO: the linear schedule needs Steps")
 	}
@@ -121,7 +128,11 @@ func NewMeZO(e *engine.Engine, a Trainable, data []Example, opts MeZOOptions) (*
 	if opts.BatchSize <= 0 || opts.BatchSize > len(data) {
 		opts.BatchSize = len(data)
 	}
-	return &MeZO{params: a.Params(), data: data, opts: opts, sc: NewScorer(e, a), epoch: -1}, nil
+	sc := NewScorer(e, a)
+	if opts.RehearsalWeight > 0 {
+		sc.refWeight = opts.RehearsalWeight
+	}
+	return &MeZO{params: a.Params(), data: data, opts: opts, sc: sc, epoch: -1}, nil
 }
 
 // Steps is the number of steps taken.

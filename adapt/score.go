@@ -31,6 +31,9 @@ type Scorer struct {
 	refs    []*Reference // the reference distribution of each target, or nil
 	logits  []float32
 	exps    []float32 // logSumExp's scratch
+	// refWeight is the weight of a row scored against a Reference in
+	// Loss's mean, against 1 for a target token.
+	refWeight float64
 	// collect, when not nil, receives the distribution of every scored
 	// row (References).
 	collect *[]Reference
@@ -51,7 +54,7 @@ func NewScorer(e *engine.Engine, a Trainable) *Scorer {
 	if a == nil {
 		a = base{}
 	}
-	return &Scorer{e: e, a: a, from: a.firstLayer(), frozen: map[string][]float32{}}
+	return &Scorer{e: e, a: a, from: a.firstLayer(), frozen: map[string][]float32{}, refWeight: 1}
 }
 
 // Close frees the Scorer's sequences.
@@ -87,19 +90,24 @@ func (s *Scorer) sequences(n int) ([]*engine.Sequence, error) {
 	return s.seqs[:n], nil
 }
 
-// Loss is the mean cross-entropy of the completion tokens of examples.
+// Loss is the mean cross-entropy of the completion tokens of examples
+// (the KL at the rows of examples with a Reference, weighted by the
+// Scorer's rehearsal weight).
 func (s *Scorer) Loss(examples []Example) (float64, error) {
 	sums, counts, err := s.crossEntropies(examples, s.from)
 	if err != nil {
 		return 0, err
 	}
-	var sum float64
-	var n int
+	var sum, n float64
 	for i := range sums {
-		sum += sums[i]
-		n += counts[i]
+		w := 1.0
+		if examples[i].Reference != nil {
+			w = s.refWeight
+		}
+		sum += w * sums[i]
+		n += w * float64(counts[i])
 	}
-	return sum / float64(n), nil
+	return sum / n, nil
 }
 
 // Losses is the mean cross-entropy of each example's completion tokens.

@@ -173,3 +173,31 @@ func crossEntropy64(logits []float32, target int32) float64 {
 	}
 	return mx + math.Log(s) - float64(logits[target])
 }
+
+// MeZO's loss weights the rows of rehearsal examples by RehearsalWeight
+// against 1 for a target token: a weighted mean of the Scorer's losses.
+func TestRehearsalWeight(t *testing.T) {
+	m := aidreams(t)
+	e := newEngine(t, m, NewSet())
+	lo, err := NewLoRA(m, LoRAOptions{Rank: 2, Layers: []int{1}, Seed: 5})
+	require.NoError(t, err)
+	sc := NewScorer(e, lo)
+	defer sc.Close()
+	refs, err := sc.References(trainPairs[:1])
+	require.NoError(t, err)
+	randomize(lo, 1, 0.1)
+	data := []Example{trainPairs[0], {Prompt: trainPairs[0].Prompt, Completion: trainPairs[0].Completion, Reference: refs[0]}}
+	per, err := sc.Losses(data)
+	require.NoError(t, err)
+	n := float64(len(trainPairs[0].Completion)) // both examples score as many rows
+	for _, w := range []float64{1, 0.25, 4} {
+		mz, err := NewMeZO(e, lo, data, MeZOOptions{LR: 1e-3, Eps: 1e-2, RehearsalWeight: w})
+		require.NoError(t, err)
+		got, err := mz.Loss(data)
+		mz.Close()
+		require.NoError(t, err)
+		assert.InDelta(t, (per[0]*n+w*per[1]*n)/(n+w*n), got, 1e-9, "weight %g", w)
+	}
+	_, err = NewMeZO(e, lo, data, MeZOOptions{LR: 1e-3, Eps: 1e-2, RehearsalWeight: -1})
+	assert.Error(t, err)
+}
