@@ -98,6 +98,8 @@ func TestAdaptEval(t *testing.T) {
 	assert.Equal(t, 20, zero.Pairs)
 	assert.Equal(t, 32, zero.HeldoutTokens)
 	assert.Zero(t, zero.Base.Exact, "the pairs are new to the model")
+	assert.Len(t, zero.Base.Missed, 20)
+	assert.Equal(t, 20, zero.Base.Missed[19])
 	assert.Equal(t, zero.Base, *zero.Adapted)
 	assert.Zero(t, *zero.LLChange)
 

@@ -33,9 +33,10 @@ func (f *evalFlags) register(fs *flag.FlagSet) {
 // measures are what one model (base, or base with the adapter) does on
 // the training pairs and the held-out samples.
 type measures struct {
-	Exact      int       `json:"exact"`       // training pairs whose greedy completion is exact
-	ExactMatch float64   `json:"exact_match"` // Exact / pairs
-	TrainLoss  float64   `json:"train_loss"`  // mean cross-entropy of the completion tokens
+	Exact      int       `json:"exact"`            // training pairs whose greedy completion is exact
+	ExactMatch float64   `json:"exact_match"`      // Exact / pairs
+	Missed     []int     `json:"missed,omitempty"` // the other pairs, by line of the data file from 1
+	TrainLoss  float64   `json:"train_loss"`       // mean cross-entropy of the completion tokens
 	HeldoutNLL float64   `json:"heldout_nll,omitempty"`
 	perSample  []float64 // mean NLL of each held-out sample
 }
@@ -165,9 +166,10 @@ func selfSamples(base *adapt.Scorer, bos int32, n, length int, seed uint64) ([]a
 func measure(sc *adapt.Scorer, train, heldout []adapt.Example) (measures, error) {
 	var m measures
 	var err error
-	if m.Exact, err = exactMatches(sc, train); err != nil {
+	if m.Missed, err = misses(sc, train); err != nil {
 		return m, err
 	}
+	m.Exact = len(train) - len(m.Missed)
 	m.ExactMatch = float64(m.Exact) / float64(len(train))
 	if m.TrainLoss, err = sc.Loss(train); err != nil {
 		return m, err
@@ -188,24 +190,24 @@ func measure(sc *adapt.Scorer, train, heldout []adapt.Example) (measures, error)
 	return m, nil
 }
 
-// exactMatches counts the pairs whose greedy continuation of the prompt is
-// the completion.
-func exactMatches(sc *adapt.Scorer, pairs []adapt.Example) (int, error) {
+// misses lists the pairs, by line from 1, whose greedy continuation of the
+// prompt is not the completion.
+func misses(sc *adapt.Scorer, pairs []adapt.Example) ([]int, error) {
 	prompts, n := make([][]int32, len(pairs)), 0
 	for i, ex := range pairs {
 		prompts[i], n = ex.Prompt, max(n, len(ex.Completion))
 	}
 	outs, err := sc.Greedy(prompts, n)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	exact := 0
+	var missed []int
 	for i, ex := range pairs {
-		if slices.Equal(outs[i][:len(ex.Completion)], ex.Completion) {
-			exact++
+		if !slices.Equal(outs[i][:len(ex.Completion)], ex.Completion) {
+			missed = append(missed, i+1)
 		}
 	}
-	return exact, nil
+	return missed, nil
 }
 
 // llChange is the relative change of the held-out NLL and the mean of its
