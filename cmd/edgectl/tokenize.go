@@ -13,6 +13,7 @@ import (
 func runTokenize(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("tokenize", "--model M [--no-add-special] [--parse-special] (--text T | --file F)", stderr)
 	path := fs.String("model", "", "GGUF model or vocabulary `file` (required)")
+	fs.StringVar(path, "m", "", "shorthand for --model")
 	noAdd := fs.Bool("no-add-special", false, "do not add BOS/EOS as the model's metadata asks")
 	parseSpecial := fs.Bool("parse-special", false, "turn special-token text such as <s> into its token")
 	text := fs.String("text", "", "`text` to tokenize")
