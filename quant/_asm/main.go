@@ -119,8 +119,8 @@ func main() {
 		dotQ2K(sh)
 		dotQ3K(sh)
 	}
-	dotFloat("dotF32AVX2", kF32)
-	dotFloat("dotF16AVX2", kF16)
+	dotFloat("dotF32AVX2", kF32, 1)
+	dotFloat("dotF16AVX2", kF16, 1)
 	for _, k := range blocks32 {
 		if hasTile(k) {
 			pack32(k)
@@ -132,10 +132,10 @@ func main() {
 	dotFloatW4("dotF16AVX2w4", kF16, 1)
 	dotFloatW4("dotF32AVX2w4x2", kF32, 2)
 	dotFloatW4("dotF16AVX2w4x2", kF16, 2)
-	dotFloat("dotBF16AVX2", kBF16)
-	dotFloatX3("dotF32AVX2x3", kF32)
-	dotFloatX3("dotF16AVX2x3", kF16)
-	dotFloatX3("dotBF16AVX2x3", kBF16)
+	dotFloat("dotBF16AVX2", kBF16, 1)
+	dotFloat("dotF32AVX2x3", kF32, 3)
+	dotFloat("dotF16AVX2x3", kF16, 3)
+	dotFloat("dotBF16AVX2x3", kBF16, 3)
 	quantQ8A()
 	quantQ8K()
 	Generate()
@@ -952,76 +952,36 @@ func dotFloatW4(name string, ft floatKind, acts int) {
 
 // dotFloat is the float32/float16/bfloat16 × float32 kernel over n values,
 // n a positive multiple of 8: four accumulators over 32 values at a time,
-// then 8 at a time.
-func dotFloat(name string, ft floatKind) {
-	TEXT(name, NOSPLIT, "func(n int, w, a *byte) float32")
+// then 8 at a time. With rows 3 it takes three activation rows astride
+// bytes apart against the one weight row (out[0:3]): each weight chunk is
+// loaded once for the three, and each row has its own four accumulators
+// and sees the one-row kernel's instructions in its order, so out[r] is
+// bit for bit what the one-row kernel returns for row r. Three, because
+// their twelve accumulators and the weight fill the sixteen registers; a
+// prefill over float weights paid more for the call per pair than for the
+// arithmetic of short rows.
+func dotFloat(name string, ft floatKind, rows int) {
+	if rows == 1 {
+		TEXT(name, NOSPLIT, "func(n int, w, a *byte) float32")
+		Doc(name + " is the float × float32 kernel for n values, n a positive multiple of 8.")
+	} else {
+		TEXT(name, NOSPLIT, "func(n int, w, a *byte, astride int, out *float32)")
+		Doc(name + " is the float × float32 kernel for one weight row and three activation rows astride bytes apart, n values each, n a positive multiple of 8.")
+	}
 	Pragma("noescape")
-	Doc(name + " is the float × float32 kernel for n values, n a positive multiple of 8.")
 	n := Load(Param("n"), GP64())
 	w := Load(Param("w"), GP64())
-	a := Load(Param("a"), GP64())
-	wsize := ft.size()
-	load := func(disp int) VecVirtual { return ft.load(Mem{Base: w, Disp: disp}) }
-	var acc [4]VecVirtual
-	for i := range acc {
-		acc[i] = YMM()
-		zero(acc[i])
-	}
-	cnt := GP64()
-	MOVQ(n, cnt)
-	SHRQ(U8(5), cnt)
-	JZ(LabelRef(name + "_tail"))
-	Label(name + "_loop32")
-	for u := range 4 {
-		VFMADD231PS(Mem{Base: a, Disp: 32 * u}, load(8*wsize*u), acc[u])
-	}
-	ADDQ(U32(32*wsize), w)
-	ADDQ(U32(128), a)
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_loop32"))
-	Label(name + "_tail")
-	ANDQ(U32(31), n)
-	SHRQ(U8(3), n)
-	JZ(LabelRef(name + "_done"))
-	Label(name + "_loop8")
-	VFMADD231PS(Mem{Base: a}, load(0), acc[0])
-	ADDQ(U32(8*wsize), w)
-	ADDQ(U32(32), a)
-	DECQ(n)
-	JNZ(LabelRef(name + "_loop8"))
-	Label(name + "_done")
-	VADDPS(acc[1], acc[0], acc[0])
-	VADDPS(acc[3], acc[2], acc[2])
-	VADDPS(acc[2], acc[0], acc[0])
-	x := hsum(acc[0])
-	VZEROUPPER()
-	Store(x, ReturnIndex(0))
-	RET()
-}
-
-// dotFloatX3 is dotFloat for one weight row and three activation rows
-// astride bytes apart (out[0:3]): each weight chunk is loaded once for the
-// three, and each row has dotFloat's four accumulators and sees its
-// instructions in its order, so out[r] is bit for bit what dotFloat
-// returns for row r. Three rows, because their twelve accumulators and
-// the weight fill the sixteen registers; a prefill over float weights
-// paid more for the call per pair than for the arithmetic of short rows.
-func dotFloatX3(name string, ft floatKind) {
-	TEXT(name, NOSPLIT, "func(n int, w, a *byte, astride int, out *float32)")
-	Pragma("noescape")
-	Doc(name + " is the float × float32 kernel for one weight row and three activation rows astride bytes apart, n values each, n a positive multiple of 8.")
-	n := Load(Param("n"), GP64())
-	w := Load(Param("w"), GP64())
-	stride := Load(Param("astride"), GP64())
-	out := Load(Param("out"), GP64())
-	var a [3]Register
+	a := make([]Register, rows)
 	a[0] = Load(Param("a"), GP64())
-	for r := 1; r < 3; r++ {
-		a[r] = GP64()
-		LEAQ(Mem{Base: a[r-1], Index: stride, Scale: 1}, a[r])
+	if rows > 1 {
+		stride := Load(Param("astride"), GP64())
+		for r := 1; r < rows; r++ {
+			a[r] = GP64()
+			LEAQ(Mem{Base: a[r-1], Index: stride, Scale: 1}, a[r])
+		}
 	}
 	wsize := ft.size()
-	var acc [3][4]VecVirtual
+	acc := make([][4]VecVirtual, rows)
 	for r := range acc {
 		for u := range acc[r] {
 			acc[r][u] = YMM()
@@ -1059,11 +1019,22 @@ func dotFloatX3(name string, ft floatKind) {
 	DECQ(n)
 	JNZ(LabelRef(name + "_loop8"))
 	Label(name + "_done")
+	var out Register
+	if rows > 1 {
+		out = Load(Param("out"), GP64())
+	}
 	for r := range acc {
 		VADDPS(acc[r][1], acc[r][0], acc[r][0])
 		VADDPS(acc[r][3], acc[r][2], acc[r][2])
 		VADDPS(acc[r][2], acc[r][0], acc[r][0])
-		VMOVSS(hsum(acc[r][0]), Mem{Base: out, Disp: 4 * r})
+		x := hsum(acc[r][0])
+		if rows == 1 {
+			VZEROUPPER()
+			Store(x, ReturnIndex(0))
+			RET()
+			return
+		}
+		VMOVSS(x, Mem{Base: out, Disp: 4 * r})
 	}
 	VZEROUPPER()
 	RET()
