@@ -139,8 +139,8 @@ func (s *Scorer) crossEntropies(examples []Example, from int) ([]float64, []int,
 			return nil, nil, fmt.Errorf("adapt: example %d: %d reference rows for %d completion tokens", i, len(ex.Reference), len(ex.Completion))
 		}
 		for _, r := range ex.Reference {
-			if len(r.P) != nv {
-				return nil, nil, fmt.Errorf("adapt: example %d: a reference row of %d values, want %d", i, len(r.P), nv)
+			if len(r.p) != nv {
+				return nil, nil, fmt.Errorf("adapt: example %d: a reference row of %d values, want %d", i, len(r.p), nv)
 			}
 		}
 	}
@@ -356,20 +356,20 @@ func tokenAt(ex Example, j int) int32 {
 // KL(p ‖ softmax(logits)) = Σ p·log p − Σ p·logits + Σ p·lse(logits)
 // costs one pass over the logits and no exponential per value (taking
 // the exponentials of stored log-probabilities was a third of a
-// rehearsal step).
+// rehearsal step). Scorer.References makes them.
 type Reference struct {
-	P                []float32
+	p                []float32 // probabilities, NVocab values
 	negEntropy, mass float64
 }
 
 // referenceOf is softmax(logits) as a Reference, computed in float64;
 // lse is logSumExp(logits).
 func referenceOf(logits []float32, lse float64) Reference {
-	r := Reference{P: make([]float32, len(logits))}
+	r := Reference{p: make([]float32, len(logits))}
 	for v, x := range logits {
 		lp := float64(x) - lse
 		p := float32(math.Exp(lp))
-		r.P[v] = p
+		r.p[v] = p
 		r.negEntropy += float64(p) * lp
 		r.mass += float64(p)
 	}
@@ -380,7 +380,7 @@ func referenceOf(logits []float32, lse float64) Reference {
 // logSumExp(logits).
 func klDivergence(ref *Reference, logits []float32, lse float64) float64 {
 	var pl float64
-	for v, p := range ref.P {
+	for v, p := range ref.p {
 		pl += float64(p) * float64(logits[v])
 	}
 	return ref.negEntropy - pl + ref.mass*lse

@@ -155,7 +155,7 @@ func TestScorerReference(t *testing.T) {
 	bad.Reference = bad.Reference[1:]
 	_, err = sc.Loss([]Example{bad})
 	assert.Error(t, err)
-	bad.Reference = []Reference{{P: []float32{0}}, {P: []float32{0}}, {P: []float32{0}}, {P: []float32{0}}}
+	bad.Reference = []Reference{{p: []float32{0}}, {p: []float32{0}}, {p: []float32{0}}, {p: []float32{0}}}
 	_, err = sc.Loss([]Example{bad})
 	assert.Error(t, err)
 }
