@@ -253,10 +253,7 @@ func TestStepToStepFrom(t *testing.T) {
 	for layer := 1; layer < c.NLayer; layer++ {
 		seq, err := e.NewSequence(nil)
 		require.NoError(t, err)
-		batch := make([]Entry, len(testIDs))
-		for i, id := range testIDs {
-			batch[i] = Entry{Seq: seq, Token: id, Pos: int32(i), Logits: true}
-		}
+		batch := promptBatch(seq, testIDs)
 		x := make([]float32, len(batch)*c.NEmbd)
 		require.NoError(t, e.StepTo(batch, layer, x))
 		for again := range 2 {

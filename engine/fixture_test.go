@@ -43,13 +43,19 @@ func promptLogits(t testing.TB, e *Engine, ids []int32) []float32 {
 	seq, err := e.NewSequence(nil)
 	require.NoError(t, err)
 	defer seq.Free()
+	logits := make([]float32, len(ids)*e.Config().NVocab)
+	require.NoError(t, e.Step(promptBatch(seq, ids), logits))
+	return logits
+}
+
+// promptBatch is ids as the rows of seq from position 0, every row's
+// logits asked for.
+func promptBatch(seq *Sequence, ids []int32) []Entry {
 	batch := make([]Entry, len(ids))
 	for i, id := range ids {
 		batch[i] = Entry{Seq: seq, Token: id, Pos: int32(i), Logits: true}
 	}
-	logits := make([]float32, len(ids)*e.Config().NVocab)
-	require.NoError(t, e.Step(batch, logits))
-	return logits
+	return batch
 }
 
 // fixtureGoldens lists the golden files of the fixture models; -short

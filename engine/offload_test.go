@@ -11,21 +11,6 @@ import (
 	"github.com/edged/edged/model"
 )
 
-// openOffloaded opens path with its last n layers and the output on a
-// second CPU backend, as they would be on a GPU.
-func openOffloaded(t *testing.T, path string, n int) *Engine {
-	t.Helper()
-	f, err := model.Open(path)
-	require.NoError(t, err)
-	t.Cleanup(func() { f.Close() })
-	m, err := model.Load(f)
-	require.NoError(t, err)
-	e, err := New(m, cpu.New(1), Options{Cache: CacheF32, BatchSize: 5, Offload: cpu.New(1), OffloadLayers: n})
-	require.NoError(t, err)
-	t.Cleanup(func() { e.Close() })
-	return e
-}
-
 // A model split between two backends computes what it does on one, bit
 // for bit: the residual stream crosses between them unchanged, whichever
 // layer the split falls after (none: every layer offloaded, the embedding
@@ -39,7 +24,10 @@ func TestOffload(t *testing.T) {
 		wantGreedy := greedy(t, whole, testIDs[:3], 6)
 		nl := whole.Config().NLayer
 		for _, n := range []int{1, nl - 1, nl} {
-			e := openOffloaded(t, path, n)
+			// The last n layers and the output on a second CPU backend,
+			// as they would be on a GPU.
+			e := openEngine(t, path, Options{Cache: CacheF32, BatchSize: 5, Offload: cpu.New(1), OffloadLayers: n})
+			t.Cleanup(func() { e.Close() })
 			require.Len(t, e.Backends(), 2)
 			assert.Equal(t, want, promptLogits(t, e, testIDs), "%s, %d layers offloaded", name, n)
 			assert.Equal(t, wantGreedy, greedy(t, e, testIDs[:3], 6), "%s, %d layers offloaded", name, n)
@@ -48,10 +36,7 @@ func TestOffload(t *testing.T) {
 			for layer := max(nl-n-1, 1); layer <= min(nl-n+1, nl-1); layer++ {
 				seq, err := e.NewSequence(nil)
 				require.NoError(t, err)
-				batch := make([]Entry, len(testIDs))
-				for i, id := range testIDs {
-					batch[i] = Entry{Seq: seq, Token: id, Pos: int32(i), Logits: true}
-				}
+				batch := promptBatch(seq, testIDs)
 				x := make([]float32, len(batch)*c.NEmbd)
 				require.NoError(t, e.StepTo(batch, layer, x))
 				got := make([]float32, len(testIDs)*c.NVocab)
