@@ -16,10 +16,10 @@ type Example struct {
 	// Reference, when not nil, holds a distribution to keep at each scored
 	// row — one per completion token, as Scorer.References gives them for
 	// the base model — and the example's loss is KL(reference ‖ model) per
-	// row instead of the cross-entropy of its completion. Rehearsal on the base model's own text uses it:
-	// the KL is zero, with zero slope, where the model has not moved,
-	// while the cross-entropy of one sampled token would pull the model
-	// towards that token.
+	// row instead of the cross-entropy of its completion. Rehearsal on the
+	// base model's own text uses it: the KL is zero, with zero slope,
+	// where the model has not moved, while the cross-entropy of one
+	// sampled token would pull the model towards that token.
 	Reference []Reference
 }
 

@@ -205,9 +205,9 @@ func (s *Scorer) flush(sums []float64, from int) error {
 	if err != nil {
 		return fmt.Errorf("adapt: %w", err)
 	}
+	s.exps = grow(s.exps, nv)
 	for r, tgt := range s.targets {
 		row := s.logits[r*nv : (r+1)*nv]
-		s.exps = grow(s.exps, nv)
 		lse := logSumExp(row, s.exps)
 		if s.refs[r] != nil {
 			sums[s.owner[r]] += klDivergence(s.refs[r], row, lse)
