@@ -52,6 +52,12 @@ type MeZOOptions struct {
 	// a Reference) in the loss's mean, against 1 for a target token; 0
 	// means 1.
 	RehearsalWeight float64
+	// LossFloor, when positive, counts a target token's cross-entropy as
+	// at least LossFloor in the loss that steps descend (and that
+	// StepResult.Loss reports): a token learnt to that point stops pulling
+	// on the adapter, and the steps go to the tokens that are not. MeZO's
+	// Loss is unaffected.
+	LossFloor float64
 }
 
 // DefaultMeZOOptions returns the paper's LoRA settings (ε 1e-2, η 1e-4,
@@ -102,8 +108,8 @@ func NewMeZO(e *engine.Engine, a Trainable, data []Example, opts MeZOOptions) (*
 	if !(opts.Eps > 0) || !(opts.LR >= 0) || opts.WeightDecay < 0 {
 		return nil, fmt.Errorf("adapt: MeZO: want ε > 0, η ≥ 0, λ ≥ 0; have %g, %g, %g", opts.Eps, opts.LR, opts.WeightDecay)
 	}
-	if !(opts.RehearsalWeight >= 0) {
-		return nil, fmt.Errorf("adapt: MeZO: rehearsal weight %g: want ≥ 0", opts.RehearsalWeight)
+	if !(opts.RehearsalWeight >= 0) || !(opts.LossFloor >= 0) {
+		return nil, fmt.Errorf("adapt: MeZO: rehearsal weight %g, loss floor %g: want ≥ 0", opts.RehearsalWeight, opts.LossFloor)
 	}
 	if opts.Schedule == Linear && opts.Steps <= 0 {
 		return nil, errors.New("adapt: MeZO: the linear schedule needs Steps")
@@ -181,13 +187,13 @@ func (m *MeZO) Step() (StepResult, error) {
 	for k := range n {
 		seed := m.sampleSeed(m.step, k)
 		m.perturb(seed, eps)
-		lp, err := m.Loss(batch)
+		lp, err := m.objective(batch)
 		if err != nil {
 			m.perturb(seed, -eps)
 			return res, err
 		}
 		m.perturb(seed, -2*eps)
-		lm, err := m.Loss(batch)
+		lm, err := m.objective(batch)
 		m.perturb(seed, eps)
 		if err != nil {
 			return res, err
@@ -284,8 +290,15 @@ func (m *MeZO) shuffle(epoch int) {
 
 // Loss is the mean cross-entropy of the completion tokens of examples
 // under the current parameters (see Scorer.Loss).
-func (m *MeZO) Loss(examples []Example) (float64, error) {
-	l, err := m.sc.Loss(examples)
+func (m *MeZO) Loss(examples []Example) (float64, error) { return m.loss(examples, 0) }
+
+// objective is the loss that steps descend: Loss with the loss floor.
+func (m *MeZO) objective(examples []Example) (float64, error) {
+	return m.loss(examples, m.opts.LossFloor)
+}
+
+func (m *MeZO) loss(examples []Example, floor float64) (float64, error) {
+	l, err := m.sc.loss(examples, floor)
 	if err != nil {
 		return 0, fmt.Errorf("adapt: MeZO: %w", err)
 	}

@@ -34,6 +34,9 @@ type Scorer struct {
 	// refWeight is the weight of a row scored against a Reference in
 	// Loss's mean, against 1 for a target token.
 	refWeight float64
+	// floor, during a call of loss, is the least a target token's
+	// cross-entropy counts for (MeZOOptions.LossFloor).
+	floor float64
 	// collect, when not nil, receives the distribution of every scored
 	// row (References).
 	collect *[]Reference
@@ -93,8 +96,14 @@ func (s *Scorer) sequences(n int) ([]*engine.Sequence, error) {
 // Loss is the mean cross-entropy of the completion tokens of examples
 // (the KL at the rows of examples with a Reference, weighted by the
 // Scorer's rehearsal weight).
-func (s *Scorer) Loss(examples []Example) (float64, error) {
+func (s *Scorer) Loss(examples []Example) (float64, error) { return s.loss(examples, 0) }
+
+// loss is Loss with each target token's cross-entropy counted as at least
+// floor.
+func (s *Scorer) loss(examples []Example, floor float64) (float64, error) {
+	s.floor = floor
 	sums, counts, err := s.crossEntropies(examples, s.from)
+	s.floor = 0
 	if err != nil {
 		return 0, err
 	}
@@ -212,7 +221,7 @@ func (s *Scorer) flush(sums []float64, from int) error {
 		if s.refs[r] != nil {
 			sums[s.owner[r]] += klDivergence(s.refs[r], row, lse)
 		} else {
-			sums[s.owner[r]] += lse - float64(row[tgt])
+			sums[s.owner[r]] += max(lse-float64(row[tgt]), s.floor)
 		}
 		if s.collect != nil {
 			*s.collect = append(*s.collect, referenceOf(row, lse))

@@ -201,3 +201,48 @@ func TestRehearsalWeight(t *testing.T) {
 	_, err = NewMeZO(e, lo, data, MeZOOptions{LR: 1e-3, Eps: 1e-2, RehearsalWeight: -1})
 	assert.Error(t, err)
 }
+
+// With a loss floor, the loss MeZO's steps descend counts each target
+// token's cross-entropy as at least the floor, and a rehearsal row's KL as
+// it is; MeZO's Loss stays the plain mean.
+func TestLossFloor(t *testing.T) {
+	m := aidreams(t)
+	e := newEngine(t, m, NewSet())
+	lo, err := NewLoRA(m, LoRAOptions{Rank: 2, Layers: []int{1}, Seed: 5})
+	require.NoError(t, err)
+	sc := NewScorer(e, lo)
+	defer sc.Close()
+	refs, err := sc.References(trainPairs[:1])
+	require.NoError(t, err)
+	rehearsal := Example{Prompt: trainPairs[0].Prompt, Completion: trainPairs[0].Completion, Reference: refs[0]}
+	data := append(append([]Example(nil), trainPairs...), rehearsal)
+	var ces []float64 // every target token's cross-entropy, and where the plain mean is
+	nv := e.Config().NVocab
+	for _, ex := range trainPairs {
+		logits := runSeq(t, e, nil, append(append([]int32{}, ex.Prompt...), ex.Completion...), 0)
+		for j, tgt := range ex.Completion {
+			row := len(ex.Prompt) - 1 + j
+			ces = append(ces, crossEntropy64(logits[row*nv:(row+1)*nv], tgt))
+		}
+	}
+	rows := float64(len(ces) + len(rehearsal.Completion)) // the rehearsal rows add KL 0
+	plain, err := sc.Loss(data)
+	require.NoError(t, err)
+	for _, floor := range []float64{0, ces[0], ces[len(ces)/2], 100} {
+		mz, err := NewMeZO(e, lo, data, MeZOOptions{LR: 1e-3, Eps: 1e-2, LossFloor: floor})
+		require.NoError(t, err)
+		got, err := mz.objective(data)
+		require.NoError(t, err)
+		var want float64
+		for _, ce := range ces {
+			want += max(ce, floor)
+		}
+		assert.InDelta(t, want/rows, got, 1e-5, "floor %g", floor)
+		l, err := mz.Loss(data)
+		require.NoError(t, err)
+		assert.Equal(t, plain, l, "floor %g: Loss is the plain mean", floor)
+		mz.Close()
+	}
+	_, err = NewMeZO(e, lo, data, MeZOOptions{LR: 1e-3, Eps: 1e-2, LossFloor: -1})
+	assert.Error(t, err)
+}

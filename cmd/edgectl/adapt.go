@@ -20,7 +20,7 @@ import (
 type adaptFlags struct {
 	method, data, eval, out, outType, projs, layers, init, log, ckpt, resume, schedule string
 	steps, batch, samples, rank, prefixLen, ckptEvery, replay, replayLen, initRef      int
-	lr, eps, decay, alpha, maxGrad, replayWeight                                       float64
+	lr, eps, decay, alpha, maxGrad, replayWeight, lossFloor                            float64
 	seed                                                                               uint64
 }
 
@@ -49,6 +49,7 @@ func (a *adaptFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&a.replay, "replay", 0, "add this many of the base model's own samples (from BOS) to the training data, scored by KL(base ‖ adapted) at every token, so that training keeps what the model did (rehearsal)")
 	fs.IntVar(&a.replayLen, "replay-len", 24, "tokens per replay sample")
 	fs.Float64Var(&a.replayWeight, "replay-weight", 1, "weight of a replay token in the loss's mean, against 1 for a training target: more replay samples at a lower weight cover more of the model's text without drowning the pairs")
+	fs.Float64Var(&a.lossFloor, "loss-floor", 0, "count a training token's cross-entropy as at least this (nats) in the loss MeZO descends, so tokens already learnt stop pulling on the adapter (0: none)")
 	fs.StringVar(&a.log, "log", "", "JSON-lines log `file` of every step")
 	fs.StringVar(&a.ckpt, "checkpoint", "", "checkpoint `file` written every --checkpoint-every steps and at the end")
 	fs.IntVar(&a.ckptEvery, "checkpoint-every", 100, "steps between checkpoints")
@@ -121,7 +122,7 @@ func runAdapt(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 func (a *adaptFlags) mezoOptions() (adapt.MeZOOptions, error) {
 	o := adapt.MeZOOptions{LR: a.lr, Eps: a.eps, WeightDecay: a.decay, Steps: a.steps, Samples: a.samples,
-		BatchSize: a.batch, MaxGrad: a.maxGrad, Seed: a.seed, RehearsalWeight: a.replayWeight}
+		BatchSize: a.batch, MaxGrad: a.maxGrad, Seed: a.seed, RehearsalWeight: a.replayWeight, LossFloor: a.lossFloor}
 	if o.LR == 0 {
 		o.LR = map[string]float64{"lora": 1e-4, "prefix": 1e-2}[a.method]
 	}
