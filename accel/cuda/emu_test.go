@@ -12,6 +12,9 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/stretchr/testify/assert"
+
+	"github.com/edged/edged/accel/accelcheck"
 	"github.com/edged/edged/internal/cxxemu"
 	"github.com/edged/edged/quant"
 )
@@ -285,19 +288,24 @@ func (d *emuDevice) gemm(ta, tb, m, n, k int32, alpha float32, a uint64, atype, 
 	return 0
 }
 
-// newEmuBoth is the emulated backend, with the GEMM in mode gemm, beside
-// the CPU's.
-func newEmuBoth(t *testing.T, gemm string) *both {
-	g, d := emuBackend(t, gemm)
-	return newBoth(t, g, func(k string) int { return d.counts[k] })
+// TestEmuOps runs every operation check on a fresh emulated backend, its
+// GEMM in float32, and counts its launches.
+func TestEmuOps(t *testing.T) {
+	for _, c := range accelcheck.Checks() {
+		t.Run(c.Name, func(t *testing.T) {
+			b, d := emuBackend(t, "fp32")
+			c.Run(t, b, checkOptions(b))
+			for k, n := range emuLaunches[c.Name] {
+				assert.Equal(t, n, d.counts[k], "launches of %s", k)
+			}
+		})
+	}
 }
 
-func TestEmuMatMul(t *testing.T) {
-	checkMatMul(newEmuBoth(t, "fp32"), []int{1, 3, 8, 13, 40}, true)
-	// The mat-vec does not depend on the GEMM's mode.
-	t.Run("f16", func(t *testing.T) { checkMatMul(newEmuBoth(t, "f16"), []int{40}, false) })
+// The GEMM on f16 inputs (the mat-vec does not depend on its mode).
+func TestEmuGEMMF16(t *testing.T) {
+	b, _ := emuBackend(t, "f16")
+	o := checkOptions(b)
+	o.Batches = []int{40}
+	accelcheck.MatMul(t, b, o)
 }
-
-func TestEmuElementwise(t *testing.T)         { checkElementwise(newEmuBoth(t, "fp32")) }
-func TestEmuAttention(t *testing.T)           { checkAttention(newEmuBoth(t, "fp32")) }
-func TestEmuAttentionNoObserver(t *testing.T) { checkAttentionNoObserver(newEmuBoth(t, "fp32")) }

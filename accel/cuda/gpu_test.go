@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/edged/edged/accel"
+	"github.com/edged/edged/accel/accelcheck"
 	"github.com/edged/edged/accel/cpu"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/internal/fixture"
@@ -43,13 +44,18 @@ func openGPU(t testing.TB) *Backend {
 	return b
 }
 
-// The operation tests of ops_test.go on the GPU.
-func newGPUBoth(t *testing.T) *both { return newBoth(t, openGPU(t), nil) }
-
-func TestGPUMatMul(t *testing.T)              { checkMatMul(newGPUBoth(t), []int{1, 3, 8, 13, 40, 100}, true) }
-func TestGPUElementwise(t *testing.T)         { checkElementwise(newGPUBoth(t)) }
-func TestGPUAttention(t *testing.T)           { checkAttention(newGPUBoth(t)) }
-func TestGPUAttentionNoObserver(t *testing.T) { checkAttentionNoObserver(newGPUBoth(t)) }
+// TestGPUOps runs every operation check on the GPU, MatMul with a batch
+// of 100 rows as well.
+func TestGPUOps(t *testing.T) {
+	for _, c := range accelcheck.Checks() {
+		t.Run(c.Name, func(t *testing.T) {
+			b := openGPU(t)
+			o := checkOptions(b)
+			o.Batches = append(o.Batches, 100)
+			c.Run(t, b, o)
+		})
+	}
+}
 
 func openEngine(t *testing.T, path string, be accel.Backend) *engine.Engine {
 	t.Helper()
