@@ -174,19 +174,29 @@ func crossEntropy64(logits []float32, target int32) float64 {
 	return mx + math.Log(s) - float64(logits[target])
 }
 
-// MeZO's loss weights the rows of rehearsal examples by RehearsalWeight
-// against 1 for a target token: a weighted mean of the Scorer's losses.
-func TestRehearsalWeight(t *testing.T) {
+// withRehearsal returns an engine of aidreams260K, a rank-2 LoRA on its
+// layer 1 (B zero: the base model), the LoRA's Scorer, and trainPairs[0]
+// as a rehearsal example: its Reference is the base model's distribution.
+func withRehearsal(t *testing.T) (*engine.Engine, *LoRA, *Scorer, Example) {
 	m := aidreams(t)
 	e := newEngine(t, m, NewSet())
 	lo, err := NewLoRA(m, LoRAOptions{Rank: 2, Layers: []int{1}, Seed: 5})
 	require.NoError(t, err)
 	sc := NewScorer(e, lo)
-	defer sc.Close()
+	t.Cleanup(sc.Close)
 	refs, err := sc.References(trainPairs[:1])
 	require.NoError(t, err)
+	ex := trainPairs[0]
+	ex.Reference = refs[0]
+	return e, lo, sc, ex
+}
+
+// MeZO's loss weights the rows of rehearsal examples by RehearsalWeight
+// against 1 for a target token: a weighted mean of the Scorer's losses.
+func TestRehearsalWeight(t *testing.T) {
+	e, lo, sc, rehearsal := withRehearsal(t)
 	randomize(lo, 1, 0.1)
-	data := []Example{trainPairs[0], {Prompt: trainPairs[0].Prompt, Completion: trainPairs[0].Completion, Reference: refs[0]}}
+	data := []Example{trainPairs[0], rehearsal}
 	per, err := sc.Losses(data)
 	require.NoError(t, err)
 	n := float64(len(trainPairs[0].Completion)) // both examples score as many rows
@@ -206,15 +216,7 @@ func TestRehearsalWeight(t *testing.T) {
 // token's cross-entropy as at least the floor, and a rehearsal row's KL as
 // it is; MeZO's Loss stays the plain mean.
 func TestLossFloor(t *testing.T) {
-	m := aidreams(t)
-	e := newEngine(t, m, NewSet())
-	lo, err := NewLoRA(m, LoRAOptions{Rank: 2, Layers: []int{1}, Seed: 5})
-	require.NoError(t, err)
-	sc := NewScorer(e, lo)
-	defer sc.Close()
-	refs, err := sc.References(trainPairs[:1])
-	require.NoError(t, err)
-	rehearsal := Example{Prompt: trainPairs[0].Prompt, Completion: trainPairs[0].Completion, Reference: refs[0]}
+	e, lo, sc, rehearsal := withRehearsal(t)
 	data := append(append([]Example(nil), trainPairs...), rehearsal)
 	var ces []float64 // every target token's cross-entropy, and where the plain mean is
 	nv := e.Config().NVocab
