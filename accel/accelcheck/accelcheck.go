@@ -110,9 +110,6 @@ type Options struct {
 	// GEMMRows, when not 0, is the most rows MatMul multiplies at full
 	// precision: larger batches are held to Tol.GEMM.
 	GEMMRows int
-	// Err returns the backend's first failure, checked after every read;
-	// nil means accel.Check, for a backend that is an accel.Checker.
-	Err func() error
 }
 
 func (o Options) matMulTol(rows int) float64 {
@@ -135,6 +132,8 @@ type pair struct {
 // newPair starts a check of b; the seed gives each check its own inputs,
 // the same in every run.
 func newPair(t *testing.T, b accel.Backend, o Options, seed uint64) *pair {
+	_, ok := b.(accel.Checker)
+	require.True(t, ok, "%s is no accel.Checker: the checks could not see its failures", b.Name())
 	c := cpu.New(2)
 	t.Cleanup(func() { c.Close() })
 	return &pair{t: t, gpu: b, cpu: c, o: o, rng: rand.New(rand.NewPCG(seed, seed+1))}
@@ -203,15 +202,8 @@ func (p *pair) read(b bufs, what string) (want, got []float32) {
 	want, got = make([]float32, b.cpu.Len()), make([]float32, b.gpu.Len())
 	p.cpu.Read(want, b.cpu, 0)
 	p.gpu.Read(got, b.gpu, 0)
-	require.NoError(p.t, p.err(), what)
+	require.NoError(p.t, accel.Check(p.gpu), what)
 	return want, got
-}
-
-func (p *pair) err() error {
-	if p.o.Err != nil {
-		return p.o.Err()
-	}
-	return accel.Check(p.gpu)
 }
 
 // same asserts that both backends hold b within tol.

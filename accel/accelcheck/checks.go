@@ -255,7 +255,7 @@ func MatMulRowIndependent(t *testing.T, b accel.Backend, o Options) {
 			p.gpu.MatMul(out.gpu, w, x.gpu, to-from)
 			got := make([]float32, out.gpu.Len())
 			p.gpu.Read(got, out.gpu, 0)
-			require.NoError(p.t, p.err(), "%s", typ)
+			require.NoError(p.t, accel.Check(p.gpu), "%s", typ)
 			return got
 		}
 		all := product(0, n)

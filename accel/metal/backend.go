@@ -114,6 +114,9 @@ func (b *Backend) Close() error {
 	return b.err
 }
 
+// Err implements accel.Checker: the first failure of an operation.
+func (b *Backend) Err() error { return b.err }
+
 // fail records the first failure of an operation.
 func (b *Backend) fail(format string, args ...any) {
 	if b.err == nil {

@@ -52,7 +52,6 @@ func checkOptions(b *Backend) accelcheck.Options {
 			RMSNorm: 1e-5, Add: 1e-6, SwiGLU: 1e-5, RoPE: 1e-5,
 			Attention: 1e-4, Probs: 1e-5, Scores: 1e-4,
 		},
-		Err: func() error { return b.err },
 	}
 }
 
@@ -90,7 +89,8 @@ func TestLoadRejectsUnsupported(t *testing.T) {
 }
 
 // Bad arguments do not panic: the operation is skipped and the failure
-// comes back from the next Alloc, Load and Close.
+// comes back from Err (which the engine checks after a step) and from the
+// next Alloc, Load and Close.
 func TestBadArgumentsAreErrors(t *testing.T) {
 	cases := map[string]func(b *Backend, x, y accel.Buffer){
 		"embed id": func(b *Backend, x, _ accel.Buffer) {
@@ -125,6 +125,7 @@ func TestBadArgumentsAreErrors(t *testing.T) {
 		y, err := b.Alloc(8)
 		require.NoError(t, err)
 		assert.NotPanics(t, func() { op(b, x, y) }, name)
+		assert.Error(t, b.Err(), name)
 		_, err = b.Alloc(1)
 		assert.ErrorIs(t, err, b.err, name)
 		assert.Error(t, err, name)

@@ -20,7 +20,8 @@
 // (Write, Read, WriteCache, attention observers) and at Close. Compute
 // methods have no error result: a failed command buffer, or arguments
 // that would make a kernel read out of bounds, are recorded, the
-// operation is skipped, and the error is returned by the next Alloc,
+// operation is skipped, and the error is returned by Err (accel.Checker:
+// the engine checks it after every step) and by the next Alloc,
 // AllocCache, Load or Close.
 //
 // The matrix products follow the CPU backend's arithmetic: activations are
