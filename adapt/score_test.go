@@ -31,12 +31,9 @@ func TestScorerChunks(t *testing.T) {
 
 	var sum float64
 	for i, ex := range examples {
-		logits := runSeq(t, e, nil, append(append([]int32{}, ex.Prompt...), ex.Completion...), 0)
-		nv := e.Config().NVocab
 		var exSum float64
-		for j, tgt := range ex.Completion {
-			row := len(ex.Prompt) - 1 + j
-			exSum += crossEntropy64(logits[row*nv:(row+1)*nv], tgt)
+		for _, ce := range tokenCrossEntropies(t, e, ex) {
+			exSum += ce
 		}
 		sum += exSum
 		assert.InDelta(t, exSum/float64(len(ex.Completion)), per[i], 1e-5, "example %d", i)
@@ -160,6 +157,20 @@ func TestScorerReference(t *testing.T) {
 	assert.Error(t, err)
 }
 
+// tokenCrossEntropies is the cross-entropy of each completion token of ex
+// under e's base model, from one Step over the whole sequence: the
+// Scorer's per-token loss, computed apart from it.
+func tokenCrossEntropies(t *testing.T, e *engine.Engine, ex Example) []float64 {
+	logits := runSeq(t, e, nil, append(append([]int32{}, ex.Prompt...), ex.Completion...), 0)
+	nv := e.Config().NVocab
+	out := make([]float64, len(ex.Completion))
+	for j, tgt := range ex.Completion {
+		row := len(ex.Prompt) - 1 + j
+		out[j] = crossEntropy64(logits[row*nv:(row+1)*nv], tgt)
+	}
+	return out
+}
+
 // crossEntropy64 is -log softmax(logits)[target] in float64 with
 // math.Exp: the Scorer's loss, computed apart from it.
 func crossEntropy64(logits []float32, target int32) float64 {
@@ -218,14 +229,9 @@ func TestRehearsalWeight(t *testing.T) {
 func TestLossFloor(t *testing.T) {
 	e, lo, sc, rehearsal := withRehearsal(t)
 	data := append(append([]Example(nil), trainPairs...), rehearsal)
-	var ces []float64 // every target token's cross-entropy, and where the plain mean is
-	nv := e.Config().NVocab
+	var ces []float64 // every target token's cross-entropy under the base model
 	for _, ex := range trainPairs {
-		logits := runSeq(t, e, nil, append(append([]int32{}, ex.Prompt...), ex.Completion...), 0)
-		for j, tgt := range ex.Completion {
-			row := len(ex.Prompt) - 1 + j
-			ces = append(ces, crossEntropy64(logits[row*nv:(row+1)*nv], tgt))
-		}
+		ces = append(ces, tokenCrossEntropies(t, e, ex)...)
 	}
 	rows := float64(len(ces) + len(rehearsal.Completion)) // the rehearsal rows add KL 0
 	plain, err := sc.Loss(data)
