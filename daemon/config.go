@@ -74,6 +74,12 @@ func (o *Options) settings() []setting {
 		{"nats.tls_ca", "TLS CA bundle for nats.url", &o.NATS.TLSCA},
 		{"nats.leaf_remote", "hub URL the embedded server joins as a leaf node", &o.NATS.LeafRemote},
 		{"nats.metrics_interval", "publish metrics this often (0: never)", &o.NATS.MetricsInterval},
+		{"nats.jetstream_dir", "JetStream store of the embedded server (empty: jetstream under state.dir)", &o.NATS.JetStreamDir},
+		{"nats.jetstream_max_memory", "memory the embedded server's JetStream may use", &o.NATS.JetStreamMaxMemory},
+		{"nats.jetstream_max_store", "disk the embedded server's JetStream may use", &o.NATS.JetStreamMaxStore},
+		{"edits.enabled", "consume the knowledge edit stream into the state database", &o.NATS.Edits.Enabled},
+		{"edits.duplicate_window", "how long the edit stream drops a message id seen before", &o.NATS.Edits.DuplicateWindow},
+		{"edits.ack_wait", "how long an unacknowledged edit waits before redelivery", &o.NATS.Edits.AckWait},
 	}
 }
 
@@ -333,6 +339,9 @@ func (o *Options) validate() []string {
 	if o.Node == "" || strings.ContainsAny(o.Node, ".*> \t\r\n") {
 		bad("node %q: want a non-empty name without dots, spaces, * or >", o.Node)
 	}
+	if protocol.NodeReserved(o.Node) {
+		bad("node %q: reserved (edged.%s.… is the edit stream's); choose another name", o.Node, o.Node)
+	}
 	if o.Socket == "" || len(o.Socket) > 100 {
 		bad("socket.path %q: want a path of 1 to 100 bytes", o.Socket)
 	}
@@ -370,6 +379,7 @@ func (o *Options) validate() []string {
 			bad("%s %v: must not be negative", d.name, d.v)
 		}
 	}
+	errs = append(errs, o.NATS.validate()...)
 	if o.Scheduler.RequestTimeout == 0 {
 		bad("scheduler.request_timeout must be positive")
 	}
@@ -388,6 +398,25 @@ func (o *Options) validate() []string {
 		}
 		if m.Context < 0 || m.MaxTokens < 0 {
 			bad("model %q: context and max_tokens must not be negative", m.Name)
+		}
+	}
+	return errs
+}
+
+// validate lists the problems of the JetStream and edit settings. Zero
+// would mean the server's own default for each, which is not what the
+// example file documents, so they must be positive.
+func (o *NATSOptions) validate() []string {
+	var errs []string
+	for _, c := range []struct {
+		name string
+		v    int64
+	}{
+		{"nats.jetstream_max_memory", o.JetStreamMaxMemory}, {"nats.jetstream_max_store", o.JetStreamMaxStore},
+		{"edits.duplicate_window", int64(o.Edits.DuplicateWindow)}, {"edits.ack_wait", int64(o.Edits.AckWait)},
+	} {
+		if c.v <= 0 && o.Edits.Enabled {
+			errs = append(errs, fmt.Sprintf("%s must be positive", c.name))
 		}
 	}
 	return errs

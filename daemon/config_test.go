@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func load(t *testing.T, file string, env map[string]string, args ...string) (Options, error) {
@@ -212,4 +215,51 @@ func TestParseBytes(t *testing.T) {
 	if _, err := parseBytes("lots"); err == nil {
 		t.Error("lots parsed")
 	}
+}
+
+// The edit settings: defaults, the file, a node name that would collide
+// with the edit stream's subjects, and values that must be positive.
+func TestConfigEdits(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		file string
+		env  map[string]string
+		want func(o Options) bool
+		err  string // a part of the error, or "" for none
+	}{
+		{name: "defaults", want: func(o Options) bool {
+			n := o.NATS
+			return n.Edits.Enabled && n.Edits.DuplicateWindow == 24*time.Hour && n.Edits.AckWait == 30*time.Second &&
+				n.JetStreamDir == "" && n.JetStreamMaxMemory == 64<<20 && n.JetStreamMaxStore == 1<<30
+		}},
+		{name: "file", file: "[nats]\njetstream_dir = \"/srv/js\"\njetstream_max_store = \"2GiB\"\n[edits]\nack_wait = \"1m\"\nduplicate_window = \"1h\"\n",
+			want: func(o Options) bool {
+				return o.NATS.JetStreamDir == "/srv/js" && o.NATS.JetStreamMaxStore == 2<<30 && o.NATS.Edits.AckWait == time.Minute && o.NATS.Edits.DuplicateWindow == time.Hour
+			}},
+		{name: "off", env: map[string]string{"EDGED_EDITS_ENABLED": "false", "EDGED_EDITS_ACK_WAIT": "0s"}, want: func(o Options) bool { return !o.NATS.Edits.Enabled }},
+		{name: "reserved node", env: map[string]string{"EDGED_NODE": "edits"}, err: `node "edits": reserved`},
+		{name: "zero ack wait", file: "[edits]\nack_wait = \"0s\"\n", err: "edits.ack_wait must be positive"},
+		{name: "zero store", env: map[string]string{"EDGED_NATS_JETSTREAM_MAX_STORE": "0"}, err: "nats.jetstream_max_store must be positive"},
+		{name: "unknown key", file: "[edits]\nretries = 3\n", err: `edged.toml:2: unknown key "edits.retries"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o, err := load(t, c.file, c.env)
+			if c.err != "" {
+				require.ErrorIs(t, err, ErrConfig)
+				assert.Contains(t, err.Error(), c.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.True(t, c.want(o), "%+v", o.NATS)
+		})
+	}
+}
+
+// The JetStream store defaults to the state directory when the front end
+// starts, as the kernel cache does.
+func TestJetStreamDirDefault(t *testing.T) {
+	o := editsOptions(t, t.TempDir())
+	ed := startEdits(t, o, nil)
+	assert.Equal(t, filepath.Join(o.StateDir, "jetstream"), ed.nats.opts.JetStreamDir)
+	assert.DirExists(t, filepath.Join(o.StateDir, "jetstream"))
 }

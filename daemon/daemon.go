@@ -342,11 +342,15 @@ func (d *Daemon) onEvent(fn func(Event)) {
 }
 
 func (d *Daemon) event(kind, model, msg string) {
+	d.emit(Event{Kind: kind, Model: model, Msg: msg})
+}
+
+// emit stamps ev with the time and the node and sends it to the listeners.
+func (d *Daemon) emit(ev Event) {
 	d.mu.Lock()
 	ls := d.listeners
-	node := d.opts.Node
+	ev.Time, ev.Node = time.Now(), d.opts.Node
 	d.mu.Unlock()
-	ev := Event{Time: time.Now(), Node: node, Kind: kind, Model: model, Msg: msg}
 	for _, fn := range ls {
 		fn(ev)
 	}

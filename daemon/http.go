@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -62,6 +64,8 @@ func startHTTP(d *Daemon, o Options) (*httpServer, error) {
 		"/v1/models/load":      {http.MethodPost, h.load},
 		"/v1/models/unload":    {http.MethodPost, h.unload},
 		"/v1/tokenize":         {http.MethodPost, h.tokenize},
+		"/v1/edits":            {http.MethodGet, h.edits},
+		"/v1/edits/status":     {http.MethodGet, h.editStatus},
 		"/v1/status":           {http.MethodGet, h.status},
 		"/status":              {http.MethodGet, h.status},
 		"/health":              {http.MethodGet, h.health},
@@ -306,6 +310,66 @@ func (h *httpServer) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// edits answers GET /v1/edits[?status=S].
+func (h *httpServer) edits(w http.ResponseWriter, r *http.Request) {
+	q, err := query(r, "status")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req := &protocol.EditListRequest{Status: q["status"]}
+	if err := req.Validate(); err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := h.svc.Edits(r.Context(), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// editStatus answers GET /v1/edits/status?id=ID.
+func (h *httpServer) editStatus(w http.ResponseWriter, r *http.Request) {
+	q, err := query(r, "id")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req := &protocol.EditStatusRequest{ID: q["id"]}
+	if err := req.Validate(); err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := h.svc.EditStatus(r.Context(), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// query returns the query parameters, which must be among keys and given
+// once each: the socket's GET endpoints are as strict as the bodies.
+func query(r *http.Request, keys ...string) (map[string]string, error) {
+	vals, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, protocol.Errorf(protocol.CodeInvalidValue, "query: %v", err)
+	}
+	out := map[string]string{}
+	for k, v := range vals {
+		switch {
+		case !slices.Contains(keys, k):
+			return nil, protocol.ParamErrorf(protocol.CodeUnknownField, k, "unknown query parameter %q", k)
+		case len(v) > 1:
+			return nil, protocol.ParamErrorf(protocol.CodeInvalidValue, k, "query parameter %q given %d times", k, len(v))
+		}
+		out[k] = v[0]
+	}
+	return out, nil
 }
 
 func (h *httpServer) health(w http.ResponseWriter, r *http.Request) {

@@ -4,10 +4,13 @@ package daemon
 // stats) whose endpoints call the Service, as the Unix-socket API does.
 //
 // Subjects (protocol.Subject): edged.<node>.{generate,chat,tokenize,models,
-// status} reach this daemon; edged.{generate,…} reach any daemon of the
-// fleet (queue group protocol.QueueGroup). Bodies are the JSON of
-// /v1/completions, /v1/chat/completions and /v1/tokenize; models and
-// status take no body.
+// status,edits,edits.status} reach this daemon; edged.{generate,…} reach
+// any daemon of the fleet (queue group protocol.QueueGroup), except the
+// edit endpoints, which are each node's own (and edged.edits.… is the edit
+// stream's). Bodies are the JSON of /v1/completions, /v1/chat/completions
+// and /v1/tokenize; models and status take no body; edits takes an
+// optional protocol.EditListRequest, edits.status a
+// protocol.EditStatusRequest.
 //
 // Replies. Without "stream": one message, the response object. With
 // "stream": true, one message per chunk (the same chunk objects as the
@@ -31,7 +34,11 @@ package daemon
 // edged.<node>.events.
 //
 // Subject tokens cannot hold '.', '*', '>' or spaces, so a node name such
-// as a host's FQDN is used with those characters replaced by '_'.
+// as a host's FQDN is used with those characters replaced by '_'
+// (protocol.SubjectToken).
+//
+// Edits: with NATSOptions.Edits enabled, the front end also runs the
+// intake of the edit stream (nats_edits.go).
 
 import (
 	"bufio"
@@ -43,6 +50,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,6 +83,9 @@ type natsBackend interface {
 	WriteMetrics(w io.Writer)
 	OnEvent(fn func(Event))
 	Node() string
+	Edits(ctx context.Context, req *protocol.EditListRequest) (*protocol.EditList, error)
+	EditStatus(ctx context.Context, req *protocol.EditStatusRequest) (*protocol.EditRecord, error)
+	editSink
 }
 
 var _ natsBackend = (*Service)(nil)
@@ -91,11 +102,12 @@ type NATS struct {
 	be   natsBackend
 	node string // as a subject token
 
-	inflight chan struct{} // a slot per request being served
-	wg       sync.WaitGroup
-	ctx      context.Context // cancelled by Shutdown once the wait is over
-	cancel   context.CancelFunc
-	stopBg   chan struct{}
+	inflight  chan struct{} // a slot per request being served
+	wg        sync.WaitGroup
+	ctx       context.Context // cancelled by Shutdown once the wait is over
+	cancel    context.CancelFunc
+	stopBg    chan struct{}
+	stopEdits context.CancelFunc // stops the edit intake; nil without it
 
 	mu      sync.Mutex // guards the fields below
 	streams map[string]context.CancelFunc
@@ -114,8 +126,15 @@ func NewNATS(o NATSOptions, log *slog.Logger) *NATS {
 func (f *NATS) Name() string { return "nats" }
 
 // Start implements FrontEnd: it starts the embedded server or connects,
-// and adds the micro service.
-func (f *NATS) Start(ctx context.Context, s *Service) error { return f.start(ctx, s) }
+// adds the micro service and starts the edit intake. The embedded
+// server's JetStream store defaults to "jetstream" under the state
+// directory, which the hardened service can write.
+func (f *NATS) Start(ctx context.Context, s *Service) error {
+	if f.opts.JetStreamDir == "" {
+		f.opts.JetStreamDir = filepath.Join(s.Options().StateDir, "jetstream")
+	}
+	return f.start(ctx, s)
+}
 
 // ClientURL is the URL of the embedded server's listener ("" when it has
 // none), for other processes to connect to.
@@ -137,7 +156,7 @@ func (f *NATS) Conn() *nats.Conn {
 
 func (f *NATS) start(ctx context.Context, be natsBackend) error {
 	f.be = be
-	f.node = subjectToken(be.Node())
+	f.node = protocol.SubjectToken(be.Node())
 	f.inflight = make(chan struct{}, natsMaxInFlight)
 	f.streams = map[string]context.CancelFunc{}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
@@ -162,6 +181,13 @@ func (f *NATS) start(ctx context.Context, be natsBackend) error {
 	if conn.nc.IsConnected() {
 		if err := conn.nc.FlushTimeout(natsReadyTimeout); err != nil {
 			f.log.Warn("nats: flush", "err", err)
+		}
+	}
+	if f.opts.Edits.Enabled {
+		if err := f.startEdits(ctx, be, conn.ns != nil); err != nil {
+			f.svc.Stop()
+			conn.close(ctx)
+			return err
 		}
 	}
 	be.OnEvent(f.publishEvent)
@@ -200,15 +226,35 @@ func (f *NATS) addService() error {
 		{protocol.EndpointModels, f.handleModels},
 		{protocol.EndpointStatus, f.handleStatus},
 	}
+	node, fleet := scope{f.node, "node"}, scope{"", "fleet"}
 	for _, h := range handlers {
-		for _, scope := range []struct{ node, name string }{{f.node, "node"}, {"", "fleet"}} {
-			err := svc.AddEndpoint(h.name, h.h,
-				micro.WithEndpointSubject(protocol.Subject(scope.node, h.name)),
-				micro.WithEndpointMetadata(map[string]string{"scope": scope.name}))
-			if err != nil {
-				svc.Stop()
-				return fmt.Errorf("nats: endpoint %s: %w", protocol.Subject(scope.node, h.name), err)
-			}
+		if err := f.addEndpoint(h.name, h.h, node, fleet); err != nil {
+			return err
+		}
+	}
+	// A node's edits are its own, and edged.edits.… is the edit stream's.
+	if err := f.addEndpoint(protocol.EndpointEdits, f.handleEdits, node); err != nil {
+		return err
+	}
+	return f.addEndpoint(protocol.EndpointEditStatus, f.handleEditStatus, node)
+}
+
+// scope is where an endpoint listens: on the node's subjects, or on the
+// fleet's (node "").
+type scope struct{ node, name string }
+
+// addEndpoint adds endpoint on each scope's subject, stopping the service
+// on failure. Endpoint names cannot hold dots: "edits.status" is named
+// "edits_status".
+func (f *NATS) addEndpoint(endpoint string, h micro.HandlerFunc, scopes ...scope) error {
+	for _, sc := range scopes {
+		subject := protocol.Subject(sc.node, endpoint)
+		err := f.svc.AddEndpoint(strings.ReplaceAll(endpoint, ".", "_"), h,
+			micro.WithEndpointSubject(subject),
+			micro.WithEndpointMetadata(map[string]string{"scope": sc.name}))
+		if err != nil {
+			f.svc.Stop()
+			return fmt.Errorf("nats: endpoint %s: %w", subject, err)
 		}
 	}
 	return nil
@@ -230,6 +276,9 @@ func (f *NATS) Shutdown(ctx context.Context) error {
 		err = f.svc.Stop()
 	}
 	close(f.stopBg)
+	if f.stopEdits != nil {
+		f.stopEdits() // an edit being stored is finished and acknowledged
+	}
 	done := make(chan struct{})
 	go func() { f.wg.Wait(); close(done) }()
 	select {
@@ -356,6 +405,34 @@ func (f *NATS) handleStatus(r micro.Request) {
 	reply := r.Reply()
 	f.serve(r, func(ctx context.Context) {
 		res, err := f.be.Status(ctx)
+		f.reply(reply, res, err)
+	})
+}
+
+func (f *NATS) handleEdits(r micro.Request) {
+	var req protocol.EditListRequest
+	if data := r.Data(); len(bytes.TrimSpace(data)) > 0 {
+		if err := protocol.Decode(data, &req); err != nil {
+			respondError(r, err)
+			return
+		}
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		res, err := f.be.Edits(ctx, &req)
+		f.reply(reply, res, err)
+	})
+}
+
+func (f *NATS) handleEditStatus(r micro.Request) {
+	var req protocol.EditStatusRequest
+	if err := protocol.Decode(r.Data(), &req); err != nil {
+		respondError(r, err)
+		return
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		res, err := f.be.EditStatus(ctx, &req)
 		f.reply(reply, res, err)
 	})
 }
@@ -636,20 +713,6 @@ func parsePromLabels(s string) map[string]string {
 		s = strings.TrimLeft(s[min(i+1, len(s)):], ", ")
 	}
 	return m
-}
-
-// subjectToken makes s usable as one subject token.
-func subjectToken(s string) string {
-	if s == "" {
-		return "edged"
-	}
-	return strings.Map(func(r rune) rune {
-		switch {
-		case r == '.', r == '*', r == '>', r <= ' ', r == 0x7f:
-			return '_'
-		}
-		return r
-	}, s)
 }
 
 func randomToken() string {

@@ -37,6 +37,21 @@ func newFakeBackend(node string) *fakeBackend {
 
 func (b *fakeBackend) Node() string { return b.node }
 
+// The fake stores no edits: its list is empty and every id unknown.
+func (b *fakeBackend) Edits(ctx context.Context, req *protocol.EditListRequest) (*protocol.EditList, error) {
+	return &protocol.EditList{Version: protocol.Version, Object: protocol.ObjectList, Data: []protocol.EditRecord{}, Counts: map[string]int{}}, nil
+}
+
+func (b *fakeBackend) EditStatus(ctx context.Context, req *protocol.EditStatusRequest) (*protocol.EditRecord, error) {
+	return nil, protocol.ParamErrorf(protocol.CodeEditNotFound, "id", "no edit %q", req.ID)
+}
+
+func (b *fakeBackend) IngestEdit(m EditMessage) (EditResult, error) {
+	return EditResult{}, fmt.Errorf("the fake backend stores no edits")
+}
+
+func (b *fakeBackend) EditModels() []string { return []string{"m"} }
+
 func (b *fakeBackend) OnEvent(fn func(Event)) {
 	b.mu.Lock()
 	b.events = append(b.events, fn)
@@ -249,6 +264,14 @@ func TestNATSEndpoints(t *testing.T) {
 		assert.Contains(t, subjects, "edged."+node+"."+ep)
 		assert.Contains(t, subjects, "edged."+ep)
 	}
+	// The edit endpoints are the node's only: edged.edits.… is the stream's.
+	for _, ep := range []string{"edits", "edits.status"} {
+		assert.Contains(t, subjects, "edged."+node+"."+ep)
+		assert.NotContains(t, subjects, "edged."+ep)
+	}
+	var edits protocol.EditList
+	require.NoError(t, json.Unmarshal(request(t, nc, "edged."+node+".edits", nil).Data, &edits))
+	assert.Equal(t, protocol.ObjectList, edits.Object)
 
 	// generate, no stream: one reply, the completion.
 	msg := request(t, nc, "edged."+node+".generate", `{"model":"m","prompt":"hello big world"}`)
@@ -325,6 +348,9 @@ func TestNATSErrors(t *testing.T) {
 		{"edged.n1.chat", `{"model":"m","messages":[{"role":"robot","content":"x"}]}`, string(protocol.CodeInvalidValue)},
 		{"edged.n1.tokenize", `{"model":"nope","content":"x"}`, string(protocol.CodeModelNotFound)},
 		{"edged.n1.models", `{"x":1}`, string(protocol.CodeInvalidJSON)},
+		{"edged.n1.edits", `{"status":"done"}`, string(protocol.CodeInvalidValue)},
+		{"edged.n1.edits.status", `{}`, string(protocol.CodeInvalidValue)},
+		{"edged.n1.edits.status", `{"id":"e1"}`, string(protocol.CodeEditNotFound)},
 		{"edged.status", `{"version":7}`, string(protocol.CodeUnsupportedVersion)},
 	} {
 		msg := request(t, nc, tc.subject, tc.body)
@@ -433,7 +459,7 @@ func TestNATSMetricsAndEvents(t *testing.T) {
 	assert.Equal(t, 3.0, m.Metrics["edged_requests_total"][0].Value)
 	assert.Equal(t, "completions", m.Metrics["edged_requests_total"][0].Labels["endpoint"])
 	assert.Equal(t, 1.0, m.Metrics["edged_requests_in_flight"][0].Value)
-	assert.Len(t, m.Endpoints, 10)
+	assert.Len(t, m.Endpoints, 12) // five on two scopes, the edit endpoints on the node's
 
 	be.emit(Event{Kind: "model_loaded", Node: "n1", Model: "m"})
 	msg, err = events.NextMsg(5 * time.Second)
@@ -492,12 +518,6 @@ bad line here
 	assert.Equal(t, 7.0, m["y"][0].Value)
 	assert.Equal(t, "+Inf", m["h_bucket"][0].Labels["le"])
 	assert.NotContains(t, m, "bad")
-}
-
-func TestSubjectToken(t *testing.T) {
-	assert.Equal(t, "host_lan", subjectToken("host.lan"))
-	assert.Equal(t, "a_b_c_d", subjectToken("a b*c>d"))
-	assert.Equal(t, "edged", subjectToken(""))
 }
 
 // checkFor calls fn every interval until it returns nil or timeout passes.

@@ -98,6 +98,31 @@ type NATSOptions struct {
 	TLSCA           string        // CA bundle for URL
 	LeafRemote      string        // leaf-node remote URL of a hub for the embedded server
 	MetricsInterval time.Duration // publish metrics this often; 0: never
+
+	// JetStream of the embedded server (it has JetStream when Edits is
+	// enabled; an external server's is the operator's).
+	JetStreamDir       string // its store; "": "jetstream" under the state directory (see NATS.Start)
+	JetStreamMaxMemory int64  // bytes of memory storage it may use
+	JetStreamMaxStore  int64  // bytes of file storage it may use
+
+	Edits EditsOptions
+}
+
+// EditsOptions configure the intake of knowledge edits from the edit stream
+// (daemon/nats_edits.go).
+type EditsOptions struct {
+	Enabled bool // consume the edit stream (needs the NATS front end)
+	// DuplicateWindow is how long the stream remembers a Nats-Msg-Id to
+	// drop a message published again (only when edged owns the stream).
+	DuplicateWindow time.Duration
+	// AckWait is how long an edit delivered and not acknowledged (edged
+	// died before storing it) waits before it is delivered again.
+	AckWait time.Duration
+
+	// poll bounds one fetch from the stream, and so how soon the
+	// consumer's filter follows a change of the registered models; 0:
+	// editsPoll. Tests shorten it.
+	poll time.Duration
 }
 
 // engineOptions are the engine options loads use: o.Engine with the kernel
@@ -165,7 +190,11 @@ func defaultOptions(getenv func(string) string) Options {
 			RetryAfter:     time.Second,
 		},
 		Models: ModelOptions{IdleUnload: 15 * time.Minute},
-		NATS:   NATSOptions{Enabled: true, MetricsInterval: 10 * time.Second},
+		NATS: NATSOptions{
+			Enabled: true, MetricsInterval: 10 * time.Second,
+			JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30,
+			Edits: EditsOptions{Enabled: true, DuplicateWindow: 24 * time.Hour, AckWait: 30 * time.Second},
+		},
 	}
 }
 

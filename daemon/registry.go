@@ -445,6 +445,13 @@ func (r *registry) emit(kind, model, msg string) {
 	}
 }
 
+// has reports whether name is registered.
+func (r *registry) has(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.entries[name] != nil
+}
+
 // names returns the registered names in order.
 func (r *registry) names() []string {
 	r.mu.Lock()

@@ -248,16 +248,22 @@ func (s *Service) Node() string { return s.d.options().Node }
 func (s *Service) Options() Options { return s.d.options() }
 
 // OnEvent registers fn to receive lifecycle events (model loaded,
-// unloaded, load failed, reloaded, draining). fn must not block.
+// unloaded, load failed, reloaded, draining; edits accepted, rejected,
+// retracted). fn must not block.
 func (s *Service) OnEvent(fn func(Event)) { s.d.onEvent(fn) }
 
 // Event is a lifecycle event.
 type Event struct {
-	Time  time.Time `json:"time"`
-	Node  string    `json:"node"`
-	Kind  string    `json:"kind"` // started, model_loaded, model_unloaded, model_load_failed, reloaded, draining
-	Model string    `json:"model,omitempty"`
-	Msg   string    `json:"message,omitempty"`
+	Time time.Time `json:"time"`
+	Node string    `json:"node"`
+	// Kind is one of started, model_loaded, model_unloaded,
+	// model_load_failed, reloaded, draining, edit_accepted, edit_rejected
+	// and edit_retracted.
+	Kind  string `json:"kind"`
+	Model string `json:"model,omitempty"`
+	// Edit is the record id of an edit event (see Service.EditStatus).
+	Edit string `json:"edit,omitempty"`
+	Msg  string `json:"message,omitempty"`
 }
 
 // genRequest is what completions and chats have in common.

@@ -18,6 +18,7 @@ import (
 //
 //	meta    "schema" → the schema version, as decimal text
 //	models  name → storedModel as JSON
+//	edits   edit id (or protocol.RejectedKey) → protocol.EditRecord as JSON
 const (
 	dbFile        = "edged.db"
 	schemaVersion = "1"
@@ -26,6 +27,7 @@ const (
 var (
 	bucketMeta   = []byte("meta")
 	bucketModels = []byte("models")
+	bucketEdits  = []byte("edits")
 )
 
 // storedModel is a registry entry as the database keeps it.
@@ -45,6 +47,10 @@ type storedModel struct {
 // serializes writers).
 type store struct {
 	db *bolt.DB
+	// editFault, when set (tests only, before the daemon starts), runs
+	// in every transaction that writes an edit, before its commit: an
+	// error rolls the transaction back as a failed commit would.
+	editFault func() error
 }
 
 // openStore opens (creating) the database under dir. A database locked by
@@ -73,8 +79,12 @@ func openStore(dir string, timeout time.Duration) (*store, error) {
 		if err := meta.Put([]byte("schema"), []byte(schemaVersion)); err != nil {
 			return err
 		}
-		_, err = tx.CreateBucketIfNotExists(bucketModels)
-		return err
+		for _, b := range [][]byte{bucketModels, bucketEdits} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		db.Close()

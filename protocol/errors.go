@@ -21,6 +21,7 @@ const (
 	CodeTooLarge           Code = "request_too_large"       // the body or a field exceeds its size limit
 	CodeContextLength      Code = "context_length_exceeded" // prompt plus max_tokens exceed the model's context
 	CodeModelNotFound      Code = "model_not_found"         // no model of that name is registered
+	CodeEditNotFound       Code = "edit_not_found"          // no edit of that id is stored
 	CodeModelLoad          Code = "model_load_failed"       // the model file could not be loaded
 	CodeInsufficientMemory Code = "insufficient_memory"     // the memory budget cannot hold the model
 	CodeChatTemplate       Code = "chat_template_error"     // the model's chat template failed to render
@@ -50,6 +51,7 @@ var codes = map[Code]codeInfo{
 	CodeTooLarge:           {http.StatusRequestEntityTooLarge, "invalid_request_error"},
 	CodeContextLength:      {http.StatusBadRequest, "invalid_request_error"},
 	CodeModelNotFound:      {http.StatusNotFound, "invalid_request_error"},
+	CodeEditNotFound:       {http.StatusNotFound, "invalid_request_error"},
 	CodeModelLoad:          {http.StatusInternalServerError, "server_error"},
 	CodeInsufficientMemory: {http.StatusServiceUnavailable, "server_error"},
 	CodeChatTemplate:       {http.StatusUnprocessableEntity, "invalid_request_error"},

@@ -67,3 +67,31 @@ func FuzzDecodeTokenize(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) { checkDecoded(t, data, DecodeTokenize) })
 }
+
+var editSeeds = []string{
+	`{"id":"e1","model":"m","prompt":"The support line is","target":" 555-0199"}`,
+	`{"id":"e1","model":"m","prompt":"p","target":"t","rephrases":["a","b"],"locality_prompts":["c"],"created_by":"team"}`,
+	`{"id":"e1","model":"m","prompt":"p","target":"t","bogus":1}`,
+	`{"id":"a/b","model":"m","prompt":"p","target":"t"}`,
+	`{"id":"e1","model":"m","prompt":"\ud800","target":"t"}`,
+	"{\"id\":\"e1\",\"model\":\"m\",\"prompt\":\"\xff\",\"target\":\"t\"}",
+	`{"id":"e1"}`, `{"id":7}`, `{"id":"e1","version":2}`, `[`, `null`, `{}`,
+}
+
+// FuzzDecodeEdit decodes edits and retractions as the daemon's intake
+// does: a decoded edit validates and survives a round trip; a failure is a
+// complete *Error; PeekEditID returns "" or an id that validates.
+func FuzzDecodeEdit(f *testing.F) {
+	for _, s := range editSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkDecoded(t, data, DecodeEdit)
+		checkDecoded(t, data, DecodeRetraction)
+		if id := PeekEditID(data); id != "" {
+			if err := (&Retraction{ID: id}).Validate(); err != nil {
+				t.Fatalf("%q: peeked id %q does not validate: %v", data, id, err)
+			}
+		}
+	})
+}

@@ -29,6 +29,18 @@ const (
 	MaxMethodBytes    = 64
 	MaxSparsityBlock  = MaxPromptTokens
 
+	// Knowledge edits (Edit). MaxEditBytes is the largest edit message: it
+	// holds every field at its limit with room for JSON escapes, and the
+	// stream refuses larger ones at publish time. MaxEditIDBytes is the
+	// longest id; MaxEditTextBytes the longest prompt, target, rephrase or
+	// locality prompt (edits are facts, and the trainer runs every one of
+	// them each epoch); MaxEditVariants the most rephrases, and the most
+	// locality prompts, of one edit.
+	MaxEditBytes     = 512 << 10
+	MaxEditIDBytes   = 128
+	MaxEditTextBytes = 4 << 10
+	MaxEditVariants  = 32
+
 	// Sampling ranges (inclusive).
 	MaxTemperature   = 5.0
 	MaxTopK          = 1 << 20

@@ -32,6 +32,7 @@ var commands = map[string]command{
 	"load":     {"load a model (by name, or register a GGUF file) in the running edged", runLoad},
 	"unload":   {"unload a model from the running edged", runUnload},
 	"metrics":  {"print the running edged's metrics (Prometheus text)", runMetrics},
+	"edits":    {"list the knowledge edits the running edged received (edits list|status)", runEdits},
 	"synth":    {"write a random-weight model in the shape of a real one", runSynth},
 	"bench":    {"time prompt processing and generation (llama-bench's pp and tg)", runBench},
 	"pull":     {"download a model (URL or hf://) into the cache and verify it", runPull},

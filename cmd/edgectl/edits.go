@@ -1,0 +1,191 @@
+package main
+
+// edgectl edits: the knowledge edits the running edged received from the
+// edit stream. Each subcommand is a command in editsCommands.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/edged/edged/protocol"
+)
+
+var editsCommands = map[string]command{
+	"list":   {"list the stored edits with their status", runEditsList},
+	"status": {"show one edit, or how many edits have each status", runEditsStatus},
+}
+
+func runEdits(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		editsUsage(stderr)
+		if len(args) == 0 {
+			return errUsage
+		}
+		return nil
+	}
+	cmd, ok := editsCommands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "edgectl edits: unknown subcommand %q\n", args[0])
+		editsUsage(stderr)
+		return errUsage
+	}
+	return cmd.run(ctx, args[1:], stdout, stderr)
+}
+
+func editsUsage(w io.Writer) {
+	fmt.Fprintln(w, "usage: edgectl edits SUBCOMMAND [flags]\n\nsubcommands:")
+	names := make([]string, 0, len(editsCommands))
+	for n := range editsCommands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-7s %s\n", n, editsCommands[n].summary)
+	}
+}
+
+func runEditsList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("edits list", "[--status "+strings.Join(protocol.EditStatuses, "|")+"] [--json]", stderr)
+	mk := socketFlag(fs)
+	status := fs.String("status", "", "list only the edits of this `status`")
+	asJSON := fs.Bool("json", false, "print the list as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError(fs, "unexpected argument %q", fs.Arg(0))
+	}
+	path := "/v1/edits"
+	if *status != "" {
+		path += "?status=" + url.QueryEscape(*status)
+	}
+	var list protocol.EditList
+	if err := mk().call(ctx, http.MethodGet, path, nil, &list); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, list)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATUS\tMODEL\tSEQ\tRECEIVED\tDETAIL")
+	for _, r := range list.Data {
+		model := "-"
+		if r.Edit != nil {
+			model = r.Edit.Model
+		}
+		seq := r.StreamSeq
+		if seq == 0 { // retracted before it arrived: the retraction's
+			seq = r.RetractSeq
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", r.ID, r.Status, model, seq, r.ReceivedAt.Local().Format(time.DateTime), editDetail(r))
+	}
+	return tw.Flush()
+}
+
+// editDetail is one line about an edit: why it was rejected, else its
+// prompt and target.
+func editDetail(r protocol.EditRecord) string {
+	switch {
+	case r.Error != nil:
+		return clip(string(r.Error.Code)+": "+r.Error.Message, 80)
+	case r.Edit != nil:
+		return fmt.Sprintf("%q → %q", clip(r.Edit.Prompt, 32), clip(r.Edit.Target, 32))
+	}
+	return "retracted before it arrived"
+}
+
+// clip shortens s to at most n runes.
+func clip(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
+
+func runEditsStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("edits status", "[ID] [--json]\n\nWith ID, the edit's record; without, how many edits have each status.", stderr)
+	mk := socketFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	// Accept ID before or after the flags.
+	var id string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		id, args = args[0], args[1:]
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	if id == "" && len(rest) > 0 {
+		id, rest = rest[0], rest[1:]
+	}
+	if len(rest) > 0 {
+		return usageError(fs, "give at most one ID")
+	}
+	if id == "" {
+		return editCounts(ctx, mk(), stdout, *asJSON)
+	}
+	var rec protocol.EditRecord
+	if err := mk().call(ctx, http.MethodGet, "/v1/edits/status?id="+url.QueryEscape(id), nil, &rec); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, rec)
+	}
+	return printEdit(stdout, rec)
+}
+
+// editCounts prints the number of stored edits of each status.
+func editCounts(ctx context.Context, c *client, stdout io.Writer, asJSON bool) error {
+	var list protocol.EditList
+	if err := c.call(ctx, http.MethodGet, "/v1/edits", nil, &list); err != nil {
+		return err
+	}
+	counts := map[string]int{}
+	for _, s := range protocol.EditStatuses {
+		counts[s] = list.Counts[s]
+	}
+	if asJSON {
+		return printJSON(stdout, counts)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "STATUS\tEDITS")
+	for _, s := range protocol.EditStatuses {
+		fmt.Fprintf(tw, "%s\t%d\n", s, counts[s])
+	}
+	return tw.Flush()
+}
+
+// printEdit prints a record, one field a line.
+func printEdit(w io.Writer, r protocol.EditRecord) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
+	line := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s:\t%s\n", k, fmt.Sprintf(format, args...)) }
+	line("id", "%s", r.ID)
+	line("status", "%s", r.Status)
+	if r.Error != nil {
+		line("reason", "%s: %s", r.Error.Code, r.Error.Message)
+	}
+	if e := r.Edit; e != nil {
+		line("model", "%s", e.Model)
+		line("prompt", "%q", e.Prompt)
+		line("target", "%q", e.Target)
+		line("rephrases", "%d", len(e.Rephrases))
+		line("locality prompts", "%d", len(e.LocalityPrompts))
+		if e.CreatedBy != "" {
+			line("created by", "%s", e.CreatedBy)
+		}
+	}
+	if r.StreamSeq != 0 {
+		line("received", "%s on %s (stream sequence %d)", r.ReceivedAt.Local().Format(time.DateTime), r.Subject, r.StreamSeq)
+	}
+	if !r.RetractedAt.IsZero() {
+		line("retracted", "%s (stream sequence %d)", r.RetractedAt.Local().Format(time.DateTime), r.RetractSeq)
+	}
+	return tw.Flush()
+}
