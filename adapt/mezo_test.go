@@ -78,7 +78,7 @@ func adapterBytes(t *testing.T, lo *LoRA) []byte {
 // gives the same adapter bytes as an uninterrupted run.
 func TestMeZOResume(t *testing.T) {
 	m := aidreams(t)
-	const n, k = 12, 5
+	const n = 12
 	opts := trainOpts()
 	opts.Samples = 2
 	opts.BatchSize = 1 // exercises the shuffled batches across epochs
@@ -90,29 +90,32 @@ func TestMeZOResume(t *testing.T) {
 		_, err := full.Step()
 		require.NoError(t, err)
 	}
-
-	first, _ := newTrainer(t, m, 7, opts)
-	for range k {
-		_, err := first.Step()
-		require.NoError(t, err)
-	}
-	ckpt := filepath.Join(t.TempDir(), "run.ckpt")
-	require.NoError(t, first.SaveCheckpoint(ckpt))
-
-	// A different initial adapter and seed: the checkpoint replaces both.
-	other := opts
-	other.Seed = 99
-	resumed, loResumed := newTrainer(t, m, 8, other)
-	require.NoError(t, resumed.Restore(ckpt))
-	require.Equal(t, k, resumed.Steps())
-	for resumed.Steps() < n {
-		_, err := resumed.Step()
-		require.NoError(t, err)
-	}
-	require.Equal(t, adapterBytes(t, loFull), adapterBytes(t, loResumed))
 	initial, err := NewLoRA(m, LoRAOptions{Seed: 7})
 	require.NoError(t, err)
 	require.NotEqual(t, adapterBytes(t, initial), adapterBytes(t, loFull), "training moved the adapter")
+
+	// Interrupted after the first step, mid-epoch, and before the last.
+	for _, k := range []int{1, 5, n - 1} {
+		first, _ := newTrainer(t, m, 7, opts)
+		for range k {
+			_, err := first.Step()
+			require.NoError(t, err)
+		}
+		ckpt := filepath.Join(t.TempDir(), "run.ckpt")
+		require.NoError(t, first.SaveCheckpoint(ckpt))
+
+		// A different initial adapter and seed: the checkpoint replaces both.
+		other := opts
+		other.Seed = 99
+		resumed, loResumed := newTrainer(t, m, 8, other)
+		require.NoError(t, resumed.Restore(ckpt))
+		require.Equal(t, k, resumed.Steps())
+		for resumed.Steps() < n {
+			_, err := resumed.Step()
+			require.NoError(t, err)
+		}
+		require.Equal(t, adapterBytes(t, loFull), adapterBytes(t, loResumed), "interrupted after step %d", k)
+	}
 }
 
 func TestCheckpointMismatch(t *testing.T) {
