@@ -131,7 +131,7 @@ func adapterDigests(tx *bolt.Tx) (map[string]bool, error) {
 func (s *store) setCurrentAdapter(model string, version uint64) (prev uint64, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		mb := tx.Bucket(bucketAdapters).Bucket([]byte(model))
-		if version != 0 && (mb == nil || mb.Bucket(keyVersions).Get(versionKey(version)) == nil) {
+		if vb := versionsOf(tx, model); version != 0 && (vb == nil || vb.Get(versionKey(version)) == nil) {
 			return adapterNotFound(model, version)
 		}
 		if mb == nil { // no versions: the base model is current already
@@ -201,15 +201,15 @@ func currentsIn(tx *bolt.Tx, model string, currents map[string]uint64) error {
 // model.
 func (s *store) servingAdapters(model string) (recs []protocol.AdapterRecord, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
-		mb := tx.Bucket(bucketAdapters).Bucket([]byte(model))
-		if mb == nil {
+		vb := versionsOf(tx, model)
+		if vb == nil {
 			return nil
 		}
-		cur := current(mb)
+		cur := current(tx.Bucket(bucketAdapters).Bucket([]byte(model)))
 		if cur == 0 {
 			return nil
 		}
-		c := mb.Bucket(keyVersions).Cursor()
+		c := vb.Cursor()
 		k, v := c.Seek(versionKey(cur))
 		switch {
 		case k == nil: // past the newest: cur itself is not stored
@@ -262,7 +262,11 @@ func eachAdapter(tx *bolt.Tx, model string, fn func(protocol.AdapterRecord) erro
 		if v != nil || model != "" && model != string(name) {
 			return nil
 		}
-		return versionsOf(tx, string(name)).ForEach(func(k, v []byte) error {
+		vb := versionsOf(tx, string(name))
+		if vb == nil {
+			return nil
+		}
+		return vb.ForEach(func(k, v []byte) error {
 			rec, err := decodeAdapter(k, v)
 			if err != nil {
 				return err

@@ -694,3 +694,24 @@ func TestAdapterEndpoints(t *testing.T) {
 	require.NoError(t, json.Unmarshal(msg.Data, &cmpl))
 	assert.Equal(t, uint64(2), cmpl.AdapterVersion)
 }
+
+// A restarted daemon serves the version that was current.
+func TestAdapterRestartServes(t *testing.T) {
+	o := testOptions(t)
+	d := startDaemon(t, o)
+	lora := loraFile(t, aidreams(t), 1)
+	commit(t, d, lora)
+	commit(t, d, loraFile(t, aidreams(t), 2))
+	_, err := d.Service().RollbackAdapter(context.Background(), &protocol.AdapterRollbackRequest{Model: "aid", AdapterVersion: 1})
+	require.NoError(t, err)
+	require.NoError(t, d.Shutdown(context.Background()))
+
+	d = startDaemon(t, o)
+	const prompt, n = "The robot", 20
+	text, v := completeWith(t, d, prompt, n, nil)
+	assert.Equal(t, uint64(1), v)
+	assert.Equal(t, referenceWith(t, aidreams(t), lora, prompt, n), text)
+	vs, cur := listAdapters(t, d)
+	assert.Equal(t, []uint64{1, 2}, vs)
+	assert.Equal(t, uint64(1), cur)
+}
