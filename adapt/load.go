@@ -22,6 +22,22 @@ func Load(path string, m *model.Model) (Trainable, error) {
 	return a, nil
 }
 
+// Parse reads an adapter file of either kind held in memory, as Load
+// reads one on disk: the daemon keeps its adapter versions compressed and
+// checks a version's digest on the decompressed bytes before parsing them.
+// The adapter does not keep references to data.
+func Parse(data []byte, m *model.Model) (Trainable, error) {
+	f, err := model.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("adapt: parse adapter: %w", err)
+	}
+	a, err := readAdapter(f, m)
+	if err != nil {
+		return nil, fmt.Errorf("adapt: parse adapter: %w", err)
+	}
+	return a, nil
+}
+
 func readAdapter(f *model.File, m *model.Model) (Trainable, error) {
 	if t, _ := f.String(keyType); t != "adapter" {
 		return nil, fmt.Errorf("%w: general.type is %q, want \"adapter\"", ErrNotAdapter, t)

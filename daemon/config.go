@@ -64,6 +64,8 @@ func (o *Options) settings() []setting {
 		{"scheduler.retry_after", "retry hint sent with \"busy\"", &o.Scheduler.RetryAfter},
 		{"models.idle_unload", "unload a model unused this long (0: never)", &o.Models.IdleUnload},
 		{"models.memory_budget", "bytes all loaded models may use (0: unlimited)", &o.Models.MemoryBudget},
+		{"adapters.keep", "adapter versions kept per model (the newest; the current one always)", &o.Adapters.Keep},
+		{"adapters.cache", "adapter versions held loaded per loaded model", &o.Adapters.Cache},
 		{"nats.enabled", "run the NATS front end", &o.NATS.Enabled},
 		{"nats.url", "NATS server to join (empty: embedded server)", &o.NATS.URL},
 		{"nats.listen", "HOST:PORT for the embedded server (empty: in-process only)", &o.NATS.Listen},
@@ -362,6 +364,7 @@ func (o *Options) validate() []string {
 		{"engine.batch_size", o.Engine.BatchSize, 1}, {"scheduler.max_queue", o.Scheduler.MaxQueue, 1},
 		{"scheduler.max_active", o.Scheduler.MaxActive, 1}, {"scheduler.prefill_chunk", o.Scheduler.PrefillChunk, 1},
 		{"scheduler.max_tokens", o.Scheduler.MaxTokens, 0},
+		{"adapters.keep", o.Adapters.Keep, 1}, {"adapters.cache", o.Adapters.Cache, 1},
 	} {
 		if c.v < c.lo {
 			bad("%s %d: want at least %d", c.name, c.v, c.lo)

@@ -263,3 +263,32 @@ func TestJetStreamDirDefault(t *testing.T) {
 	assert.Equal(t, filepath.Join(o.StateDir, "jetstream"), ed.nats.opts.JetStreamDir)
 	assert.DirExists(t, filepath.Join(o.StateDir, "jetstream"))
 }
+
+// The adapter settings: defaults, the file, and values below one.
+func TestConfigAdapters(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		file string
+		env  map[string]string
+		want AdapterOptions
+		err  string // a part of the error, or "" for none
+	}{
+		{name: "defaults", want: AdapterOptions{Keep: 5, Cache: 4}},
+		{name: "file", file: "[adapters]\nkeep = 2\ncache = 1\n", want: AdapterOptions{Keep: 2, Cache: 1}},
+		{name: "variable", env: map[string]string{"EDGED_ADAPTERS_KEEP": "9"}, want: AdapterOptions{Keep: 9, Cache: 4}},
+		{name: "keep none", file: "[adapters]\nkeep = 0\n", err: "adapters.keep 0: want at least 1"},
+		{name: "no cache", env: map[string]string{"EDGED_ADAPTERS_CACHE": "0"}, err: "adapters.cache 0: want at least 1"},
+		{name: "a string", file: "[adapters]\nkeep = \"5\"\n", err: "edged.toml:2"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o, err := load(t, c.file, c.env)
+			if c.err != "" {
+				require.ErrorIs(t, err, ErrConfig)
+				assert.Contains(t, err.Error(), c.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, c.want, o.Adapters)
+		})
+	}
+}

@@ -26,6 +26,7 @@ const DaemonVersion = "0.1.0"
 type Daemon struct {
 	log     *slog.Logger
 	store   *store
+	files   *adapterFiles // the adapter versions' files
 	reg     *registry
 	svc     *Service
 	metrics *metrics
@@ -46,6 +47,9 @@ type Daemon struct {
 	// running then ends with "shutting_down".
 	hard       context.Context
 	hardCancel context.CancelCauseFunc
+
+	// adapterMu serializes adapter commits (commitAdapterData).
+	adapterMu sync.Mutex
 
 	// draining is set by Shutdown: new requests are refused.
 	draining atomic.Bool
@@ -75,7 +79,12 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{log: log, store: st, metrics: newMetrics(), notify: notify, opts: opts, idle: make(chan struct{})}
+	files, err := openAdapterFiles(opts.StateDir, st, log)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	d := &Daemon{log: log, store: st, files: files, metrics: newMetrics(), notify: notify, opts: opts, idle: make(chan struct{})}
 	d.hard, d.hardCancel = context.WithCancelCause(context.Background())
 	d.svc = &Service{d: d}
 	d.reg = newRegistry(log, st, d.metrics, &opts)
@@ -205,7 +214,7 @@ func (d *Daemon) Reload(ctx context.Context) error {
 	d.mu.Unlock()
 	r := d.reg
 	r.mu.Lock()
-	r.engine, r.sched, r.models = next.engineOptions(), next.Scheduler, next.Models
+	r.engine, r.sched, r.models, r.adapters = next.engineOptions(), next.Scheduler, next.Models, next.Adapters
 	r.mu.Unlock()
 	var errs []error
 	for _, spec := range next.Specs {
@@ -359,12 +368,17 @@ func (d *Daemon) emit(ev Event) {
 // writeMetrics writes the counters and the registry's gauges.
 func (d *Daemon) writeMetrics(w io.Writer) {
 	d.metrics.write(w)
+	currents, err := d.store.currentAdapters()
+	if err != nil {
+		d.log.Warn("metrics: reading the current adapter versions", "err", err)
+	}
 	r := d.reg
 	r.mu.Lock()
 	var rows, stateRows, backendRows [][]string
-	var queue, active, kvTok, kvBytes, mem, state, backend []float64
+	var queue, active, kvTok, kvBytes, mem, state, backend, adapter []float64
 	for _, n := range sortedKeys(r.entries) {
 		e := r.entries[n]
+		adapter = append(adapter, float64(currents[n]))
 		for _, s := range []string{protocol.StateUnloaded, protocol.StateLoading, protocol.StateLoaded, protocol.StateFailed} {
 			stateRows = append(stateRows, []string{n, s})
 			state = append(state, b2f(e.state == s))
@@ -390,6 +404,7 @@ func (d *Daemon) writeMetrics(w io.Writer) {
 	gauge(w, "edged_model_memory_bytes", "Memory the loaded model counts against the budget.", m, rows, mem)
 	gauge(w, "edged_model_backend_info", "1 for the compute backend a loaded model runs on.", []string{"model", "backend"}, backendRows, backend)
 	gauge(w, "edged_model_state", "1 for the model's state (unloaded, loading, loaded, failed).", []string{"model", "state"}, stateRows, state)
+	gauge(w, "edged_adapter_version", "The model's current adapter version, which requests use unless they name another (0: the base model).", m, rows, adapter)
 	gauge(w, "edged_memory_used_bytes", "Memory counted against the budget.", nil, [][]string{nil}, []float64{float64(used)})
 	gauge(w, "edged_memory_budget_bytes", "The memory budget (0: unlimited).", nil, [][]string{nil}, []float64{float64(budget)})
 	d.inflightMu.Lock()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edged/edged/accel/cpu"
+	"github.com/edged/edged/adapt"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/internal/fixture"
 	"github.com/edged/edged/model"
@@ -73,6 +74,13 @@ func greedy(model, prompt string, n int) *protocol.CompletionRequest {
 // reference runs engine.Generate as `edgectl run --temp 0` does.
 func reference(t *testing.T, path, prompt string, n int) string {
 	t.Helper()
+	return referenceWith(t, path, "", prompt, n)
+}
+
+// referenceWith is reference with the adapter file adapterPath ("": none)
+// attached as `edgectl run --adapter` attaches it.
+func referenceWith(t *testing.T, path, adapterPath, prompt string, n int) string {
+	t.Helper()
 	f, err := model.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -86,15 +94,34 @@ func reference(t *testing.T, path, prompt string, n int) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := engine.New(m, cpu.New(1), engine.Options{})
+	var hooks engine.Hooks
+	var prefix engine.PrefixProvider
+	set := adapt.NewSet()
+	var lora *adapt.LoRA
+	if adapterPath != "" {
+		a, err := adapt.Load(adapterPath, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch a := a.(type) {
+		case *adapt.LoRA:
+			hooks.Delta, lora = set, a
+		case *adapt.Prefix:
+			prefix = a
+		}
+	}
+	e, err := engine.New(m, cpu.New(1), engine.Options{Hooks: hooks})
 	if err != nil {
 		t.Fatal(err)
 	}
-	seq, err := e.NewSequence(nil)
+	seq, err := e.NewSequence(prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer seq.Free()
+	if lora != nil {
+		set.Use(seq, adapt.Applied{LoRA: lora, Scale: 1})
+	}
 	var b strings.Builder
 	_, err = e.Generate(context.Background(), seq, tok.Encode(prompt, true, true), tok, engine.GenerateOptions{MaxTokens: n, Sampler: engine.SamplerConfig{TopK: 40, TopP: 0.95, MinP: 0.05, RepeatPenalty: 1}}, func(s string) error {
 		b.WriteString(s)

@@ -58,18 +58,21 @@ func startHTTP(d *Daemon, o Options) (*httpServer, error) {
 	}
 	h := &httpServer{d: d, svc: d.svc, log: d.log, served: make(chan struct{})}
 	routes := map[string]route{
-		"/v1/completions":      {http.MethodPost, h.completions},
-		"/v1/chat/completions": {http.MethodPost, h.chat},
-		"/v1/models":           {http.MethodGet, h.models},
-		"/v1/models/load":      {http.MethodPost, h.load},
-		"/v1/models/unload":    {http.MethodPost, h.unload},
-		"/v1/tokenize":         {http.MethodPost, h.tokenize},
-		"/v1/edits":            {http.MethodGet, h.edits},
-		"/v1/edits/status":     {http.MethodGet, h.editStatus},
-		"/v1/status":           {http.MethodGet, h.status},
-		"/status":              {http.MethodGet, h.status},
-		"/health":              {http.MethodGet, h.health},
-		"/metrics":             {http.MethodGet, h.metrics},
+		"/v1/completions":       {http.MethodPost, h.completions},
+		"/v1/chat/completions":  {http.MethodPost, h.chat},
+		"/v1/models":            {http.MethodGet, h.models},
+		"/v1/models/load":       {http.MethodPost, h.load},
+		"/v1/models/unload":     {http.MethodPost, h.unload},
+		"/v1/tokenize":          {http.MethodPost, h.tokenize},
+		"/v1/edits":             {http.MethodGet, h.edits},
+		"/v1/edits/status":      {http.MethodGet, h.editStatus},
+		"/v1/adapters":          {http.MethodGet, h.adapters},
+		"/v1/adapters/rollback": {http.MethodPost, h.adapterRollback},
+		"/v1/adapters/add":      {http.MethodPost, h.adapterAdd},
+		"/v1/status":            {http.MethodGet, h.status},
+		"/status":               {http.MethodGet, h.status},
+		"/health":               {http.MethodGet, h.health},
+		"/metrics":              {http.MethodGet, h.metrics},
 	}
 	h.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -345,6 +348,70 @@ func (h *httpServer) editStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := h.svc.EditStatus(r.Context(), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// adapters answers GET /v1/adapters[?model=M].
+func (h *httpServer) adapters(w http.ResponseWriter, r *http.Request) {
+	q, err := query(r, "model")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req := &protocol.AdapterListRequest{Model: q["model"]}
+	if err := req.Validate(); err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := h.svc.Adapters(r.Context(), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// adapterRollback answers POST /v1/adapters/rollback.
+func (h *httpServer) adapterRollback(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req, err := protocol.DecodeAdapterRollback(body)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := h.svc.RollbackAdapter(r.Context(), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// adapterAdd answers POST /v1/adapters/add?model=M[&file=NAME], whose body
+// is the adapter GGUF file itself: uploaded rather than named by path,
+// because the hardened service cannot read its users' files
+// (ProtectHome=yes), and so that a socket client cannot make the daemon
+// read a file it could not.
+func (h *httpServer) adapterAdd(w http.ResponseWriter, r *http.Request) {
+	q, err := query(r, "model", "file")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req := &protocol.AdapterAddRequest{Model: q["model"], File: q["file"]}
+	if err := req.Validate(); err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := h.svc.AddAdapter(r.Context(), req, r.Body)
 	if err != nil {
 		writeError(w, err)
 		return

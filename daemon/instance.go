@@ -9,6 +9,7 @@ import (
 
 	"github.com/edged/edged/accel/backend"
 	"github.com/edged/edged/accel/cuda"
+	"github.com/edged/edged/adapt"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
 	"github.com/edged/edged/protocol"
@@ -21,6 +22,7 @@ type instance struct {
 	name   string
 	spec   ModelSpec
 	file   *model.File
+	mdl    *model.Model // the weights' views into file, which adapters are checked against
 	tok    *model.Tokenizer
 	tmpl   *chatTemplate
 	eng    *engine.Engine
@@ -29,6 +31,10 @@ type instance struct {
 	kvSeq  int64 // KV cache bytes of one sequence
 	kvRow  int64 // KV cache bytes of one token at one layer
 	sparse *sparsity
+	// set is the engine's delta hook: the LoRA of each sequence that runs
+	// with one. adapters holds the adapter versions loaded for this model.
+	set      *adapt.Set
+	adapters *adapterCache
 	// backend is the engine's backend, by its Name(); skipped are the
 	// backends "auto" tried before it and why they did not open.
 	backend string
@@ -57,7 +63,7 @@ func openInstance(name string, spec ModelSpec, path string, eo EngineOptions, so
 	if err != nil {
 		return nil, err
 	}
-	inst, err := buildInstance(name, spec, path, f, eo, so, m)
+	inst, err := buildInstance(name, spec, path, f, eo, so, defaultAdapterCache, m)
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -65,7 +71,9 @@ func openInstance(name string, spec ModelSpec, path string, eo EngineOptions, so
 	return inst, nil
 }
 
-func buildInstance(name string, spec ModelSpec, path string, f *model.File, eo EngineOptions, so SchedulerOptions, m *metrics) (*instance, error) {
+// buildInstance builds the instance of the model in f; it holds up to
+// adapterCache adapter versions loaded.
+func buildInstance(name string, spec ModelSpec, path string, f *model.File, eo EngineOptions, so SchedulerOptions, adapterCache int, m *metrics) (*instance, error) {
 	mdl, err := model.Load(f)
 	if err != nil {
 		return nil, err
@@ -92,13 +100,17 @@ func buildInstance(name string, spec ModelSpec, path string, f *model.File, eo E
 		return nil, fmt.Errorf("model %s: %w", name, err)
 	}
 	sparse := newSparsity(mdl.Config.NLayer, pred)
-	hooks := engine.Hooks{Observer: sparse, Selector: sparse}
+	// The delta hook is there from the start: a version committed while
+	// the model is loaded is served without reloading it.
+	set := adapt.NewSet()
+	hooks := engine.Hooks{Observer: sparse, Selector: sparse, Delta: set}
 	eng, where, skipped, err := newEngine(mdl, eo, engine.Options{Context: ctx, BatchSize: eo.BatchSize, Cache: cache, Hooks: hooks})
 	if err != nil {
 		return nil, err
 	}
 	inst := &instance{
-		name: name, spec: spec, file: f, tok: tok, eng: eng, sparse: sparse,
+		name: name, spec: spec, file: f, mdl: mdl, tok: tok, eng: eng, sparse: sparse,
+		set: set, adapters: newAdapterCache(adapterCache),
 		backend: where, skipped: skipped,
 		ctxLen:  eng.Options().Context,
 		sched:   so,

@@ -4,13 +4,17 @@ package daemon
 // stats) whose endpoints call the Service, as the Unix-socket API does.
 //
 // Subjects (protocol.Subject): edged.<node>.{generate,chat,tokenize,models,
-// status,edits,edits.status} reach this daemon; edged.{generate,…} reach
-// any daemon of the fleet (queue group protocol.QueueGroup), except the
-// edit endpoints, which are each node's own (and edged.edits.… is the edit
-// stream's). Bodies are the JSON of /v1/completions, /v1/chat/completions
-// and /v1/tokenize; models and status take no body; edits takes an
-// optional protocol.EditListRequest, edits.status a
-// protocol.EditStatusRequest.
+// status,edits,edits.status,adapters,adapters.rollback} reach this
+// daemon; edged.{generate,…} reach any daemon of the fleet (queue group
+// protocol.QueueGroup), except the edit and adapter endpoints, which are
+// each node's own (and edged.edits.… is the edit stream's). Bodies are
+// the JSON of /v1/completions, /v1/chat/completions and /v1/tokenize;
+// models and status take no body; edits takes an optional
+// protocol.EditListRequest, edits.status a protocol.EditStatusRequest,
+// adapters an optional protocol.AdapterListRequest, adapters.rollback a
+// protocol.AdapterRollbackRequest. Adding an adapter file is the
+// socket's alone (POST /v1/adapters/add): a file can exceed a NATS
+// message.
 //
 // Replies. Without "stream": one message, the response object. With
 // "stream": true, one message per chunk (the same chunk objects as the
@@ -85,6 +89,8 @@ type natsBackend interface {
 	Node() string
 	Edits(ctx context.Context, req *protocol.EditListRequest) (*protocol.EditList, error)
 	EditStatus(ctx context.Context, req *protocol.EditStatusRequest) (*protocol.EditRecord, error)
+	Adapters(ctx context.Context, req *protocol.AdapterListRequest) (*protocol.AdapterList, error)
+	RollbackAdapter(ctx context.Context, req *protocol.AdapterRollbackRequest) (*protocol.AdapterRollbackResponse, error)
 	editSink
 }
 
@@ -232,11 +238,22 @@ func (f *NATS) addService() error {
 			return err
 		}
 	}
-	// A node's edits are its own, and edged.edits.… is the edit stream's.
-	if err := f.addEndpoint(protocol.EndpointEdits, f.handleEdits, node); err != nil {
-		return err
+	// A node's edits and adapter versions are its own, and edged.edits.…
+	// is the edit stream's.
+	for _, h := range []struct {
+		name string
+		h    micro.HandlerFunc
+	}{
+		{protocol.EndpointEdits, f.handleEdits},
+		{protocol.EndpointEditStatus, f.handleEditStatus},
+		{protocol.EndpointAdapters, f.handleAdapters},
+		{protocol.EndpointAdapterRollback, f.handleAdapterRollback},
+	} {
+		if err := f.addEndpoint(h.name, h.h, node); err != nil {
+			return err
+		}
 	}
-	return f.addEndpoint(protocol.EndpointEditStatus, f.handleEditStatus, node)
+	return nil
 }
 
 // scope is where an endpoint listens: on the node's subjects, or on the
@@ -433,6 +450,34 @@ func (f *NATS) handleEditStatus(r micro.Request) {
 	reply := r.Reply()
 	f.serve(r, func(ctx context.Context) {
 		res, err := f.be.EditStatus(ctx, &req)
+		f.reply(reply, res, err)
+	})
+}
+
+func (f *NATS) handleAdapters(r micro.Request) {
+	var req protocol.AdapterListRequest
+	if data := r.Data(); len(bytes.TrimSpace(data)) > 0 {
+		if err := protocol.Decode(data, &req); err != nil {
+			respondError(r, err)
+			return
+		}
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		res, err := f.be.Adapters(ctx, &req)
+		f.reply(reply, res, err)
+	})
+}
+
+func (f *NATS) handleAdapterRollback(r micro.Request) {
+	req, err := protocol.DecodeAdapterRollback(r.Data())
+	if err != nil {
+		respondError(r, err)
+		return
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		res, err := f.be.RollbackAdapter(ctx, req)
 		f.reply(reply, res, err)
 	})
 }

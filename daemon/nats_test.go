@@ -46,6 +46,15 @@ func (b *fakeBackend) EditStatus(ctx context.Context, req *protocol.EditStatusRe
 	return nil, protocol.ParamErrorf(protocol.CodeEditNotFound, "id", "no edit %q", req.ID)
 }
 
+// The fake has no adapter versions either.
+func (b *fakeBackend) Adapters(ctx context.Context, req *protocol.AdapterListRequest) (*protocol.AdapterList, error) {
+	return &protocol.AdapterList{Version: protocol.Version, Object: protocol.ObjectList, Data: []protocol.AdapterRecord{}, Current: map[string]uint64{}}, nil
+}
+
+func (b *fakeBackend) RollbackAdapter(ctx context.Context, req *protocol.AdapterRollbackRequest) (*protocol.AdapterRollbackResponse, error) {
+	return nil, protocol.ParamErrorf(protocol.CodeAdapterNotFound, "adapter_version", "no adapter version %d", req.AdapterVersion)
+}
+
 func (b *fakeBackend) IngestEdit(m EditMessage) (EditResult, error) {
 	return EditResult{}, fmt.Errorf("the fake backend stores no edits")
 }
@@ -264,8 +273,9 @@ func TestNATSEndpoints(t *testing.T) {
 		assert.Contains(t, subjects, "edged."+node+"."+ep)
 		assert.Contains(t, subjects, "edged."+ep)
 	}
-	// The edit endpoints are the node's only: edged.edits.… is the stream's.
-	for _, ep := range []string{"edits", "edits.status"} {
+	// The edit and adapter endpoints are the node's only: edged.edits.… is
+	// the stream's, and a node's versions are its own.
+	for _, ep := range []string{"edits", "edits.status", "adapters", "adapters.rollback"} {
 		assert.Contains(t, subjects, "edged."+node+"."+ep)
 		assert.NotContains(t, subjects, "edged."+ep)
 	}
@@ -459,7 +469,7 @@ func TestNATSMetricsAndEvents(t *testing.T) {
 	assert.Equal(t, 3.0, m.Metrics["edged_requests_total"][0].Value)
 	assert.Equal(t, "completions", m.Metrics["edged_requests_total"][0].Labels["endpoint"])
 	assert.Equal(t, 1.0, m.Metrics["edged_requests_in_flight"][0].Value)
-	assert.Len(t, m.Endpoints, 12) // five on two scopes, the edit endpoints on the node's
+	assert.Len(t, m.Endpoints, 14) // five on two scopes, the edit and adapter endpoints on the node's
 
 	be.emit(Event{Kind: "model_loaded", Node: "n1", Model: "m"})
 	msg, err = events.NextMsg(5 * time.Second)

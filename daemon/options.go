@@ -31,6 +31,7 @@ type Options struct {
 	Engine    EngineOptions
 	Scheduler SchedulerOptions
 	Models    ModelOptions
+	Adapters  AdapterOptions
 	NATS      NATSOptions
 
 	// Specs are the models registered at start (the config file's
@@ -84,6 +85,16 @@ type SchedulerOptions struct {
 type ModelOptions struct {
 	IdleUnload   time.Duration // unload a model unused this long; 0: never
 	MemoryBudget int64         // bytes all loaded models may use; 0: unlimited
+}
+
+// AdapterOptions configure the models' adapter versions (daemon/adapters*.go).
+type AdapterOptions struct {
+	// Keep is how many versions of each model are kept: a commit deletes
+	// the older ones (never the current one).
+	Keep int
+	// Cache is how many versions each loaded model holds loaded, the
+	// most recently used; the others are read from disk again when asked.
+	Cache int
 }
 
 // NATSOptions configure the NATS front end (daemon/nats*.go).
@@ -189,7 +200,8 @@ func defaultOptions(getenv func(string) string) Options {
 			DrainTimeout:   30 * time.Second,
 			RetryAfter:     time.Second,
 		},
-		Models: ModelOptions{IdleUnload: 15 * time.Minute},
+		Models:   ModelOptions{IdleUnload: 15 * time.Minute},
+		Adapters: AdapterOptions{Keep: 5, Cache: defaultAdapterCache},
 		NATS: NATSOptions{
 			Enabled: true, MetricsInterval: 10 * time.Second,
 			JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30,

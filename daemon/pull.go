@@ -806,9 +806,12 @@ func (d *download) removePartial() {
 	os.Remove(d.metaPath())
 }
 
-func syncDir(dir string) {
-	if f, err := os.Open(dir); err == nil {
-		_ = f.Sync()
-		f.Close()
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
 	}
+	defer f.Close()
+	return f.Sync()
 }

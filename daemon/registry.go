@@ -33,9 +33,10 @@ type registry struct {
 	entries map[string]*entry
 	used    int64 // bytes reserved by loading and loaded instances (mu)
 	// opts are the options new loads use; Reload replaces them (mu).
-	engine EngineOptions
-	sched  SchedulerOptions
-	models ModelOptions
+	engine   EngineOptions
+	sched    SchedulerOptions
+	models   ModelOptions
+	adapters AdapterOptions
 	// events receives lifecycle events; nil: none.
 	events func(kind, model, msg string)
 }
@@ -62,7 +63,7 @@ func newRegistry(log *slog.Logger, st *store, m *metrics, o *Options) *registry 
 	return &registry{
 		log: log, store: st, metrics: m, fetch: o.Fetch,
 		entries: map[string]*entry{},
-		engine:  o.engineOptions(), sched: o.Scheduler, models: o.Models,
+		engine:  o.engineOptions(), sched: o.Scheduler, models: o.Models, adapters: o.Adapters,
 	}
 }
 
@@ -136,7 +137,7 @@ func (r *registry) acquire(ctx context.Context, name string) (*instance, func(),
 		e := r.entries[name]
 		if e == nil {
 			r.mu.Unlock()
-			return nil, nil, protocol.ParamErrorf(protocol.CodeModelNotFound, "model", "model %q is not registered (see GET /v1/models)", name)
+			return nil, nil, modelNotFound(name)
 		}
 		switch e.state {
 		case protocol.StateLoaded:
@@ -202,7 +203,7 @@ func (r *registry) load(ctx context.Context, name string, e *entry) (err error) 
 		return err
 	}
 	r.mu.Lock()
-	spec, eo, so := e.spec, r.engine, r.sched
+	spec, eo, so, ao := e.spec, r.engine, r.sched, r.adapters
 	r.mu.Unlock()
 
 	f, err := model.Open(path)
@@ -219,7 +220,7 @@ func (r *registry) load(ctx context.Context, name string, e *entry) (err error) 
 		f.Close()
 		return err
 	}
-	inst, err = buildInstance(name, spec, path, f, eo, so, r.metrics)
+	inst, err = buildInstance(name, spec, path, f, eo, so, ao.Cache, r.metrics)
 	if err != nil {
 		f.Close()
 		r.unreserve(need)
@@ -390,7 +391,7 @@ func (r *registry) unload(ctx context.Context, name string) error {
 	e := r.entries[name]
 	if e == nil {
 		r.mu.Unlock()
-		return protocol.ParamErrorf(protocol.CodeModelNotFound, "model", "model %q is not registered", name)
+		return modelNotFound(name)
 	}
 	inst := r.unloadLocked(name, "requested")
 	r.mu.Unlock()
@@ -443,6 +444,25 @@ func (r *registry) emit(kind, model, msg string) {
 	if r.events != nil {
 		r.events(kind, model, msg)
 	}
+}
+
+// baseFile returns the local file of the model name: what its adapters
+// are checked against.
+func (r *registry) baseFile(name string) (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.entries[name]
+	switch {
+	case e == nil:
+		return "", modelNotFound(name)
+	case e.local == "":
+		return "", protocol.Errorf(protocol.CodeModelLoad, "model %s is not downloaded yet (%s): load it first", name, e.spec.Path)
+	}
+	return e.local, nil
+}
+
+func modelNotFound(name string) error {
+	return protocol.ParamErrorf(protocol.CodeModelNotFound, "model", "model %q is not registered (see GET /v1/models)", name)
 }
 
 // has reports whether name is registered.

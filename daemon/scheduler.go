@@ -23,8 +23,11 @@ type job struct {
 	stops     []string
 	maxTokens int         // 0: until an end token or a full context
 	sparsity  *prune.Spec // token sparsity of the prompt; nil: dense
-	enqueued  time.Time
-	out       *output
+	// adapter is the adapter version the sequence runs with; nil: the
+	// base model.
+	adapter  *servedAdapter
+	enqueued time.Time
+	out      *output
 }
 
 // output carries a job's text from the scheduler goroutine to the
@@ -207,14 +210,14 @@ func (in *instance) start(j *job) *seqState {
 		j.out.finish("", protocol.Errorf(protocol.CodeInvalidValue, "%v", err))
 		return nil
 	}
-	seq, err := in.eng.NewSequence(nil)
+	seq, err := in.newSequence(j.adapter)
 	if err != nil {
 		j.out.finish("", protocol.Errorf(protocol.CodeInsufficientMemory, "model %s: %v", in.name, err))
 		return nil
 	}
 	if j.sparsity != nil {
 		if err := in.sparse.enable(seq, *j.sparsity); err != nil {
-			seq.Free()
+			in.freeSequence(seq)
 			j.out.finish("", protocol.Errorf(protocol.CodeInternal, "model %s: %v", in.name, err))
 			return nil
 		}
@@ -290,7 +293,8 @@ func (in *instance) sample(st *seqState, logits []float32) bool {
 		return true
 	}
 	n := st.j.out.count()
-	if n == st.j.maxTokens || st.seq.Len() >= in.ctxLen {
+	// A prefix adapter's rows take their share of the context.
+	if n == st.j.maxTokens || st.seq.Len()+prefixLen(st.j.adapter) >= in.ctxLen {
 		in.end(st, protocol.FinishLength, nil)
 		return true
 	}
@@ -310,7 +314,7 @@ func (in *instance) end(st *seqState, reason string, err error) {
 		st.j.out.push(text, 0)
 	}
 	in.sparse.disable(st.seq)
-	st.seq.Free()
+	in.freeSequence(st.seq)
 	st.j.out.finish(reason, err)
 }
 

@@ -43,13 +43,13 @@ type Service struct {
 // Complete runs a text completion.
 func (s *Service) Complete(ctx context.Context, req *protocol.CompletionRequest, emit func(*protocol.CompletionChunk) error) (*protocol.CompletionResponse, error) {
 	id, created := newID("cmpl-"), time.Now().Unix()
+	g := genRequest{endpoint: "completions", model: req.Model, sampling: req.Sampling, maxTokens: req.MaxTokens, stop: req.Stop, sparsity: req.Sparsity, adapter: req.AdapterVersion}
 	chunk := func(text string, finish *string, usage *protocol.Usage) *protocol.CompletionChunk {
 		return &protocol.CompletionChunk{
 			Version: protocol.Version, ID: id, Object: protocol.ObjectCompletion, Created: created, Model: req.Model,
-			Choices: []protocol.CompletionChoice{{Text: text, FinishReason: finish}}, Usage: usage,
+			Choices: []protocol.CompletionChoice{{Text: text, FinishReason: finish}}, Usage: usage, AdapterVersion: g.served,
 		}
 	}
-	g := genRequest{endpoint: "completions", model: req.Model, sampling: req.Sampling, maxTokens: req.MaxTokens, stop: req.Stop, sparsity: req.Sparsity}
 	if req.Prompt.IsTokens {
 		g.ids = req.Prompt.Tokens
 	} else {
@@ -75,13 +75,13 @@ func (s *Service) Complete(ctx context.Context, req *protocol.CompletionRequest,
 // chat template (DefaultChatTemplate when it has none).
 func (s *Service) Chat(ctx context.Context, req *protocol.ChatRequest, emit func(*protocol.ChatChunk) error) (*protocol.ChatResponse, error) {
 	id, created := newID("chatcmpl-"), time.Now().Unix()
+	g := genRequest{endpoint: "chat", model: req.Model, sampling: req.Sampling, maxTokens: req.Limit(), stop: req.Stop, messages: req.Messages, sparsity: req.Sparsity, adapter: req.AdapterVersion}
 	chunk := func(d protocol.ChatDelta, finish *string, usage *protocol.Usage) *protocol.ChatChunk {
 		return &protocol.ChatChunk{
 			Version: protocol.Version, ID: id, Object: protocol.ObjectChatChunk, Created: created, Model: req.Model,
-			Choices: []protocol.ChatChunkChoice{{Delta: d, FinishReason: finish}}, Usage: usage,
+			Choices: []protocol.ChatChunkChoice{{Delta: d, FinishReason: finish}}, Usage: usage, AdapterVersion: g.served,
 		}
 	}
-	g := genRequest{endpoint: "chat", model: req.Model, sampling: req.Sampling, maxTokens: req.Limit(), stop: req.Stop, messages: req.Messages, sparsity: req.Sparsity}
 	var onText func(string) error
 	if emit != nil {
 		first := true
@@ -105,7 +105,7 @@ func (s *Service) Chat(ctx context.Context, req *protocol.ChatRequest, emit func
 	return &protocol.ChatResponse{
 		Version: protocol.Version, ID: id, Object: protocol.ObjectChat, Created: created, Model: req.Model,
 		Choices: []protocol.ChatChoice{{Message: protocol.ChatMessage{Role: "assistant", Content: res.text}, FinishReason: &res.finish}},
-		Usage:   &res.usage,
+		Usage:   &res.usage, AdapterVersion: g.served,
 	}, nil
 }
 
@@ -249,7 +249,8 @@ func (s *Service) Options() Options { return s.d.options() }
 
 // OnEvent registers fn to receive lifecycle events (model loaded,
 // unloaded, load failed, reloaded, draining; edits accepted, rejected,
-// retracted). fn must not block.
+// retracted; adapter versions committed, rolled back, failed to load).
+// fn must not block.
 func (s *Service) OnEvent(fn func(Event)) { s.d.onEvent(fn) }
 
 // Event is a lifecycle event.
@@ -257,8 +258,10 @@ type Event struct {
 	Time time.Time `json:"time"`
 	Node string    `json:"node"`
 	// Kind is one of started, model_loaded, model_unloaded,
-	// model_load_failed, reloaded, draining, edit_accepted, edit_rejected
-	// and edit_retracted.
+	// model_load_failed, reloaded, draining, edit_accepted, edit_rejected,
+	// edit_retracted, adapter_committed, adapter_rolled_back (another
+	// version made current) and adapter_failed (a stored version did not
+	// load: its file is damaged or it no longer fits the model).
 	Kind  string `json:"kind"`
 	Model string `json:"model,omitempty"`
 	// Edit is the record id of an edit event (see Service.EditStatus).
@@ -277,6 +280,10 @@ type genRequest struct {
 	maxTokens *int
 	stop      []string
 	sparsity  *protocol.Sparsity
+	adapter   *int64 // the request's adapter_version
+	// served is the adapter version serving the request (0: the base
+	// model), set by generate before any text.
+	served uint64
 }
 
 type genResult struct {
@@ -304,11 +311,17 @@ func (s *Service) generate(ctx context.Context, g *genRequest, onText func(strin
 		if err != nil {
 			return res, err
 		}
-		j, err := s.prepare(inst, g)
+		ad, err := s.d.adapterFor(inst, g.adapter)
 		if err != nil {
 			release()
 			return res, err
 		}
+		j, err := s.prepare(inst, g, ad)
+		if err != nil {
+			release()
+			return res, err
+		}
+		g.served = versionOf(ad)
 		j.ctx = ctx
 		res.usage.PromptTokens = len(j.prompt)
 		if err = inst.submit(j); err == nil {
@@ -354,9 +367,10 @@ func (s *Service) generate(ctx context.Context, g *genRequest, onText func(strin
 	}
 }
 
-// prepare tokenizes and checks a request against inst and builds its job.
-func (s *Service) prepare(inst *instance, g *genRequest) (*job, error) {
-	j := &job{out: newOutput(), enqueued: time.Now(), stops: slices.Clone(g.stop)}
+// prepare tokenizes and checks a request against inst and builds its job,
+// which runs with the adapter ad (nil: the base model).
+func (s *Service) prepare(inst *instance, g *genRequest, ad *servedAdapter) (*job, error) {
+	j := &job{out: newOutput(), enqueued: time.Now(), stops: slices.Clone(g.stop), adapter: ad}
 	switch {
 	case g.messages != nil:
 		text, err := inst.tmpl.render(g.messages)
@@ -379,14 +393,16 @@ func (s *Service) prepare(inst *instance, g *genRequest) (*job, error) {
 	if len(j.prompt) == 0 {
 		return nil, protocol.ParamErrorf(protocol.CodeInvalidValue, "prompt", "the prompt encodes to no tokens")
 	}
-	if len(j.prompt) >= inst.ctxLen {
-		return nil, protocol.ParamErrorf(protocol.CodeContextLength, "prompt", "the prompt has %d tokens; model %s holds %d in its context, and one is needed for the answer", len(j.prompt), inst.name, inst.ctxLen)
+	// A prefix adapter's rows take their share of the context.
+	room := inst.ctxLen - prefixLen(ad)
+	if len(j.prompt) >= room {
+		return nil, protocol.ParamErrorf(protocol.CodeContextLength, "prompt", "the prompt has %d tokens; model %s holds %d in its context%s, and one is needed for the answer", len(j.prompt), inst.name, room, prefixNote(ad))
 	}
 	switch {
 	case g.maxTokens != nil:
 		j.maxTokens = *g.maxTokens
-		if len(j.prompt)+j.maxTokens > inst.ctxLen {
-			return nil, protocol.ParamErrorf(protocol.CodeContextLength, "max_tokens", "the prompt's %d tokens plus max_tokens %d exceed the context of %d tokens of model %s", len(j.prompt), j.maxTokens, inst.ctxLen, inst.name)
+		if len(j.prompt)+j.maxTokens > room {
+			return nil, protocol.ParamErrorf(protocol.CodeContextLength, "max_tokens", "the prompt's %d tokens plus max_tokens %d exceed the context of %d tokens of model %s%s", len(j.prompt), j.maxTokens, room, inst.name, prefixNote(ad))
 		}
 	case inst.spec.MaxTokens > 0:
 		j.maxTokens = inst.spec.MaxTokens

@@ -16,18 +16,20 @@ import (
 //
 // Buckets:
 //
-//	meta    "schema" → the schema version, as decimal text
-//	models  name → storedModel as JSON
-//	edits   edit id (or protocol.RejectedKey) → protocol.EditRecord as JSON
+//	meta      "schema" → the schema version, as decimal text
+//	models    name → storedModel as JSON
+//	edits     edit id (or protocol.RejectedKey) → protocol.EditRecord as JSON
+//	adapters  model name → a bucket of its adapter versions (adapters_store.go)
 const (
 	dbFile        = "edged.db"
 	schemaVersion = "1"
 )
 
 var (
-	bucketMeta   = []byte("meta")
-	bucketModels = []byte("models")
-	bucketEdits  = []byte("edits")
+	bucketMeta     = []byte("meta")
+	bucketModels   = []byte("models")
+	bucketEdits    = []byte("edits")
+	bucketAdapters = []byte("adapters")
 )
 
 // storedModel is a registry entry as the database keeps it.
@@ -51,6 +53,9 @@ type store struct {
 	// in every transaction that writes an edit, before its commit: an
 	// error rolls the transaction back as a failed commit would.
 	editFault func() error
+	// adapterFault is editFault for the transaction that commits an
+	// adapter version.
+	adapterFault func() error
 }
 
 // openStore opens (creating) the database under dir. A database locked by
@@ -79,7 +84,7 @@ func openStore(dir string, timeout time.Duration) (*store, error) {
 		if err := meta.Put([]byte("schema"), []byte(schemaVersion)); err != nil {
 			return err
 		}
-		for _, b := range [][]byte{bucketModels, bucketEdits} {
+		for _, b := range [][]byte{bucketModels, bucketEdits, bucketAdapters} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -278,6 +278,7 @@ func (r *CompletionRequest) Validate() error {
 	checkStop(&p, r.Stop)
 	checkN(&p, r.N)
 	checkSparsity(&p, r.Sparsity)
+	checkAdapterVersion(&p, r.AdapterVersion)
 	return p.err()
 }
 
@@ -314,6 +315,7 @@ func (r *ChatRequest) Validate() error {
 	checkStop(&p, r.Stop)
 	checkN(&p, r.N)
 	checkSparsity(&p, r.Sparsity)
+	checkAdapterVersion(&p, r.AdapterVersion)
 	return p.err()
 }
 

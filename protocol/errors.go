@@ -22,6 +22,9 @@ const (
 	CodeContextLength      Code = "context_length_exceeded" // prompt plus max_tokens exceed the model's context
 	CodeModelNotFound      Code = "model_not_found"         // no model of that name is registered
 	CodeEditNotFound       Code = "edit_not_found"          // no edit of that id is stored
+	CodeAdapterNotFound    Code = "adapter_not_found"       // the model has no adapter version of that number
+	CodeAdapterInvalid     Code = "adapter_invalid"         // a file is not an adapter, or does not fit the model
+	CodeAdapterCorrupt     Code = "adapter_corrupt"         // a stored adapter version fails its digest check
 	CodeModelLoad          Code = "model_load_failed"       // the model file could not be loaded
 	CodeInsufficientMemory Code = "insufficient_memory"     // the memory budget cannot hold the model
 	CodeChatTemplate       Code = "chat_template_error"     // the model's chat template failed to render
@@ -52,6 +55,9 @@ var codes = map[Code]codeInfo{
 	CodeContextLength:      {http.StatusBadRequest, "invalid_request_error"},
 	CodeModelNotFound:      {http.StatusNotFound, "invalid_request_error"},
 	CodeEditNotFound:       {http.StatusNotFound, "invalid_request_error"},
+	CodeAdapterNotFound:    {http.StatusNotFound, "invalid_request_error"},
+	CodeAdapterInvalid:     {http.StatusBadRequest, "invalid_request_error"},
+	CodeAdapterCorrupt:     {http.StatusInternalServerError, "server_error"},
 	CodeModelLoad:          {http.StatusInternalServerError, "server_error"},
 	CodeInsufficientMemory: {http.StatusServiceUnavailable, "server_error"},
 	CodeChatTemplate:       {http.StatusUnprocessableEntity, "invalid_request_error"},

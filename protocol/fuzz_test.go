@@ -18,6 +18,8 @@ var seeds = []string{
 	`{"model":"m","prompt":"hi","sparsity":{"method":"zerotprune","keep":0.5,"layers":[1,2],"window":8}}`,
 	`{"model":"m","messages":[{"role":"user","content":"hi"}],"sparsity":{"method":"none"}}`,
 	`{"model":"m","prompt":"hi","sparsity":{"keep":2,"layers":[]}}`,
+	`{"model":"m","prompt":"hi","adapter_version":3}`,
+	`{"model":"m","messages":[{"role":"user","content":"hi"}],"adapter_version":-1}`,
 	`[`, `null`, `{}`, `{"stop":null,"prompt":null}`,
 }
 
@@ -94,4 +96,21 @@ func FuzzDecodeEdit(f *testing.F) {
 			}
 		}
 	})
+}
+
+var adapterSeeds = []string{
+	`{"model":"m","adapter_version":3}`,
+	`{"model":"m","adapter_version":0,"version":1}`,
+	`{"model":"m","adapter_version":-1}`,
+	`{"model":"m","adapter_version":18446744073709551616}`,
+	`{"adapter_version":1}`, `{"model":"m","adapter_version":"1"}`, `[`, `null`, `{}`,
+}
+
+// FuzzDecodeAdapterRollback: a decoded rollback validates and survives a
+// round trip; a failure is a complete *Error.
+func FuzzDecodeAdapterRollback(f *testing.F) {
+	for _, s := range adapterSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { checkDecoded(t, data, DecodeAdapterRollback) })
 }

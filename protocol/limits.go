@@ -41,6 +41,11 @@ const (
 	MaxEditTextBytes = 4 << 10
 	MaxEditVariants  = 32
 
+	// MaxAdapterBytes is the largest adapter file POST /v1/adapters/add
+	// takes (a LoRA of rank 64 on every projection of a 7B model is
+	// about 600 MiB in f32).
+	MaxAdapterBytes = 1 << 30
+
 	// Sampling ranges (inclusive).
 	MaxTemperature   = 5.0
 	MaxTopK          = 1 << 20

@@ -8,8 +8,8 @@ const ServiceName = "edged"
 // Endpoint names of the NATS service. An endpoint is reachable on
 // "edged.<node>.<name>" (one daemon) and, except for the edit endpoints, on
 // "edged.<name>" in the queue group QueueGroup (any daemon of the fleet):
-// the edits are each node's own, and "edged.edits.…" belongs to the edit
-// stream.
+// the edits and adapter versions are each node's own, and "edged.edits.…"
+// belongs to the edit stream.
 const (
 	EndpointGenerate   = "generate"     // body: CompletionRequest
 	EndpointChat       = "chat"         // body: ChatRequest
@@ -18,6 +18,10 @@ const (
 	EndpointStatus     = "status"       // no body; reply: Status
 	EndpointEdits      = "edits"        // body: EditListRequest or none; reply: EditList
 	EndpointEditStatus = "edits.status" // body: EditStatusRequest; reply: EditRecord
+	// body: AdapterListRequest or none; reply: AdapterList
+	EndpointAdapters = "adapters"
+	// body: AdapterRollbackRequest; reply: AdapterRollbackResponse
+	EndpointAdapterRollback = "adapters.rollback"
 )
 
 // QueueGroup is the queue group of the un-addressed subjects.

@@ -46,6 +46,9 @@ type CompletionRequest struct {
 	// Sparsity asks for token sparsity on the prompt; nil: the model's
 	// default (none unless configured).
 	Sparsity *Sparsity `json:"sparsity,omitempty"`
+	// AdapterVersion chooses the model's adapter version: nil or 0, the
+	// current one; AdapterBase, none (the base model); N, version N.
+	AdapterVersion *int64 `json:"adapter_version,omitempty"`
 }
 
 // ChatRequest is the body of POST /v1/chat/completions and of the NATS
@@ -65,6 +68,9 @@ type ChatRequest struct {
 	N                   *int           `json:"n,omitempty"`
 	User                string         `json:"user,omitempty"`
 	Sparsity            *Sparsity      `json:"sparsity,omitempty"`
+
+	// AdapterVersion is CompletionRequest.AdapterVersion.
+	AdapterVersion *int64 `json:"adapter_version,omitempty"`
 }
 
 // Sparsity asks for token sparsity while the prompt is read (prefill):
@@ -135,6 +141,10 @@ type CompletionResponse struct {
 	Model   string             `json:"model"`
 	Choices []CompletionChoice `json:"choices"`
 	Usage   *Usage             `json:"usage,omitempty"`
+
+	// AdapterVersion is the model's adapter version that served the
+	// request; 0: the base model.
+	AdapterVersion uint64 `json:"adapter_version"`
 }
 
 // CompletionChunk is one streamed piece of a completion.
@@ -169,6 +179,9 @@ type ChatResponse struct {
 	Model   string       `json:"model"`
 	Choices []ChatChoice `json:"choices"`
 	Usage   *Usage       `json:"usage,omitempty"`
+
+	// AdapterVersion is CompletionResponse.AdapterVersion.
+	AdapterVersion uint64 `json:"adapter_version"`
 }
 
 // ChatChunkChoice is one choice of a chat chunk.
@@ -189,6 +202,9 @@ type ChatChunk struct {
 	Model   string            `json:"model"`
 	Choices []ChatChunkChoice `json:"choices"`
 	Usage   *Usage            `json:"usage,omitempty"`
+
+	// AdapterVersion is CompletionResponse.AdapterVersion.
+	AdapterVersion uint64 `json:"adapter_version"`
 }
 
 // Object names of the responses.

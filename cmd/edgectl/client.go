@@ -68,20 +68,24 @@ func (e errNoDaemon) Error() string {
 // do sends a request and returns the response when its status is 2xx; an
 // error reply is returned as its *protocol.Error.
 func (c *client) do(ctx context.Context, method, path string, body any) (*http.Response, error) {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return nil, err
-		}
-		rd = bytes.NewReader(b)
+	if body == nil {
+		return c.send(ctx, method, path, "", nil)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://edged"+path, rd)
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	return c.send(ctx, method, path, "application/json", bytes.NewReader(b))
+}
+
+// send is do with a body of any content type (none when body is nil).
+func (c *client) send(ctx context.Context, method, path, contentType string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://edged"+path, body)
 	if err != nil {
 		return nil, err
 	}
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", contentType)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -147,9 +151,9 @@ func stream(r io.Reader, fn func(data []byte) error) error {
 	return io.ErrUnexpectedEOF
 }
 
-// samplingFlags are the sampling flags of generate and chat. Only flags
-// given on the command line are sent: the others take the model's
-// defaults.
+// samplingFlags are the sampling flags, and the adapter version, of
+// generate and chat. Only flags given on the command line are sent: the
+// others take the model's defaults.
 type samplingFlags struct {
 	fs        *flag.FlagSet
 	maxTokens int
@@ -160,6 +164,7 @@ type samplingFlags struct {
 	seed      int64
 	repeat    float64
 	stops     stringList
+	adapter   int64
 }
 
 func (f *samplingFlags) register(fs *flag.FlagSet) {
@@ -172,6 +177,15 @@ func (f *samplingFlags) register(fs *flag.FlagSet) {
 	fs.Int64Var(&f.seed, "seed", 0, "sampling seed (default: random)")
 	fs.Float64Var(&f.repeat, "repeat-penalty", 1, "penalty for repeated tokens (1: off)")
 	fs.Var(&f.stops, "stop", "stop `string` (repeatable)")
+	fs.Int64Var(&f.adapter, "adapter-version", 0, "the model's adapter `version` to use (default: its current one; -1: none, the base model)")
+}
+
+// adapterVersion is the request's adapter_version: nil unless given.
+func (f *samplingFlags) adapterVersion() *int64 {
+	if isSet(f.fs, "adapter-version") {
+		return &f.adapter
+	}
+	return nil
 }
 
 func (f *samplingFlags) apply(s *protocol.Sampling) (maxTokens *int, stop protocol.Stop) {

@@ -61,6 +61,7 @@ func chat(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		history = append(history, protocol.Message{Role: "user", Content: protocol.Content(line)})
 		req := protocol.ChatRequest{Model: *name, Messages: history, Stream: true}
 		req.MaxTokens, req.Stop = sf.apply(&req.Sampling)
+		req.AdapterVersion = sf.adapterVersion()
 		answer, err := chatTurn(ctx, c, &req, stdout)
 		if err != nil {
 			return err

@@ -32,6 +32,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	req := protocol.CompletionRequest{Model: *name, Prompt: protocol.Prompt{Text: *prompt}, Stream: !*asJSON}
 	req.MaxTokens, req.Stop = sf.apply(&req.Sampling)
+	req.AdapterVersion = sf.adapterVersion()
 	c := mk()
 	if *asJSON {
 		var res protocol.CompletionResponse

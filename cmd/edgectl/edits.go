@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,35 +19,9 @@ import (
 var editsCommands = map[string]command{
 	"list":   {"list the stored edits with their status", runEditsList},
 	"status": {"show one edit, or how many edits have each status", runEditsStatus},
-}
-
-func runEdits(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		editsUsage(stderr)
-		if len(args) == 0 {
-			return errUsage
-		}
-		return nil
-	}
-	cmd, ok := editsCommands[args[0]]
-	if !ok {
-		fmt.Fprintf(stderr, "edgectl edits: unknown subcommand %q\n", args[0])
-		editsUsage(stderr)
-		return errUsage
-	}
-	return cmd.run(ctx, args[1:], stdout, stderr)
-}
-
-func editsUsage(w io.Writer) {
-	fmt.Fprintln(w, "usage: edgectl edits SUBCOMMAND [flags]\n\nsubcommands:")
-	names := make([]string, 0, len(editsCommands))
-	for n := range editsCommands {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-7s %s\n", n, editsCommands[n].summary)
-	}
+	// The name for it: edits become active in an adapter version,
+	// and rolling back the edits is rolling back the version.
+	"rollback": {"make another adapter version current (as adapters rollback)", runAdaptersRollback},
 }
 
 func runEditsList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -113,20 +86,16 @@ func runEditsStatus(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs := newFlags("edits status", "[ID] [--json]\n\nWith ID, the edit's record; without, how many edits have each status.", stderr)
 	mk := socketFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	// Accept ID before or after the flags.
-	var id string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		id, args = args[0], args[1:]
-	}
-	if err := parse(fs, args); err != nil {
+	pos, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	rest := fs.Args()
-	if id == "" && len(rest) > 0 {
-		id, rest = rest[0], rest[1:]
-	}
-	if len(rest) > 0 {
+	if len(pos) > 1 {
 		return usageError(fs, "give at most one ID")
+	}
+	var id string
+	if len(pos) == 1 {
+		id = pos[0]
 	}
 	if id == "" {
 		return editCounts(ctx, mk(), stdout, *asJSON)

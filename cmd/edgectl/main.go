@@ -32,7 +32,8 @@ var commands = map[string]command{
 	"load":     {"load a model (by name, or register a GGUF file) in the running edged", runLoad},
 	"unload":   {"unload a model from the running edged", runUnload},
 	"metrics":  {"print the running edged's metrics (Prometheus text)", runMetrics},
-	"edits":    {"list the knowledge edits the running edged received (edits list|status)", runEdits},
+	"edits":    {"list the knowledge edits the running edged received (edits list|status|rollback)", subcommands("edits", editsCommands)},
+	"adapters": {"list, add and roll back the running edged's adapter versions (adapters list|add|rollback)", subcommands("adapters", adaptersCommands)},
 	"synth":    {"write a random-weight model in the shape of a real one", runSynth},
 	"bench":    {"time prompt processing and generation (llama-bench's pp and tg)", runBench},
 	"pull":     {"download a model (URL or hf://) into the cache and verify it", runPull},
@@ -90,6 +91,41 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nRun 'edgectl COMMAND --help' for a command's flags.")
 }
 
+// subcommands returns the entry point of a command made of subcommands
+// (edgectl edits list, edgectl adapters add…), each an entry of table with
+// its own flags.
+func subcommands(name string, table map[string]command) func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	usage := func(w io.Writer) {
+		fmt.Fprintf(w, "usage: edgectl %s SUBCOMMAND [flags]\n\nsubcommands:\n", name)
+		names := make([]string, 0, len(table))
+		width := 0
+		for n := range table {
+			names = append(names, n)
+			width = max(width, len(n))
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(w, "  %-*s %s\n", width, n, table[n].summary)
+		}
+	}
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+			usage(stderr)
+			if len(args) == 0 {
+				return errUsage
+			}
+			return nil
+		}
+		cmd, ok := table[args[0]]
+		if !ok {
+			fmt.Fprintf(stderr, "edgectl %s: unknown subcommand %q\n", name, args[0])
+			usage(stderr)
+			return errUsage
+		}
+		return cmd.run(ctx, args[1:], stdout, stderr)
+	}
+}
+
 // errUsage reports a usage error already printed by the flag set.
 var errUsage = errors.New("usage")
 
@@ -113,6 +149,26 @@ func parse(fs *flag.FlagSet, args []string) error {
 		return errUsage
 	}
 	return nil
+}
+
+// parseArgs parses the flags of fs wherever they stand among args (the
+// flag package stops at the first argument that is not one) and returns
+// the other arguments, in order; those after "--" are never flags.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := parse(fs, args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos, args = append(pos, rest[0]), rest[1:]
+	}
 }
 
 // usageError prints msg and the usage of fs.
