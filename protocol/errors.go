@@ -22,6 +22,8 @@ const (
 	CodeContextLength      Code = "context_length_exceeded" // prompt plus max_tokens exceed the model's context
 	CodeModelNotFound      Code = "model_not_found"         // no model of that name is registered
 	CodeEditNotFound       Code = "edit_not_found"          // no edit of that id is stored
+	CodeJobNotFound        Code = "job_not_found"           // no background job of that id
+	CodeJobConflict        Code = "job_state_conflict"      // the job's state does not allow the request (pausing a finished job)
 	CodeModelLoad          Code = "model_load_failed"       // the model file could not be loaded
 	CodeInsufficientMemory Code = "insufficient_memory"     // the memory budget cannot hold the model
 	CodeChatTemplate       Code = "chat_template_error"     // the model's chat template failed to render
@@ -52,6 +54,8 @@ var codes = map[Code]codeInfo{
 	CodeContextLength:      {http.StatusBadRequest, "invalid_request_error"},
 	CodeModelNotFound:      {http.StatusNotFound, "invalid_request_error"},
 	CodeEditNotFound:       {http.StatusNotFound, "invalid_request_error"},
+	CodeJobNotFound:        {http.StatusNotFound, "invalid_request_error"},
+	CodeJobConflict:        {http.StatusConflict, "invalid_request_error"},
 	CodeModelLoad:          {http.StatusInternalServerError, "server_error"},
 	CodeInsufficientMemory: {http.StatusServiceUnavailable, "server_error"},
 	CodeChatTemplate:       {http.StatusUnprocessableEntity, "invalid_request_error"},
