@@ -3,6 +3,7 @@ package adapt
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
@@ -267,20 +268,24 @@ func SelfSamples(base *Scorer, bos int32, n, length int, seed uint64) ([]Example
 	return ex, nil
 }
 
-// Footprint is the most a run of r on train holds at once: seqs
-// sequences, each with a KV cache of ctx tokens (the engine's context
-// must hold ctx), and refBytes of reference distributions for the replay
-// samples over a vocabulary of nVocab tokens. Scorers keep their
-// sequences between calls, so the count is the largest group any stage
-// runs together: a step's batch, all replay samples (References), and for
-// InitData all training pairs and all reference samples (Inputs).
-func (r Recipe) Footprint(train []Example, nVocab int) (seqs, ctx int, refBytes int64) {
+// Footprint is the most a run of r on train holds at once for a model of
+// config c: seqs sequences, each with a KV cache of ctx tokens (the
+// engine's context must hold ctx), and held bytes of other data: the
+// replay samples' reference distributions, and for a LoRA above layer 0
+// the residual rows entering its first layer, kept per example. Scorers
+// keep their sequences between calls, so seqs is the largest group any
+// stage runs together: a step's batch, all replay samples (References),
+// and for InitData all training pairs and all reference samples
+// (Inputs).
+func (r Recipe) Footprint(train []Example, c model.Config) (seqs, ctx int, held int64) {
 	rows := 0
 	if r.Method == MethodPrefix {
 		rows = r.PrefixLen
 	}
+	tokens := 0
 	for _, ex := range train {
-		ctx = max(ctx, rows+len(ex.Prompt)+len(ex.Completion))
+		n := len(ex.Prompt) + len(ex.Completion)
+		ctx, tokens = max(ctx, rows+n), tokens+n
 	}
 	data := len(train) + r.Replay
 	seqs = r.MeZO.BatchSize
@@ -290,11 +295,17 @@ func (r Recipe) Footprint(train []Example, nVocab int) (seqs, ctx int, refBytes 
 	if r.Replay > 0 {
 		ctx = max(ctx, rows+1+r.ReplayLen)
 		seqs = max(seqs, r.Replay)
-		refBytes = int64(r.Replay) * int64(r.ReplayLen) * int64(nVocab) * 4
+		tokens += r.Replay * (1 + r.ReplayLen)
+		held = int64(r.Replay) * int64(r.ReplayLen) * int64(c.NVocab) * 4
 	}
-	if r.Method == MethodLoRA && r.Init == InitData {
-		ctx = max(ctx, 1+initRefLen)
-		seqs = max(seqs, len(train), r.InitRef)
+	if r.Method == MethodLoRA {
+		if r.Init == InitData {
+			ctx = max(ctx, 1+initRefLen)
+			seqs = max(seqs, len(train), r.InitRef)
+		}
+		if len(r.Layers) > 0 && slices.Min(r.Layers) > 0 {
+			held += int64(tokens) * int64(c.NEmbd) * 4
+		}
 	}
-	return seqs, ctx, refBytes
+	return seqs, ctx, held
 }

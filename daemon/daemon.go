@@ -27,6 +27,7 @@ type Daemon struct {
 	log     *slog.Logger
 	store   *store
 	reg     *registry
+	jobs    *jobRunner
 	svc     *Service
 	metrics *metrics
 	notify  *Notifier
@@ -90,6 +91,11 @@ func New(opts Options) (*Daemon, error) {
 			return nil, fmt.Errorf("model %s: %w", spec.Name, err)
 		}
 	}
+	d.jobs = newJobRunner(d)
+	if err := d.jobs.recover(); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("background jobs: %w", err)
+	}
 	return d, nil
 }
 
@@ -131,6 +137,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 	d.bg.Add(1)
 	go func() { defer d.bg.Done(); d.janitor(bg) }()
 	d.reg.prefetch(d.hard)
+	d.jobs.start() // after the front ends, which publish its events
 	status := fmt.Sprintf("serving on %s; %d models registered", opts.Socket, len(d.reg.names()))
 	d.notify.Send("READY=1", "STATUS="+status)
 	if iv := WatchdogInterval(); iv > 0 {
@@ -235,6 +242,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.notify.Send("STOPPING=1", "STATUS=draining")
 	d.event("draining", "", "")
 	d.log.Info("draining", "timeout", drain)
+	// The running job checkpoints at its next step and leaves the
+	// machine to the requests that drain.
+	d.jobs.shutdown()
 
 	d.inflightMu.Lock()
 	d.draining.Store(true)
@@ -314,6 +324,18 @@ func (d *Daemon) begin() (done func(), err error) {
 			}
 		})
 	}, nil
+}
+
+// servingLoad reports whether requests wait in a model's queue, and
+// whether any request is being served: background jobs yield to both.
+func (d *Daemon) servingLoad() (waiting, running bool) {
+	d.inflightMu.Lock()
+	n := d.inflight
+	d.inflightMu.Unlock()
+	if n == 0 {
+		return false, false
+	}
+	return d.reg.queued(), true
 }
 
 // requestContext bounds a request by the request timeout and by the end

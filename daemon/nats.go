@@ -4,13 +4,17 @@ package daemon
 // stats) whose endpoints call the Service, as the Unix-socket API does.
 //
 // Subjects (protocol.Subject): edged.<node>.{generate,chat,tokenize,models,
-// status,edits,edits.status} reach this daemon; edged.{generate,…} reach
+// status,edits,edits.status,jobs,jobs.status,jobs.submit,jobs.pause,
+// jobs.resume,jobs.cancel} reach this daemon; edged.{generate,…} reach
 // any daemon of the fleet (queue group protocol.QueueGroup), except the
-// edit endpoints, which are each node's own (and edged.edits.… is the edit
-// stream's). Bodies are the JSON of /v1/completions, /v1/chat/completions
-// and /v1/tokenize; models and status take no body; edits takes an
-// optional protocol.EditListRequest, edits.status a
-// protocol.EditStatusRequest.
+// edit and job endpoints, which are each node's own (and edged.edits.…
+// is the edit stream's). Bodies are the JSON of /v1/completions,
+// /v1/chat/completions and /v1/tokenize; models and status take no body;
+// edits takes an optional protocol.EditListRequest, edits.status a
+// protocol.EditStatusRequest; jobs an optional protocol.JobListRequest,
+// jobs.submit a protocol.JobSubmitRequest (with its data inline: NATS
+// clients cannot name files of the node), the others a
+// protocol.JobRequest.
 //
 // Replies. Without "stream": one message, the response object. With
 // "stream": true, one message per chunk (the same chunk objects as the
@@ -85,6 +89,12 @@ type natsBackend interface {
 	Node() string
 	Edits(ctx context.Context, req *protocol.EditListRequest) (*protocol.EditList, error)
 	EditStatus(ctx context.Context, req *protocol.EditStatusRequest) (*protocol.EditRecord, error)
+	Jobs(ctx context.Context, req *protocol.JobListRequest) (*protocol.JobList, error)
+	JobStatus(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error)
+	SubmitJob(ctx context.Context, req *protocol.JobSubmitRequest, files bool) (*protocol.Job, error)
+	PauseJob(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error)
+	ResumeJob(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error)
+	CancelJob(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error)
 	editSink
 }
 
@@ -232,11 +242,26 @@ func (f *NATS) addService() error {
 			return err
 		}
 	}
-	// A node's edits are its own, and edged.edits.… is the edit stream's.
-	if err := f.addEndpoint(protocol.EndpointEdits, f.handleEdits, node); err != nil {
-		return err
+	// A node's edits and jobs are its own, and edged.edits.… is the edit
+	// stream's.
+	for _, h := range []struct {
+		name string
+		h    micro.HandlerFunc
+	}{
+		{protocol.EndpointEdits, f.handleEdits},
+		{protocol.EndpointEditStatus, f.handleEditStatus},
+		{protocol.EndpointJobs, f.handleJobs},
+		{protocol.EndpointJobStatus, f.handleJob(f.be.JobStatus)},
+		{protocol.EndpointJobSubmit, f.handleJobSubmit},
+		{protocol.EndpointJobPause, f.handleJob(f.be.PauseJob)},
+		{protocol.EndpointJobResume, f.handleJob(f.be.ResumeJob)},
+		{protocol.EndpointJobCancel, f.handleJob(f.be.CancelJob)},
+	} {
+		if err := f.addEndpoint(h.name, h.h, node); err != nil {
+			return err
+		}
 	}
-	return f.addEndpoint(protocol.EndpointEditStatus, f.handleEditStatus, node)
+	return nil
 }
 
 // scope is where an endpoint listens: on the node's subjects, or on the
@@ -435,6 +460,51 @@ func (f *NATS) handleEditStatus(r micro.Request) {
 		res, err := f.be.EditStatus(ctx, &req)
 		f.reply(reply, res, err)
 	})
+}
+
+func (f *NATS) handleJobs(r micro.Request) {
+	var req protocol.JobListRequest
+	if data := r.Data(); len(bytes.TrimSpace(data)) > 0 {
+		if err := protocol.Decode(data, &req); err != nil {
+			respondError(r, err)
+			return
+		}
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		res, err := f.be.Jobs(ctx, &req)
+		f.reply(reply, res, err)
+	})
+}
+
+// handleJobSubmit queues a job; its data must be inline.
+func (f *NATS) handleJobSubmit(r micro.Request) {
+	req, err := protocol.DecodeJobSubmit(r.Data())
+	if err != nil {
+		respondError(r, err)
+		return
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		res, err := f.be.SubmitJob(ctx, req, false)
+		f.reply(reply, res, err)
+	})
+}
+
+// handleJob answers the endpoints whose body names a job.
+func (f *NATS) handleJob(call func(context.Context, *protocol.JobRequest) (*protocol.Job, error)) micro.HandlerFunc {
+	return func(r micro.Request) {
+		req, err := protocol.DecodeJobRequest(r.Data())
+		if err != nil {
+			respondError(r, err)
+			return
+		}
+		reply := r.Reply()
+		f.serve(r, func(ctx context.Context) {
+			res, err := call(ctx, req)
+			f.reply(reply, res, err)
+		})
+	}
 }
 
 // noBody accepts an empty body or an empty JSON object (with an optional

@@ -249,7 +249,8 @@ func (s *Service) Options() Options { return s.d.options() }
 
 // OnEvent registers fn to receive lifecycle events (model loaded,
 // unloaded, load failed, reloaded, draining; edits accepted, rejected,
-// retracted). fn must not block.
+// retracted; jobs queued, started, progressing, paused, resumed,
+// cancelled, done, failed). fn must not block.
 func (s *Service) OnEvent(fn func(Event)) { s.d.onEvent(fn) }
 
 // Event is a lifecycle event.
@@ -257,13 +258,18 @@ type Event struct {
 	Time time.Time `json:"time"`
 	Node string    `json:"node"`
 	// Kind is one of started, model_loaded, model_unloaded,
-	// model_load_failed, reloaded, draining, edit_accepted, edit_rejected
-	// and edit_retracted.
+	// model_load_failed, reloaded, draining, edit_accepted, edit_rejected,
+	// edit_retracted, job_queued, job_started, job_progress (at most every
+	// jobs.progress_interval), job_paused, job_resumed, job_cancelled,
+	// job_done and job_failed.
 	Kind  string `json:"kind"`
 	Model string `json:"model,omitempty"`
 	// Edit is the record id of an edit event (see Service.EditStatus).
 	Edit string `json:"edit,omitempty"`
-	Msg  string `json:"message,omitempty"`
+	// Job is the id of a job event, Progress where the job stands.
+	Job      string       `json:"job,omitempty"`
+	Progress *JobProgress `json:"progress,omitempty"`
+	Msg      string       `json:"message,omitempty"`
 }
 
 // genRequest is what completions and chats have in common.

@@ -19,6 +19,9 @@ import (
 //	meta    "schema" → the schema version, as decimal text
 //	models  name → storedModel as JSON
 //	edits   edit id (or protocol.RejectedKey) → protocol.EditRecord as JSON
+//	jobs    job id → protocol.Job as JSON; the bucket's sequence numbers
+//	        the submissions (the files of job id are in jobs/id under
+//	        the state directory)
 const (
 	dbFile        = "edged.db"
 	schemaVersion = "1"
@@ -28,6 +31,7 @@ var (
 	bucketMeta   = []byte("meta")
 	bucketModels = []byte("models")
 	bucketEdits  = []byte("edits")
+	bucketJobs   = []byte("jobs")
 )
 
 // storedModel is a registry entry as the database keeps it.
@@ -79,7 +83,7 @@ func openStore(dir string, timeout time.Duration) (*store, error) {
 		if err := meta.Put([]byte("schema"), []byte(schemaVersion)); err != nil {
 			return err
 		}
-		for _, b := range [][]byte{bucketModels, bucketEdits} {
+		for _, b := range [][]byte{bucketModels, bucketEdits, bucketJobs} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

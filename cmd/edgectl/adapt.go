@@ -16,20 +16,19 @@ import (
 	"github.com/edged/edged/quant"
 )
 
-// adaptFlags are the flags of edgectl adapt beyond the engine's.
-type adaptFlags struct {
-	method, data, eval, out, outType, projs, layers, init, log, ckpt, resume, schedule string
-	steps, batch, samples, rank, prefixLen, ckptEvery, replay, replayLen, initRef      int
-	lr, eps, decay, alpha, maxGrad, replayWeight, lossFloor                            float64
-	seed                                                                               uint64
+// runFlags are the settings of an adaptation run: the flags edgectl
+// adapt and edgectl jobs submit share.
+type runFlags struct {
+	method, data, outType, projs, layers, init, schedule               string
+	steps, batch, samples, rank, prefixLen, replay, replayLen, initRef int
+	lr, eps, decay, alpha, maxGrad, replayWeight, lossFloor            float64
+	seed                                                               uint64
 }
 
-func (a *adaptFlags) register(fs *flag.FlagSet) {
+func (a *runFlags) register(fs *flag.FlagSet) {
 	def := adapt.DefaultRecipe()
 	fs.StringVar(&a.method, "method", def.Method, "adapter to train: lora or prefix")
 	fs.StringVar(&a.data, "data", "", "training `file`: JSONL of {\"prompt\", \"completion\"} or {\"prompt_ids\", \"completion_ids\"} (required)")
-	fs.StringVar(&a.eval, "eval", "", "evaluation `file` (same format): its loss is reported before and after")
-	fs.StringVar(&a.out, "out", "", "adapter `file` to write (GGUF; required)")
 	fs.StringVar(&a.outType, "type", "f32", "tensor type of the adapter file: f32 or f16")
 	fs.IntVar(&a.steps, "steps", def.MeZO.Steps, "MeZO steps")
 	fs.Float64Var(&a.lr, "lr", 0, "learning rate (0: 1e-4 for lora, 1e-2 for prefix)")
@@ -51,6 +50,19 @@ func (a *adaptFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&a.replayLen, "replay-len", def.ReplayLen, "tokens per replay sample")
 	fs.Float64Var(&a.replayWeight, "replay-weight", def.MeZO.RehearsalWeight, "weight of a replay token in the loss's mean, against 1 for a training target: more replay samples at a lower weight cover more of the model's text without drowning the pairs")
 	fs.Float64Var(&a.lossFloor, "loss-floor", 0, "count a training token's cross-entropy as at least this (nats) in the loss MeZO descends, so tokens already learnt stop pulling on the adapter (0: none)")
+}
+
+// adaptFlags are the flags of edgectl adapt beyond the engine's.
+type adaptFlags struct {
+	runFlags
+	eval, out, log, ckpt, resume string
+	ckptEvery                    int
+}
+
+func (a *adaptFlags) register(fs *flag.FlagSet) {
+	a.runFlags.register(fs)
+	fs.StringVar(&a.eval, "eval", "", "evaluation `file` (same format): its loss is reported before and after")
+	fs.StringVar(&a.out, "out", "", "adapter `file` to write (GGUF; required)")
 	fs.StringVar(&a.log, "log", "", "JSON-lines log `file` of every step")
 	fs.StringVar(&a.ckpt, "checkpoint", "", "checkpoint `file` written every --checkpoint-every steps and at the end")
 	fs.IntVar(&a.ckptEvery, "checkpoint-every", 100, "steps between checkpoints")
@@ -110,7 +122,7 @@ func runAdapt(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 // recipe is the run the flags describe.
-func (a *adaptFlags) recipe() (adapt.Recipe, error) {
+func (a *runFlags) recipe() (adapt.Recipe, error) {
 	r := adapt.Recipe{
 		Method: a.method,
 		MeZO: adapt.MeZOOptions{LR: a.lr, Eps: a.eps, WeightDecay: a.decay, Steps: a.steps, Samples: a.samples,

@@ -33,6 +33,7 @@ var commands = map[string]command{
 	"unload":   {"unload a model from the running edged", runUnload},
 	"metrics":  {"print the running edged's metrics (Prometheus text)", runMetrics},
 	"edits":    {"list the knowledge edits the running edged received (edits list|status)", runEdits},
+	"jobs":     {"the running edged's background jobs: adaptation runs (jobs list|submit|watch|pause|resume|cancel)", runJobs},
 	"synth":    {"write a random-weight model in the shape of a real one", runSynth},
 	"bench":    {"time prompt processing and generation (llama-bench's pp and tg)", runBench},
 	"pull":     {"download a model (URL or hf://) into the cache and verify it", runPull},
