@@ -1,7 +1,8 @@
 // Package daemon is edged's service core: configuration, the model
 // registry and its bbolt store, the per-model schedulers that batch every
-// running request into shared engine steps, the Unix-socket HTTP API,
-// metrics and the systemd notify protocol. Front ends call the Service
+// running request into shared engine steps, the background jobs that run
+// below them (jobs_runner.go), the Unix-socket HTTP API, metrics and the
+// systemd notify protocol. Front ends call the Service
 // (service.go); cmd/edged wires options, New, Start, signals and
 // Shutdown.
 package daemon

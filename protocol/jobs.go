@@ -117,8 +117,9 @@ type Job struct {
 	Kind  string `json:"kind"`
 	Model string `json:"model"`
 	State string `json:"state"`
-	// Step is the number of steps taken (as of the last checkpoint when
-	// the job is not running), out of Steps.
+	// Step is the number of steps taken, out of Steps; for a paused or
+	// failed job, and one waiting to continue after a restart, as of its
+	// last checkpoint, where it will continue.
 	Step  int `json:"step"`
 	Steps int `json:"steps"`
 	// Loss is the last step's training loss.
@@ -149,9 +150,9 @@ type Job struct {
 	FinishedAt time.Time `json:"finished_at,omitzero"`
 	// RunSeconds is the time the job has run, all its runs together.
 	RunSeconds float64 `json:"run_seconds"`
-	// Adapt is the configuration of an "adapt" job with every default
-	// filled in and the examples left out (they are in the job's
-	// directory).
+	// Adapt is the configuration of an "adapt" job with the defaults
+	// filled in (absent layers: all) and the examples left out (they are
+	// in the job's directory).
 	Adapt *AdaptJob `json:"adapt,omitempty"`
 }
 
