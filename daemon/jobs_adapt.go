@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/edged/edged/accel/cpu"
 	"github.com/edged/edged/adapt"
@@ -350,4 +351,14 @@ func writeFileAtomic(path string, write func(w io.Writer) error) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return os.Rename(tmp.Name(), path)
+}
+
+// clipLines keeps the first n lines of s (a list of errors, one a line)
+// and says how many more there were.
+func clipLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) <= n {
+		return s
+	}
+	return strings.Join(lines[:n], "\n") + fmt.Sprintf("\n… and %d more", len(lines)-n)
 }
