@@ -225,6 +225,9 @@ func runJobsSubmit(ctx context.Context, args []string, stdout, stderr io.Writer)
 	var j protocol.Job
 	req := protocol.JobSubmitRequest{Kind: protocol.JobKindAdapt, Model: *modelName, Adapt: cfg}
 	if err := c.call(ctx, http.MethodPost, "/v1/jobs/submit", req, &j); err != nil {
+		if !*remote && protocol.CodeOf(err) == protocol.CodeTooLarge {
+			return fmt.Errorf("%w (with --data-on-daemon edged reads the file itself)", err)
+		}
 		return err
 	}
 	if *watch {
