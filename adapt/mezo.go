@@ -147,6 +147,12 @@ func (m *MeZO) Steps() int { return m.step }
 // Options returns the options in force.
 func (m *MeZO) Options() MeZOOptions { return m.opts }
 
+// SetPace makes the trainer call fn before every forward pass (see
+// Scorer.SetPace). A step runs 2·Samples losses, each one or more forward
+// passes, so fn lets other work in within a step; it must not change the
+// adapter, and the step goes on when it returns.
+func (m *MeZO) SetPace(fn func()) { m.sc.SetPace(fn) }
+
 // Close frees the trainer's sequences.
 func (m *MeZO) Close() { m.sc.Close() }
 

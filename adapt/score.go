@@ -40,6 +40,8 @@ type Scorer struct {
 	// collect, when not nil, receives the distribution of every scored
 	// row (References).
 	collect *[]Reference
+	// pace, when set, runs before every engine call (SetPace).
+	pace func()
 
 	// from is the adapter's lowest layer. The layers below it compute the
 	// same for an example whatever the adapter's values, so Loss runs
@@ -58,6 +60,19 @@ func NewScorer(e *engine.Engine, a Trainable) *Scorer {
 		a = base{}
 	}
 	return &Scorer{e: e, a: a, from: a.firstLayer(), frozen: map[string][]float32{}, refWeight: 1}
+}
+
+// SetPace makes the Scorer call fn before every forward pass it runs. fn
+// may block, to let other work on the machine go first (the daemon's
+// background jobs yield to serving this way); it must not touch the
+// Scorer, its engine or the adapter.
+func (s *Scorer) SetPace(fn func()) { s.pace = fn }
+
+// paced runs the pace function, if any, before a forward pass.
+func (s *Scorer) paced() {
+	if s.pace != nil {
+		s.pace()
+	}
 }
 
 // Close frees the Scorer's sequences.
@@ -205,6 +220,7 @@ func (s *Scorer) flush(sums []float64, from int) error {
 	}
 	nv := s.e.Config().NVocab
 	s.logits = grow(s.logits, len(s.targets)*nv)
+	s.paced()
 	var err error
 	if from > 0 {
 		err = s.e.StepFrom(s.batch, from, s.x, s.logits)
@@ -257,6 +273,7 @@ func (s *Scorer) frozenRows(examples []Example) ([][]float32, error) {
 			}
 		}
 		x := make([]float32, len(s.batch)*width)
+		s.paced()
 		if err := s.e.StepTo(s.batch, s.from, x); err != nil {
 			return nil, fmt.Errorf("adapt: %w", err)
 		}
@@ -337,6 +354,7 @@ func (s *Scorer) continueGroup(prompts, out [][]int32, n int, pick func(i int, l
 		}
 	}
 	for range n {
+		s.paced()
 		if err := s.e.Step(s.batch, s.logits); err != nil {
 			return fmt.Errorf("adapt: %w", err)
 		}

@@ -59,6 +59,24 @@ func (d *Daemon) commitAdapter(model, ggufPath string, meta AdapterMeta) (versio
 	return rec.AdapterVersion, nil
 }
 
+// commitJobAdapter is the job runner's completion hook: the adapter a
+// finished job wrote becomes the newest version of its model. After a
+// crash between this commit and the job's record the hook runs again for
+// the same job, so a version the job made already is not made twice.
+func (d *Daemon) commitJobAdapter(_ context.Context, j protocol.Job) error {
+	recs, _, err := d.store.adapters(j.Model)
+	if err != nil {
+		return fmt.Errorf("adapter versions of model %s: %w", j.Model, err)
+	}
+	for _, r := range recs {
+		if r.Source.Job == j.ID {
+			return nil
+		}
+	}
+	_, err = d.commitAdapter(j.Model, j.Output, AdapterMeta{Source: protocol.AdapterSource{Job: j.ID}})
+	return err
+}
+
 // commitAdapterData is commitAdapter on the file's content. It returns the
 // new version's record.
 func (d *Daemon) commitAdapterData(model string, data []byte, meta AdapterMeta) (*protocol.AdapterRecord, error) {

@@ -28,7 +28,7 @@ const DefaultConfigFile = "/etc/edged/edged.toml"
 type setting struct {
 	key string
 	doc string
-	ptr any // *string, *int, *int64 (bytes), *time.Duration or *bool
+	ptr any // *string, *int, *int64 (bytes), *float64, *time.Duration or *bool
 }
 
 // env is the setting's environment variable: EDGED_ and the key in upper
@@ -82,6 +82,12 @@ func (o *Options) settings() []setting {
 		{"edits.enabled", "consume the knowledge edit stream into the state database", &o.NATS.Edits.Enabled},
 		{"edits.duplicate_window", "how long the edit stream drops a message id seen before", &o.NATS.Edits.DuplicateWindow},
 		{"edits.ack_wait", "how long an unacknowledged edit waits before redelivery", &o.NATS.Edits.AckWait},
+		{"jobs.share", "share of the time a background job computes while requests are served, in (0, 1]", &o.Jobs.Share},
+		{"jobs.checkpoint_every", "steps between a job's checkpoints", &o.Jobs.CheckpointEvery},
+		{"jobs.checkpoint_interval", "longest time between a job's checkpoints", &o.Jobs.CheckpointInterval},
+		{"jobs.progress_interval", "least time between a job's progress events (0: none)", &o.Jobs.ProgressInterval},
+		{"jobs.max_queued", "unfinished jobs (queued, running, paused, failed) before \"busy\"", &o.Jobs.MaxQueued},
+		{"jobs.threads", "CPU threads of a job's engine (0: engine.threads)", &o.Jobs.Threads},
 	}
 }
 
@@ -102,6 +108,12 @@ func (s setting) set(v string) error {
 			return err
 		}
 		*p = n
+	case *float64:
+		f, err := strconv.ParseFloat(strings.ReplaceAll(v, "_", ""), 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a number", v)
+		}
+		*p = f
 	case *time.Duration:
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -129,10 +141,17 @@ func (s setting) setTOML(n *unstable.Node) error {
 		if _, ok := s.ptr.(*bool); ok {
 			return fmt.Errorf("want true or false, got a string")
 		}
+		if _, ok := s.ptr.(*float64); ok {
+			return fmt.Errorf("want a number, got a string")
+		}
 		return s.set(string(n.Data))
+	case unstable.Float:
+		if _, ok := s.ptr.(*float64); ok {
+			return s.set(string(n.Data))
+		}
 	case unstable.Integer:
 		switch s.ptr.(type) {
-		case *int, *int64:
+		case *int, *int64, *float64:
 			return s.set(string(n.Data))
 		case *time.Duration:
 			return fmt.Errorf("want a duration string such as \"30s\", got an integer")
@@ -151,6 +170,8 @@ func (s setting) kind() string {
 		return "an integer"
 	case *int64:
 		return "a size (an integer or a string such as \"4GiB\")"
+	case *float64:
+		return "a number"
 	case *time.Duration:
 		return "a duration string"
 	case *bool:
@@ -365,6 +386,7 @@ func (o *Options) validate() []string {
 		{"scheduler.max_active", o.Scheduler.MaxActive, 1}, {"scheduler.prefill_chunk", o.Scheduler.PrefillChunk, 1},
 		{"scheduler.max_tokens", o.Scheduler.MaxTokens, 0},
 		{"adapters.keep", o.Adapters.Keep, 1}, {"adapters.cache", o.Adapters.Cache, 1},
+		{"jobs.checkpoint_every", o.Jobs.CheckpointEvery, 1}, {"jobs.max_queued", o.Jobs.MaxQueued, 1}, {"jobs.threads", o.Jobs.Threads, 0},
 	} {
 		if c.v < c.lo {
 			bad("%s %d: want at least %d", c.name, c.v, c.lo)
@@ -377,12 +399,19 @@ func (o *Options) validate() []string {
 		{"state.lock_timeout", o.LockTimeout}, {"scheduler.request_timeout", o.Scheduler.RequestTimeout},
 		{"scheduler.drain_timeout", o.Scheduler.DrainTimeout}, {"scheduler.retry_after", o.Scheduler.RetryAfter},
 		{"models.idle_unload", o.Models.IdleUnload}, {"nats.metrics_interval", o.NATS.MetricsInterval},
+		{"jobs.progress_interval", o.Jobs.ProgressInterval},
 	} {
 		if d.v < 0 {
 			bad("%s %v: must not be negative", d.name, d.v)
 		}
 	}
 	errs = append(errs, o.NATS.validate()...)
+	if !(o.Jobs.Share > 0 && o.Jobs.Share <= 1) {
+		bad("jobs.share %v: want a share in (0, 1]", o.Jobs.Share)
+	}
+	if o.Jobs.CheckpointInterval <= 0 {
+		bad("jobs.checkpoint_interval must be positive")
+	}
 	if o.Scheduler.RequestTimeout == 0 {
 		bad("scheduler.request_timeout must be positive")
 	}

@@ -198,6 +198,8 @@ func sameValue(a, b any) bool {
 		return *a == *b.(*int)
 	case *int64:
 		return *a == *b.(*int64)
+	case *float64:
+		return *a == *b.(*float64)
 	case *time.Duration:
 		return *a == *b.(*time.Duration)
 	case *bool:
@@ -291,4 +293,37 @@ func TestConfigAdapters(t *testing.T) {
 			assert.Equal(t, c.want, o.Adapters)
 		})
 	}
+}
+
+func TestConfigJobs(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		file  string
+		env   map[string]string
+		share float64
+		bad   string // "" when it loads
+	}{
+		{"default", "", nil, 0.5, ""},
+		{"float", "[jobs]\nshare = 0.25\n", nil, 0.25, ""},
+		{"integer", "[jobs]\nshare = 1\n", nil, 1, ""},
+		{"environment", "", map[string]string{"EDGED_JOBS_SHARE": "0.75"}, 0.75, ""},
+		{"string", "[jobs]\nshare = \"half\"\n", nil, 0, "edged.toml:2: jobs.share: want a number, got a string"},
+		{"zero", "[jobs]\nshare = 0.0\n", nil, 0, "jobs.share 0: want a share in (0, 1]"},
+		{"above one", "", map[string]string{"EDGED_JOBS_SHARE": "1.5"}, 0, "jobs.share 1.5"},
+		{"not a number", "", map[string]string{"EDGED_JOBS_SHARE": "x"}, 0, `EDGED_JOBS_SHARE: "x" is not a number`},
+		{"checkpoints", "[jobs]\ncheckpoint_every = 0\ncheckpoint_interval = \"0s\"\n", nil, 0, "jobs.checkpoint_every 0: want at least 1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o, err := load(t, c.file, c.env)
+			if c.bad != "" {
+				require.Error(t, err)
+				assert.ErrorContains(t, err, c.bad)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, c.share, o.Jobs.Share)
+		})
+	}
+	_, err := load(t, "[jobs]\ncheckpoint_interval = \"0s\"\n", nil)
+	assert.ErrorContains(t, err, "jobs.checkpoint_interval must be positive")
 }

@@ -1,7 +1,8 @@
 // Package daemon is edged's service core: configuration, the model
 // registry and its bbolt store, the per-model schedulers that batch every
-// running request into shared engine steps, the Unix-socket HTTP API,
-// metrics and the systemd notify protocol. Front ends call the Service
+// running request into shared engine steps, the background jobs that run
+// below them (jobs_runner.go), the Unix-socket HTTP API, metrics and the
+// systemd notify protocol. Front ends call the Service
 // (service.go); cmd/edged wires options, New, Start, signals and
 // Shutdown.
 package daemon
@@ -28,6 +29,7 @@ type Daemon struct {
 	store   *store
 	files   *adapterFiles // the adapter versions' files
 	reg     *registry
+	jobs    *jobRunner
 	svc     *Service
 	metrics *metrics
 	notify  *Notifier
@@ -99,6 +101,12 @@ func New(opts Options) (*Daemon, error) {
 			return nil, fmt.Errorf("model %s: %w", spec.Name, err)
 		}
 	}
+	d.jobs = newJobRunner(d)
+	d.jobs.onDone = d.commitJobAdapter
+	if err := d.jobs.recover(); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("background jobs: %w", err)
+	}
 	return d, nil
 }
 
@@ -140,6 +148,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 	d.bg.Add(1)
 	go func() { defer d.bg.Done(); d.janitor(bg) }()
 	d.reg.prefetch(d.hard)
+	d.jobs.start() // after the front ends, which publish its events
 	status := fmt.Sprintf("serving on %s; %d models registered", opts.Socket, len(d.reg.names()))
 	d.notify.Send("READY=1", "STATUS="+status)
 	if iv := WatchdogInterval(); iv > 0 {
@@ -244,6 +253,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.notify.Send("STOPPING=1", "STATUS=draining")
 	d.event("draining", "", "")
 	d.log.Info("draining", "timeout", drain)
+	// The running job checkpoints at its next step and leaves the
+	// machine to the requests that drain.
+	d.jobs.shutdown()
 
 	d.inflightMu.Lock()
 	d.draining.Store(true)
@@ -323,6 +335,18 @@ func (d *Daemon) begin() (done func(), err error) {
 			}
 		})
 	}, nil
+}
+
+// servingLoad reports whether requests wait in a model's queue, and
+// whether any request is being served: background jobs yield to both.
+func (d *Daemon) servingLoad() (waiting, running bool) {
+	d.inflightMu.Lock()
+	n := d.inflight
+	d.inflightMu.Unlock()
+	if n == 0 {
+		return false, false
+	}
+	return d.reg.queued(), true
 }
 
 // requestContext bounds a request by the request timeout and by the end

@@ -69,6 +69,12 @@ func startHTTP(d *Daemon, o Options) (*httpServer, error) {
 		"/v1/adapters":          {http.MethodGet, h.adapters},
 		"/v1/adapters/rollback": {http.MethodPost, h.adapterRollback},
 		"/v1/adapters/add":      {http.MethodPost, h.adapterAdd},
+		"/v1/jobs":              {http.MethodGet, h.jobs},
+		"/v1/jobs/status":       {http.MethodGet, h.jobStatus},
+		"/v1/jobs/submit":       {http.MethodPost, h.jobSubmit},
+		"/v1/jobs/pause":        {http.MethodPost, h.jobControl(h.svc.PauseJob)},
+		"/v1/jobs/resume":       {http.MethodPost, h.jobControl(h.svc.ResumeJob)},
+		"/v1/jobs/cancel":       {http.MethodPost, h.jobControl(h.svc.CancelJob)},
 		"/v1/status":            {http.MethodGet, h.status},
 		"/status":               {http.MethodGet, h.status},
 		"/health":               {http.MethodGet, h.health},
@@ -417,6 +423,90 @@ func (h *httpServer) adapterAdd(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// jobs answers GET /v1/jobs[?state=S].
+func (h *httpServer) jobs(w http.ResponseWriter, r *http.Request) {
+	q, err := query(r, "state")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req := &protocol.JobListRequest{State: q["state"]}
+	if err := req.Validate(); err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := h.svc.Jobs(r.Context(), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// jobStatus answers GET /v1/jobs/status?id=ID.
+func (h *httpServer) jobStatus(w http.ResponseWriter, r *http.Request) {
+	q, err := query(r, "id")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req := &protocol.JobRequest{ID: q["id"]}
+	if err := req.Validate(); err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := h.svc.JobStatus(r.Context(), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// jobSubmit answers POST /v1/jobs/submit. The socket's peers may name a
+// data file of this machine.
+func (h *httpServer) jobSubmit(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req, err := protocol.DecodeJobSubmit(body)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := h.svc.SubmitJob(r.Context(), req, true)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// jobControl answers POST /v1/jobs/pause, resume and cancel, whose body
+// names the job.
+func (h *httpServer) jobControl(call func(context.Context, *protocol.JobRequest) (*protocol.Job, error)) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := readBody(r)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		req, err := protocol.DecodeJobRequest(body)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		res, err := call(r.Context(), req)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	}
 }
 
 // query returns the query parameters, which must be among keys and given

@@ -177,6 +177,13 @@ func fileSize(f *model.File) int64 {
 // estimateMemory is what a model of config cfg in a file of size bytes
 // will count against the budget.
 func estimateMemory(cfg model.Config, size int64, eo EngineOptions, so SchedulerOptions, specCtx int) int64 {
+	return size + int64(so.MaxActive)*kvBytes(cfg, modelContext(cfg, eo, specCtx), eo.KVCache)
+}
+
+// modelContext is the context a model of config cfg gets: the model's
+// own (specCtx), else the engine's, else its training context capped as
+// the engine caps it.
+func modelContext(cfg model.Config, eo EngineOptions, specCtx int) int {
 	ctx := eo.Context
 	if specCtx > 0 {
 		ctx = specCtx
@@ -184,7 +191,7 @@ func estimateMemory(cfg model.Config, size int64, eo EngineOptions, so Scheduler
 	if ctx <= 0 {
 		ctx = min(cfg.NCtxTrain, engine.DefaultContext)
 	}
-	return size + int64(so.MaxActive)*kvBytes(cfg, ctx, eo.KVCache)
+	return ctx
 }
 
 // submit queues j, or fails with busy (queue full) or errUnloading.

@@ -4,15 +4,19 @@ package daemon
 // stats) whose endpoints call the Service, as the Unix-socket API does.
 //
 // Subjects (protocol.Subject): edged.<node>.{generate,chat,tokenize,models,
-// status,edits,edits.status,adapters,adapters.rollback} reach this
-// daemon; edged.{generate,…} reach any daemon of the fleet (queue group
-// protocol.QueueGroup), except the edit and adapter endpoints, which are
-// each node's own (and edged.edits.… is the edit stream's). Bodies are
+// status,edits,edits.status,adapters,adapters.rollback,jobs,jobs.status,
+// jobs.submit,jobs.pause,jobs.resume,jobs.cancel} reach this daemon;
+// edged.{generate,…} reach any daemon of the fleet (queue group
+// protocol.QueueGroup), except the edit, adapter and job endpoints, which
+// are each node's own (and edged.edits.… is the edit stream's). Bodies are
 // the JSON of /v1/completions, /v1/chat/completions and /v1/tokenize;
 // models and status take no body; edits takes an optional
 // protocol.EditListRequest, edits.status a protocol.EditStatusRequest,
 // adapters an optional protocol.AdapterListRequest, adapters.rollback a
-// protocol.AdapterRollbackRequest. Adding an adapter file is the
+// protocol.AdapterRollbackRequest; jobs an optional
+// protocol.JobListRequest, jobs.submit a protocol.JobSubmitRequest (with
+// its data inline: NATS clients cannot name files of the node), the other
+// job endpoints a protocol.JobRequest. Adding an adapter file is the
 // socket's alone (POST /v1/adapters/add): a file can exceed a NATS
 // message.
 //
@@ -91,6 +95,12 @@ type natsBackend interface {
 	EditStatus(ctx context.Context, req *protocol.EditStatusRequest) (*protocol.EditRecord, error)
 	Adapters(ctx context.Context, req *protocol.AdapterListRequest) (*protocol.AdapterList, error)
 	RollbackAdapter(ctx context.Context, req *protocol.AdapterRollbackRequest) (*protocol.AdapterRollbackResponse, error)
+	Jobs(ctx context.Context, req *protocol.JobListRequest) (*protocol.JobList, error)
+	JobStatus(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error)
+	SubmitJob(ctx context.Context, req *protocol.JobSubmitRequest, files bool) (*protocol.Job, error)
+	PauseJob(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error)
+	ResumeJob(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error)
+	CancelJob(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error)
 	editSink
 }
 
@@ -238,8 +248,8 @@ func (f *NATS) addService() error {
 			return err
 		}
 	}
-	// A node's edits and adapter versions are its own, and edged.edits.…
-	// is the edit stream's.
+	// A node's edits, adapter versions and jobs are its own, and
+	// edged.edits.… is the edit stream's.
 	for _, h := range []struct {
 		name string
 		h    micro.HandlerFunc
@@ -248,6 +258,12 @@ func (f *NATS) addService() error {
 		{protocol.EndpointEditStatus, f.handleEditStatus},
 		{protocol.EndpointAdapters, f.handleAdapters},
 		{protocol.EndpointAdapterRollback, f.handleAdapterRollback},
+		{protocol.EndpointJobs, f.handleJobs},
+		{protocol.EndpointJobStatus, f.handleJob(f.be.JobStatus)},
+		{protocol.EndpointJobSubmit, f.handleJobSubmit},
+		{protocol.EndpointJobPause, f.handleJob(f.be.PauseJob)},
+		{protocol.EndpointJobResume, f.handleJob(f.be.ResumeJob)},
+		{protocol.EndpointJobCancel, f.handleJob(f.be.CancelJob)},
 	} {
 		if err := f.addEndpoint(h.name, h.h, node); err != nil {
 			return err
@@ -480,6 +496,51 @@ func (f *NATS) handleAdapterRollback(r micro.Request) {
 		res, err := f.be.RollbackAdapter(ctx, req)
 		f.reply(reply, res, err)
 	})
+}
+
+func (f *NATS) handleJobs(r micro.Request) {
+	var req protocol.JobListRequest
+	if data := r.Data(); len(bytes.TrimSpace(data)) > 0 {
+		if err := protocol.Decode(data, &req); err != nil {
+			respondError(r, err)
+			return
+		}
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		res, err := f.be.Jobs(ctx, &req)
+		f.reply(reply, res, err)
+	})
+}
+
+// handleJobSubmit queues a job; its data must be inline.
+func (f *NATS) handleJobSubmit(r micro.Request) {
+	req, err := protocol.DecodeJobSubmit(r.Data())
+	if err != nil {
+		respondError(r, err)
+		return
+	}
+	reply := r.Reply()
+	f.serve(r, func(ctx context.Context) {
+		res, err := f.be.SubmitJob(ctx, req, false)
+		f.reply(reply, res, err)
+	})
+}
+
+// handleJob answers the endpoints whose body names a job.
+func (f *NATS) handleJob(call func(context.Context, *protocol.JobRequest) (*protocol.Job, error)) micro.HandlerFunc {
+	return func(r micro.Request) {
+		req, err := protocol.DecodeJobRequest(r.Data())
+		if err != nil {
+			respondError(r, err)
+			return
+		}
+		reply := r.Reply()
+		f.serve(r, func(ctx context.Context) {
+			res, err := call(ctx, req)
+			f.reply(reply, res, err)
+		})
+	}
 }
 
 // noBody accepts an empty body or an empty JSON object (with an optional

@@ -29,6 +29,7 @@ type fakeBackend struct {
 	mu        sync.Mutex
 	events    []func(Event)
 	cancelled chan struct{} // closed when a "wait" generation ends
+	jobFiles  bool          // the last job submission could name files
 }
 
 func newFakeBackend(node string) *fakeBackend {
@@ -60,6 +61,36 @@ func (b *fakeBackend) IngestEdit(m EditMessage) (EditResult, error) {
 }
 
 func (b *fakeBackend) EditModels() []string { return []string{"m"} }
+
+// The fake's jobs: a submission is job-1, queued, and records whether the
+// front end let it name files; a control request answers with the state
+// it asks for.
+func (b *fakeBackend) SubmitJob(ctx context.Context, req *protocol.JobSubmitRequest, files bool) (*protocol.Job, error) {
+	b.mu.Lock()
+	b.jobFiles = files
+	b.mu.Unlock()
+	return &protocol.Job{ID: "job-1", Kind: req.Kind, Model: req.Model, State: protocol.JobQueued, Steps: req.Adapt.Steps}, nil
+}
+
+func (b *fakeBackend) Jobs(ctx context.Context, req *protocol.JobListRequest) (*protocol.JobList, error) {
+	return &protocol.JobList{Version: protocol.Version, Object: protocol.ObjectList, Data: []protocol.Job{}}, nil
+}
+
+func (b *fakeBackend) JobStatus(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error) {
+	return nil, protocol.ParamErrorf(protocol.CodeJobNotFound, "id", "no job %q", req.ID)
+}
+
+func (b *fakeBackend) PauseJob(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error) {
+	return &protocol.Job{ID: req.ID, State: protocol.JobPaused}, nil
+}
+
+func (b *fakeBackend) ResumeJob(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error) {
+	return &protocol.Job{ID: req.ID, State: protocol.JobQueued}, nil
+}
+
+func (b *fakeBackend) CancelJob(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error) {
+	return &protocol.Job{ID: req.ID, State: protocol.JobCancelled}, nil
+}
 
 func (b *fakeBackend) OnEvent(fn func(Event)) {
 	b.mu.Lock()
@@ -283,8 +314,34 @@ func TestNATSEndpoints(t *testing.T) {
 	require.NoError(t, json.Unmarshal(request(t, nc, "edged."+node+".edits", nil).Data, &edits))
 	assert.Equal(t, protocol.ObjectList, edits.Object)
 
+	// So are the job endpoints; a submission over NATS names no files.
+	for _, ep := range []string{"jobs", "jobs.status", "jobs.submit", "jobs.pause", "jobs.resume", "jobs.cancel"} {
+		assert.Contains(t, subjects, "edged."+node+"."+ep)
+		assert.NotContains(t, subjects, "edged."+ep)
+	}
+	var job protocol.Job
+	be.mu.Lock()
+	be.jobFiles = true
+	be.mu.Unlock()
+	msg := request(t, nc, "edged."+node+".jobs.submit", `{"kind":"adapt","model":"m","adapt":{"steps":3,"examples":[{"prompt":"a","completion":"b"}]}}`)
+	require.NoError(t, json.Unmarshal(msg.Data, &job), "%s", msg.Data)
+	assert.Equal(t, 3, job.Steps)
+	be.mu.Lock()
+	assert.False(t, be.jobFiles)
+	be.mu.Unlock()
+	for ep, state := range map[string]string{"pause": protocol.JobPaused, "resume": protocol.JobQueued, "cancel": protocol.JobCancelled} {
+		msg := request(t, nc, "edged."+node+".jobs."+ep, `{"id":"job-1"}`)
+		require.NoError(t, json.Unmarshal(msg.Data, &job), "%s", msg.Data)
+		assert.Equal(t, state, job.State, ep)
+	}
+	assert.Equal(t, "job_not_found", errorCode(t, request(t, nc, "edged."+node+".jobs.status", `{"id":"job-9"}`)))
+	assert.Equal(t, "invalid_value", errorCode(t, request(t, nc, "edged."+node+".jobs.pause", `{"id":"nine"}`)))
+	var jobs protocol.JobList
+	require.NoError(t, json.Unmarshal(request(t, nc, "edged."+node+".jobs", `{"state":"queued"}`).Data, &jobs))
+	assert.Equal(t, protocol.ObjectList, jobs.Object)
+
 	// generate, no stream: one reply, the completion.
-	msg := request(t, nc, "edged."+node+".generate", `{"model":"m","prompt":"hello big world"}`)
+	msg = request(t, nc, "edged."+node+".generate", `{"model":"m","prompt":"hello big world"}`)
 	require.Empty(t, errorCode(t, msg), "%s", msg.Data)
 	var cmpl protocol.CompletionResponse
 	require.NoError(t, json.Unmarshal(msg.Data, &cmpl))
@@ -469,7 +526,7 @@ func TestNATSMetricsAndEvents(t *testing.T) {
 	assert.Equal(t, 3.0, m.Metrics["edged_requests_total"][0].Value)
 	assert.Equal(t, "completions", m.Metrics["edged_requests_total"][0].Labels["endpoint"])
 	assert.Equal(t, 1.0, m.Metrics["edged_requests_in_flight"][0].Value)
-	assert.Len(t, m.Endpoints, 14) // five on two scopes, the edit and adapter endpoints on the node's
+	assert.Len(t, m.Endpoints, 20) // five on two scopes, the edit, adapter and job endpoints on the node's
 
 	be.emit(Event{Kind: "model_loaded", Node: "n1", Model: "m"})
 	msg, err = events.NextMsg(5 * time.Second)

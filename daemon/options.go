@@ -33,6 +33,7 @@ type Options struct {
 	Models    ModelOptions
 	Adapters  AdapterOptions
 	NATS      NATSOptions
+	Jobs      JobsOptions
 
 	// Specs are the models registered at start (the config file's
 	// [models.NAME] tables, then --model flags).
@@ -95,6 +96,31 @@ type AdapterOptions struct {
 	// Cache is how many versions each loaded model holds loaded, the
 	// most recently used; the others are read from disk again when asked.
 	Cache int
+}
+
+// JobsOptions configure the background jobs (daemon/jobs*.go): one runs
+// at a time, beside serving and below it.
+type JobsOptions struct {
+	// Share is the share of the time a job computes while requests are
+	// being served: after computing for t it waits t·(1−Share)/Share
+	// before its next forward pass. Requests waiting in a model's queue
+	// always go first, and with no request being served a job runs at
+	// full speed. In (0, 1].
+	Share float64
+	// CheckpointEvery and CheckpointInterval bound the work a crash
+	// loses: a job checkpoints after this many steps or this much time,
+	// whichever comes first, besides when it is paused or the daemon
+	// stops.
+	CheckpointEvery    int
+	CheckpointInterval time.Duration
+	// ProgressInterval is the least time between two job_progress
+	// events of a job; 0: none.
+	ProgressInterval time.Duration
+	// MaxQueued bounds the jobs not finished (queued, running, paused or
+	// failed); a submission beyond it gets "busy".
+	MaxQueued int
+	// Threads are the CPU threads of a job's engine; 0: Engine.Threads.
+	Threads int
 }
 
 // NATSOptions configure the NATS front end (daemon/nats*.go).
@@ -202,6 +228,7 @@ func defaultOptions(getenv func(string) string) Options {
 		},
 		Models:   ModelOptions{IdleUnload: 15 * time.Minute},
 		Adapters: AdapterOptions{Keep: 5, Cache: defaultAdapterCache},
+		Jobs:     JobsOptions{Share: 0.5, CheckpointEvery: 100, CheckpointInterval: time.Minute, ProgressInterval: 2 * time.Second, MaxQueued: 16},
 		NATS: NATSOptions{
 			Enabled: true, MetricsInterval: 10 * time.Second,
 			JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30,

@@ -348,6 +348,20 @@ func (r *registry) reserve(ctx context.Context, name string, need int64) error {
 	}
 }
 
+// reserveFree counts need bytes of a background job (what) against the
+// budget when they fit beside the loaded models. Unlike reserve it evicts
+// nothing: a job must not push out a model that serving would load again
+// at once.
+func (r *registry) reserveFree(what string, need int64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if budget := r.models.MemoryBudget; budget > 0 && r.used+need > budget {
+		return protocol.Errorf(protocol.CodeInsufficientMemory, "%s needs %s; %s of the %s budget is in use (a job evicts no model)", what, human(need), human(r.used), human(budget))
+	}
+	r.used += need
+	return nil
+}
+
 func (r *registry) unreserve(n int64) {
 	r.mu.Lock()
 	r.used -= n
@@ -463,6 +477,34 @@ func (r *registry) baseFile(name string) (string, error) {
 
 func modelNotFound(name string) error {
 	return protocol.ParamErrorf(protocol.CodeModelNotFound, "model", "model %q is not registered (see GET /v1/models)", name)
+}
+
+// modelFile returns the local file of name (fetching a remote reference
+// first) and its spec.
+func (r *registry) modelFile(ctx context.Context, name string) (string, ModelSpec, error) {
+	r.mu.Lock()
+	e := r.entries[name]
+	r.mu.Unlock()
+	if e == nil {
+		return "", ModelSpec{}, protocol.ParamErrorf(protocol.CodeModelNotFound, "model", "model %q is not registered (see GET /v1/models)", name)
+	}
+	path, err := r.localPath(ctx, e)
+	r.mu.Lock()
+	spec := e.spec
+	r.mu.Unlock()
+	return path, spec, err
+}
+
+// queued reports whether requests wait in the queue of a loaded model.
+func (r *registry) queued() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.entries {
+		if e.inst != nil && len(e.inst.queue) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // has reports whether name is registered.

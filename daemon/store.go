@@ -20,6 +20,9 @@ import (
 //	models    name → storedModel as JSON
 //	edits     edit id (or protocol.RejectedKey) → protocol.EditRecord as JSON
 //	adapters  model name → a bucket of its adapter versions (adapters_store.go)
+//	jobs      job id → protocol.Job as JSON; the bucket's sequence numbers
+//	          the submissions (the files of job id are in jobs/id under
+//	          the state directory)
 const (
 	dbFile        = "edged.db"
 	schemaVersion = "1"
@@ -30,6 +33,7 @@ var (
 	bucketModels   = []byte("models")
 	bucketEdits    = []byte("edits")
 	bucketAdapters = []byte("adapters")
+	bucketJobs     = []byte("jobs")
 )
 
 // storedModel is a registry entry as the database keeps it.
@@ -84,7 +88,7 @@ func openStore(dir string, timeout time.Duration) (*store, error) {
 		if err := meta.Put([]byte("schema"), []byte(schemaVersion)); err != nil {
 			return err
 		}
-		for _, b := range [][]byte{bucketModels, bucketEdits, bucketAdapters} {
+		for _, b := range [][]byte{bucketModels, bucketEdits, bucketAdapters, bucketJobs} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -25,6 +25,8 @@ const (
 	CodeAdapterNotFound    Code = "adapter_not_found"       // the model has no adapter version of that number
 	CodeAdapterInvalid     Code = "adapter_invalid"         // a file is not an adapter, or does not fit the model
 	CodeAdapterCorrupt     Code = "adapter_corrupt"         // a stored adapter version fails its digest check
+	CodeJobNotFound        Code = "job_not_found"           // no background job of that id
+	CodeJobConflict        Code = "job_state_conflict"      // the job's state does not allow the request (pausing a finished job)
 	CodeModelLoad          Code = "model_load_failed"       // the model file could not be loaded
 	CodeInsufficientMemory Code = "insufficient_memory"     // the memory budget cannot hold the model
 	CodeChatTemplate       Code = "chat_template_error"     // the model's chat template failed to render
@@ -58,6 +60,8 @@ var codes = map[Code]codeInfo{
 	CodeAdapterNotFound:    {http.StatusNotFound, "invalid_request_error"},
 	CodeAdapterInvalid:     {http.StatusBadRequest, "invalid_request_error"},
 	CodeAdapterCorrupt:     {http.StatusInternalServerError, "server_error"},
+	CodeJobNotFound:        {http.StatusNotFound, "invalid_request_error"},
+	CodeJobConflict:        {http.StatusConflict, "invalid_request_error"},
 	CodeModelLoad:          {http.StatusInternalServerError, "server_error"},
 	CodeInsufficientMemory: {http.StatusServiceUnavailable, "server_error"},
 	CodeChatTemplate:       {http.StatusUnprocessableEntity, "invalid_request_error"},

@@ -114,3 +114,31 @@ func FuzzDecodeAdapterRollback(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) { checkDecoded(t, data, DecodeAdapterRollback) })
 }
+
+var jobSeeds = []string{
+	`{"kind":"adapt","model":"m","adapt":{"steps":5,"examples":[{"prompt":"p","completion":"c"}]}}`,
+	`{"kind":"adapt","model":"m","adapt":{"steps":5,"method":"prefix","prefix_len":3,"data":"/d.jsonl","seed":3}}`,
+	`{"kind":"adapt","model":"m","adapt":{"steps":5,"examples":[{"prompt_ids":[1,2],"completion_ids":[3]}],"projs":["q","down"],"layers":[0,3],"init":"data","init_ref":4}}`,
+	`{"kind":"adapt","model":"m","adapt":{"steps":0,"examples":[{"prompt":"p"}]}}`,
+	`{"kind":"x"}`, `{"id":"job-7"}`, `{"id":"job-07"}`, `{"state":"paused"}`, `[`, `null`, `{}`,
+}
+
+// FuzzDecodeJob decodes job submissions, job requests and list requests
+// as the socket and NATS front ends do: a decoded value validates and
+// survives a round trip; a failure is a complete *Error.
+func FuzzDecodeJob(f *testing.F) {
+	for _, s := range jobSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkDecoded(t, data, DecodeJobSubmit)
+		checkDecoded(t, data, DecodeJobRequest)
+		checkDecoded(t, data, func(b []byte) (*JobListRequest, error) {
+			var r JobListRequest
+			if err := Decode(b, &r); err != nil {
+				return nil, err
+			}
+			return &r, nil
+		})
+	})
+}

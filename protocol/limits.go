@@ -46,6 +46,23 @@ const (
 	// about 600 MiB in f32).
 	MaxAdapterBytes = 1 << 30
 
+	// Background jobs. MaxJobSteps is the most steps of one job;
+	// MaxJobExamples the most training pairs, and MaxJobDataBytes the
+	// largest data file, read into the job's directory; MaxJobSamples the
+	// most samples of the base model a job draws (replay, init_ref) and
+	// MaxJobSampleLen their longest (and the longest prefix);
+	// MaxJobPerturbations the most perturbations of one MeZO step;
+	// MaxLoRARank the largest LoRA rank; MaxJobLayers bounds a layer
+	// index and the length of a layer list.
+	MaxJobSteps         = 1 << 24
+	MaxJobExamples      = 1 << 16
+	MaxJobDataBytes     = 64 << 20
+	MaxJobSamples       = 4096
+	MaxJobSampleLen     = 4096
+	MaxJobPerturbations = 64
+	MaxLoRARank         = 4096
+	MaxJobLayers        = 1024
+
 	// Sampling ranges (inclusive).
 	MaxTemperature   = 5.0
 	MaxTopK          = 1 << 20

@@ -8,8 +8,8 @@ const ServiceName = "edged"
 // Endpoint names of the NATS service. An endpoint is reachable on
 // "edged.<node>.<name>" (one daemon) and, except for the edit endpoints, on
 // "edged.<name>" in the queue group QueueGroup (any daemon of the fleet):
-// the edits and adapter versions are each node's own, and "edged.edits.…"
-// belongs to the edit stream.
+// the edits, adapter versions and jobs are each node's own, and
+// "edged.edits.…" belongs to the edit stream.
 const (
 	EndpointGenerate   = "generate"     // body: CompletionRequest
 	EndpointChat       = "chat"         // body: ChatRequest
@@ -22,6 +22,12 @@ const (
 	EndpointAdapters = "adapters"
 	// body: AdapterRollbackRequest; reply: AdapterRollbackResponse
 	EndpointAdapterRollback = "adapters.rollback"
+	EndpointJobs            = "jobs"        // body: JobListRequest or none; reply: JobList
+	EndpointJobStatus       = "jobs.status" // body: JobRequest; reply: Job
+	EndpointJobSubmit       = "jobs.submit" // body: JobSubmitRequest (examples inline); reply: Job
+	EndpointJobPause        = "jobs.pause"  // body: JobRequest; reply: Job
+	EndpointJobResume       = "jobs.resume" // body: JobRequest; reply: Job
+	EndpointJobCancel       = "jobs.cancel" // body: JobRequest; reply: Job
 )
 
 // QueueGroup is the queue group of the un-addressed subjects.

@@ -87,8 +87,18 @@ func (s *syncBuffer) String() string {
 // until /health answers.
 func startEdged(t *testing.T, args ...string) *edged {
 	t.Helper()
+	return startEdgedOn(t, "", args...)
+}
+
+// startEdgedOn is startEdged on the state directory state ("": a new
+// one), to start edged again where an earlier one stopped.
+func startEdgedOn(t *testing.T, state string, args ...string) *edged {
+	t.Helper()
 	dir := t.TempDir()
-	e := &edged{t: t, socket: filepath.Join(dir, "edged.sock"), state: filepath.Join(dir, "state"), log: &syncBuffer{}, exited: make(chan struct{})}
+	if state == "" {
+		state = filepath.Join(dir, "state")
+	}
+	e := &edged{t: t, socket: filepath.Join(dir, "edged.sock"), state: state, log: &syncBuffer{}, exited: make(chan struct{})}
 	base := []string{"--socket", e.socket, "--state-dir", e.state, "--nats.enabled=false", "--engine.threads=1", "--model", "aid=" + aidreams(t)}
 	e.cmd = exec.Command(filepath.Join(binDir, "edged"), append(base, args...)...)
 	// An empty config file, so that no /etc/edged/edged.toml of the

@@ -16,40 +16,53 @@ import (
 	"github.com/edged/edged/quant"
 )
 
-// adaptFlags are the flags of edgectl adapt beyond the engine's.
-type adaptFlags struct {
-	method, data, eval, out, outType, projs, layers, init, log, ckpt, resume, schedule string
-	steps, batch, samples, rank, prefixLen, ckptEvery, replay, replayLen, initRef      int
-	lr, eps, decay, alpha, maxGrad, replayWeight, lossFloor                            float64
-	seed                                                                               uint64
+// runFlags are the settings of an adaptation run: the flags edgectl
+// adapt and edgectl jobs submit share.
+type runFlags struct {
+	method, data, outType, projs, layers, init, schedule               string
+	steps, batch, samples, rank, prefixLen, replay, replayLen, initRef int
+	lr, eps, decay, alpha, maxGrad, replayWeight, lossFloor            float64
+	seed                                                               uint64
 }
 
-func (a *adaptFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&a.method, "method", "lora", "adapter to train: lora or prefix")
+func (a *runFlags) register(fs *flag.FlagSet) {
+	def := adapt.DefaultRecipe()
+	fs.StringVar(&a.method, "method", def.Method, "adapter to train: lora or prefix")
 	fs.StringVar(&a.data, "data", "", "training `file`: JSONL of {\"prompt\", \"completion\"} or {\"prompt_ids\", \"completion_ids\"} (required)")
-	fs.StringVar(&a.eval, "eval", "", "evaluation `file` (same format): its loss is reported before and after")
-	fs.StringVar(&a.out, "out", "", "adapter `file` to write (GGUF; required)")
 	fs.StringVar(&a.outType, "type", "f32", "tensor type of the adapter file: f32 or f16")
-	fs.IntVar(&a.steps, "steps", 100, "MeZO steps")
+	fs.IntVar(&a.steps, "steps", def.MeZO.Steps, "MeZO steps")
 	fs.Float64Var(&a.lr, "lr", 0, "learning rate (0: 1e-4 for lora, 1e-2 for prefix)")
 	fs.Float64Var(&a.eps, "eps", 0, "perturbation scale ε (0: 1e-2 for lora, 1e-1 for prefix)")
 	fs.Float64Var(&a.decay, "weight-decay", 0, "weight decay λ")
 	fs.StringVar(&a.schedule, "schedule", "constant", "learning-rate schedule: constant or linear")
-	fs.IntVar(&a.batch, "batch", 16, "examples per step")
-	fs.IntVar(&a.samples, "samples", 1, "perturbations per step (n-SPSA)")
+	fs.IntVar(&a.batch, "batch", def.MeZO.BatchSize, "examples per step")
+	fs.IntVar(&a.samples, "samples", def.MeZO.Samples, "perturbations per step (n-SPSA)")
 	fs.Float64Var(&a.maxGrad, "max-grad", 0, "clip the projected gradient to ±`bound` (0: no bound)")
-	fs.Uint64Var(&a.seed, "seed", 1, "seed of the perturbations, batches and initial adapter")
-	fs.IntVar(&a.rank, "rank", 8, "LoRA rank")
-	fs.Float64Var(&a.alpha, "alpha", 16, "LoRA alpha (scale alpha/rank)")
+	fs.Uint64Var(&a.seed, "seed", def.MeZO.Seed, "seed of the perturbations, batches and initial adapter")
+	fs.IntVar(&a.rank, "rank", def.Rank, "LoRA rank")
+	fs.Float64Var(&a.alpha, "alpha", float64(def.Alpha), "LoRA alpha (scale alpha/rank)")
 	fs.StringVar(&a.projs, "projs", "q,v", "LoRA projections: comma-separated of q, k, v, o, gate, up, down")
 	fs.StringVar(&a.layers, "layers", "", "LoRA `layers`: comma-separated (empty: all)")
-	fs.StringVar(&a.init, "init", "random", "LoRA initialisation: random (A random, both trained) or data (A from the training inputs against the model's own text, frozen; only B trained)")
-	fs.IntVar(&a.initRef, "init-ref", 64, "with --init data: samples of the model's own text (48 tokens each) that A should leave alone")
-	fs.IntVar(&a.prefixLen, "prefix-len", 5, "prefix rows, initialised from the K/V of the training prompts' tokens")
+	fs.StringVar(&a.init, "init", def.Init, "LoRA initialisation: random (A random, both trained) or data (A from the training inputs against the model's own text, frozen; only B trained)")
+	fs.IntVar(&a.initRef, "init-ref", def.InitRef, "with --init data: samples of the model's own text (48 tokens each) that A should leave alone")
+	fs.IntVar(&a.prefixLen, "prefix-len", def.PrefixLen, "prefix rows, initialised from the K/V of the training prompts' tokens")
 	fs.IntVar(&a.replay, "replay", 0, "add this many of the base model's own samples (from BOS) to the training data, scored by KL(base ‖ adapted) at every token, so that training keeps what the model did (rehearsal)")
-	fs.IntVar(&a.replayLen, "replay-len", 24, "tokens per replay sample")
-	fs.Float64Var(&a.replayWeight, "replay-weight", 1, "weight of a replay token in the loss's mean, against 1 for a training target: more replay samples at a lower weight cover more of the model's text without drowning the pairs")
+	fs.IntVar(&a.replayLen, "replay-len", def.ReplayLen, "tokens per replay sample")
+	fs.Float64Var(&a.replayWeight, "replay-weight", def.MeZO.RehearsalWeight, "weight of a replay token in the loss's mean, against 1 for a training target: more replay samples at a lower weight cover more of the model's text without drowning the pairs")
 	fs.Float64Var(&a.lossFloor, "loss-floor", 0, "count a training token's cross-entropy as at least this (nats) in the loss MeZO descends, so tokens already learnt stop pulling on the adapter (0: none)")
+}
+
+// adaptFlags are the flags of edgectl adapt beyond the engine's.
+type adaptFlags struct {
+	runFlags
+	eval, out, log, ckpt, resume string
+	ckptEvery                    int
+}
+
+func (a *adaptFlags) register(fs *flag.FlagSet) {
+	a.runFlags.register(fs)
+	fs.StringVar(&a.eval, "eval", "", "evaluation `file` (same format): its loss is reported before and after")
+	fs.StringVar(&a.out, "out", "", "adapter `file` to write (GGUF; required)")
 	fs.StringVar(&a.log, "log", "", "JSON-lines log `file` of every step")
 	fs.StringVar(&a.ckpt, "checkpoint", "", "checkpoint `file` written every --checkpoint-every steps and at the end")
 	fs.IntVar(&a.ckptEvery, "checkpoint-every", 100, "steps between checkpoints")
@@ -71,19 +84,15 @@ func runAdapt(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if ef.model == "" || af.data == "" || af.out == "" {
 		return usageError(fs, "--model, --data and --out are required")
 	}
-	if af.method != "lora" && af.method != "prefix" {
-		return usageError(fs, "--method %q: want lora or prefix", af.method)
-	}
 	outType, err := quant.ParseType(af.outType)
 	if err != nil || (outType != quant.F32 && outType != quant.F16) {
 		return usageError(fs, "--type %q: want f32 or f16", af.outType)
 	}
-	opts, err := af.mezoOptions()
+	recipe, err := af.recipe()
 	if err != nil {
 		return usageError(fs, "%v", err)
 	}
-	set := adapt.NewSet()
-	l, err := ef.open(engine.Hooks{Delta: set})
+	l, err := ef.open(engine.Hooks{Delta: adapt.NewSet()})
 	if err != nil {
 		return err
 	}
@@ -99,150 +108,49 @@ func runAdapt(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
-	trainee, save, err := af.newAdapter(l, tok, train)
+	run, err := recipe.Prepare(l.engine, l.model, bosOf(tok), train)
 	if err != nil {
 		return err
 	}
-	replay, err := af.replaySamples(l, tok)
-	if err != nil {
-		return err
-	}
-	mz, err := adapt.NewMeZO(l.engine, trainee, append(append([]adapt.Example(nil), train...), replay...), opts)
-	if err != nil {
-		return err
-	}
-	defer mz.Close()
+	defer run.Close()
 	if af.resume != "" {
-		if err := mz.Restore(af.resume); err != nil {
+		if err := run.Restore(af.resume); err != nil {
 			return err
 		}
 	}
-	return af.train(ctx, mz, train, eval, func() error { return save(af.out, outType) }, stdout, stderr)
+	return af.train(ctx, run.MeZO, train, eval, func() error { return run.Save(af.out, outType) }, stdout, stderr)
 }
 
-func (a *adaptFlags) mezoOptions() (adapt.MeZOOptions, error) {
-	o := adapt.MeZOOptions{LR: a.lr, Eps: a.eps, WeightDecay: a.decay, Steps: a.steps, Samples: a.samples,
-		BatchSize: a.batch, MaxGrad: a.maxGrad, Seed: a.seed, RehearsalWeight: a.replayWeight, LossFloor: a.lossFloor}
-	if o.LR == 0 {
-		o.LR = map[string]float64{"lora": 1e-4, "prefix": 1e-2}[a.method]
-	}
-	if o.Eps == 0 {
-		o.Eps = map[string]float64{"lora": 1e-2, "prefix": 1e-1}[a.method]
+// recipe is the run the flags describe.
+func (a *runFlags) recipe() (adapt.Recipe, error) {
+	r := adapt.Recipe{
+		Method: a.method,
+		MeZO: adapt.MeZOOptions{LR: a.lr, Eps: a.eps, WeightDecay: a.decay, Steps: a.steps, Samples: a.samples,
+			BatchSize: a.batch, MaxGrad: a.maxGrad, Seed: a.seed, RehearsalWeight: a.replayWeight, LossFloor: a.lossFloor},
+		Rank: a.rank, Alpha: float32(a.alpha), Init: a.init, InitRef: a.initRef, PrefixLen: a.prefixLen,
+		Replay: a.replay, ReplayLen: a.replayLen,
 	}
 	switch a.schedule {
 	case "constant":
 	case "linear":
-		o.Schedule = adapt.Linear
+		r.MeZO.Schedule = adapt.Linear
 	default:
-		return o, fmt.Errorf("--schedule %q: want constant or linear", a.schedule)
+		return r, fmt.Errorf("--schedule %q: want constant or linear", a.schedule)
 	}
-	if a.steps <= 0 {
-		return o, fmt.Errorf("--steps %d: want at least 1", a.steps)
-	}
-	return o, nil
-}
-
-// newAdapter makes the adapter to train and the function that saves it.
-func (a *adaptFlags) newAdapter(l *loaded, tok *model.Tokenizer, train []adapt.Example) (adapt.Trainable, func(string, quant.Type) error, error) {
-	if a.method == "prefix" {
-		var tokens []int32
-		for i := 0; len(tokens) < a.prefixLen; i++ {
-			tokens = append(tokens, train[i%len(train)].Prompt...)
-		}
-		p, err := adapt.NewPrefix(l.model, l.engine.Backend(), tokens[:a.prefixLen])
-		if err != nil {
-			return nil, nil, err
-		}
-		return p, func(path string, t quant.Type) error { return adapt.SavePrefix(path, p, t) }, nil
-	}
-	var projs []engine.Proj
 	for _, s := range strings.Split(a.projs, ",") {
 		p, err := adapt.ParseProj(strings.TrimSpace(s))
 		if err != nil {
-			return nil, nil, err
+			return r, err
 		}
-		projs = append(projs, p)
+		r.Projs = append(r.Projs, p)
 	}
-	var layers []int
 	if a.layers != "" {
 		var err error
-		if layers, err = parseLayers(a.layers); err != nil {
-			return nil, nil, err
+		if r.Layers, err = parseLayers(a.layers); err != nil {
+			return r, err
 		}
 	}
-	lo, err := adapt.NewLoRA(l.model, adapt.LoRAOptions{Rank: a.rank, Alpha: float32(a.alpha), Projs: projs, Layers: layers, Seed: a.seed})
-	if err != nil {
-		return nil, nil, err
-	}
-	switch a.init {
-	case "random":
-	case "data":
-		if err := a.initFromData(l, tok, lo, train); err != nil {
-			return nil, nil, err
-		}
-	default:
-		return nil, nil, fmt.Errorf("--init %q: want random or data", a.init)
-	}
-	return lo, func(path string, t quant.Type) error { return adapt.SaveLoRA(path, lo, t) }, nil
-}
-
-// initRefSeed offsets the sampler seeds of --init data's reference text
-// from those of replay and of adapt eval's held-out samples.
-const initRefSeed = 1 << 41
-
-// initRidge is the whitening ridge of --init data, relative to the mean
-// eigenvalue of the reference inputs' second moment.
-const initRidge = 1e-2
-
-// initFromData sets every pair's A from the inputs of its projection: the
-// training examples' scored rows against --init-ref samples of the base
-// model's own text (see adapt.LoRA.InitFromInputs).
-func (a *adaptFlags) initFromData(l *loaded, tok *model.Tokenizer, lo *adapt.LoRA, train []adapt.Example) error {
-	base := adapt.NewScorer(l.engine, nil)
-	defer base.Close()
-	ref, err := selfSamples(base, bosOf(tok), a.initRef, 48, initRefSeed+a.seed<<20)
-	if err != nil {
-		return fmt.Errorf("--init data: %w", err)
-	}
-	keys, err := base.Inputs(train, lo.Pairs)
-	if err != nil {
-		return fmt.Errorf("--init data: %w", err)
-	}
-	refIn, err := base.Inputs(ref, lo.Pairs)
-	if err != nil {
-		return fmt.Errorf("--init data: %w", err)
-	}
-	for i, pr := range lo.Pairs {
-		if err := lo.InitFromInputs(pr, keys[i], refIn[i], initRidge); err != nil {
-			return fmt.Errorf("--init data: %w", err)
-		}
-	}
-	return nil
-}
-
-// replaySeed offsets the sampler seeds of replay samples from the small
-// seeds (--seed + i) of adapt eval's held-out samples, so that the model
-// is never measured on what it rehearsed.
-const replaySeed = 1 << 40
-
-// replaySamples draws --replay sequences from the base model, before any
-// adapter is attached, with the base model's distributions at every token
-// as their reference: training then pays KL(base ‖ adapted) on them.
-func (a *adaptFlags) replaySamples(l *loaded, tok *model.Tokenizer) ([]adapt.Example, error) {
-	base := adapt.NewScorer(l.engine, nil)
-	defer base.Close()
-	ex, err := selfSamples(base, bosOf(tok), a.replay, a.replayLen, replaySeed+a.seed<<20)
-	if err != nil {
-		return nil, fmt.Errorf("--replay: %w", err)
-	}
-	refs, err := base.References(ex)
-	if err != nil {
-		return nil, fmt.Errorf("--replay: %w", err)
-	}
-	for i := range ex {
-		ex[i].Reference = refs[i]
-	}
-	return ex, nil
+	return r, r.Check()
 }
 
 // stepLog is one line of the JSON log.

@@ -34,6 +34,7 @@ var commands = map[string]command{
 	"metrics":  {"print the running edged's metrics (Prometheus text)", runMetrics},
 	"edits":    {"list the knowledge edits the running edged received (edits list|status|rollback)", subcommands("edits", editsCommands)},
 	"adapters": {"list, add and roll back the running edged's adapter versions (adapters list|add|rollback)", subcommands("adapters", adaptersCommands)},
+	"jobs":     {"the running edged's background jobs: adaptation runs (jobs list|submit|watch|pause|resume|cancel)", runJobs},
 	"synth":    {"write a random-weight model in the shape of a real one", runSynth},
 	"bench":    {"time prompt processing and generation (llama-bench's pp and tg)", runBench},
 	"pull":     {"download a model (URL or hf://) into the cache and verify it", runPull},
