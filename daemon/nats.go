@@ -254,16 +254,16 @@ func (f *NATS) addService() error {
 		name string
 		h    micro.HandlerFunc
 	}{
-		{protocol.EndpointEdits, f.handleEdits},
-		{protocol.EndpointEditStatus, f.handleEditStatus},
-		{protocol.EndpointAdapters, f.handleAdapters},
-		{protocol.EndpointAdapterRollback, f.handleAdapterRollback},
-		{protocol.EndpointJobs, f.handleJobs},
-		{protocol.EndpointJobStatus, f.handleJob(f.be.JobStatus)},
-		{protocol.EndpointJobSubmit, f.handleJobSubmit},
-		{protocol.EndpointJobPause, f.handleJob(f.be.PauseJob)},
-		{protocol.EndpointJobResume, f.handleJob(f.be.ResumeJob)},
-		{protocol.EndpointJobCancel, f.handleJob(f.be.CancelJob)},
+		{protocol.EndpointEdits, nodeCall(f, optionalBody[protocol.EditListRequest], f.be.Edits)},
+		{protocol.EndpointEditStatus, nodeCall(f, body[protocol.EditStatusRequest], f.be.EditStatus)},
+		{protocol.EndpointAdapters, nodeCall(f, optionalBody[protocol.AdapterListRequest], f.be.Adapters)},
+		{protocol.EndpointAdapterRollback, nodeCall(f, protocol.DecodeAdapterRollback, f.be.RollbackAdapter)},
+		{protocol.EndpointJobs, nodeCall(f, optionalBody[protocol.JobListRequest], f.be.Jobs)},
+		{protocol.EndpointJobStatus, nodeCall(f, protocol.DecodeJobRequest, f.be.JobStatus)},
+		{protocol.EndpointJobSubmit, nodeCall(f, protocol.DecodeJobSubmit, f.submitInline)},
+		{protocol.EndpointJobPause, nodeCall(f, protocol.DecodeJobRequest, f.be.PauseJob)},
+		{protocol.EndpointJobResume, nodeCall(f, protocol.DecodeJobRequest, f.be.ResumeJob)},
+		{protocol.EndpointJobCancel, nodeCall(f, protocol.DecodeJobRequest, f.be.CancelJob)},
 	} {
 		if err := f.addEndpoint(h.name, h.h, node); err != nil {
 			return err
@@ -442,95 +442,11 @@ func (f *NATS) handleStatus(r micro.Request) {
 	})
 }
 
-func (f *NATS) handleEdits(r micro.Request) {
-	var req protocol.EditListRequest
-	if data := r.Data(); len(bytes.TrimSpace(data)) > 0 {
-		if err := protocol.Decode(data, &req); err != nil {
-			respondError(r, err)
-			return
-		}
-	}
-	reply := r.Reply()
-	f.serve(r, func(ctx context.Context) {
-		res, err := f.be.Edits(ctx, &req)
-		f.reply(reply, res, err)
-	})
-}
-
-func (f *NATS) handleEditStatus(r micro.Request) {
-	var req protocol.EditStatusRequest
-	if err := protocol.Decode(r.Data(), &req); err != nil {
-		respondError(r, err)
-		return
-	}
-	reply := r.Reply()
-	f.serve(r, func(ctx context.Context) {
-		res, err := f.be.EditStatus(ctx, &req)
-		f.reply(reply, res, err)
-	})
-}
-
-func (f *NATS) handleAdapters(r micro.Request) {
-	var req protocol.AdapterListRequest
-	if data := r.Data(); len(bytes.TrimSpace(data)) > 0 {
-		if err := protocol.Decode(data, &req); err != nil {
-			respondError(r, err)
-			return
-		}
-	}
-	reply := r.Reply()
-	f.serve(r, func(ctx context.Context) {
-		res, err := f.be.Adapters(ctx, &req)
-		f.reply(reply, res, err)
-	})
-}
-
-func (f *NATS) handleAdapterRollback(r micro.Request) {
-	req, err := protocol.DecodeAdapterRollback(r.Data())
-	if err != nil {
-		respondError(r, err)
-		return
-	}
-	reply := r.Reply()
-	f.serve(r, func(ctx context.Context) {
-		res, err := f.be.RollbackAdapter(ctx, req)
-		f.reply(reply, res, err)
-	})
-}
-
-func (f *NATS) handleJobs(r micro.Request) {
-	var req protocol.JobListRequest
-	if data := r.Data(); len(bytes.TrimSpace(data)) > 0 {
-		if err := protocol.Decode(data, &req); err != nil {
-			respondError(r, err)
-			return
-		}
-	}
-	reply := r.Reply()
-	f.serve(r, func(ctx context.Context) {
-		res, err := f.be.Jobs(ctx, &req)
-		f.reply(reply, res, err)
-	})
-}
-
-// handleJobSubmit queues a job; its data must be inline.
-func (f *NATS) handleJobSubmit(r micro.Request) {
-	req, err := protocol.DecodeJobSubmit(r.Data())
-	if err != nil {
-		respondError(r, err)
-		return
-	}
-	reply := r.Reply()
-	f.serve(r, func(ctx context.Context) {
-		res, err := f.be.SubmitJob(ctx, req, false)
-		f.reply(reply, res, err)
-	})
-}
-
-// handleJob answers the endpoints whose body names a job.
-func (f *NATS) handleJob(call func(context.Context, *protocol.JobRequest) (*protocol.Job, error)) micro.HandlerFunc {
+// nodeCall answers a node-only endpoint: it decodes the body, then calls
+// the daemon with it and replies with the result.
+func nodeCall[Req, Res any](f *NATS, decode func([]byte) (*Req, error), call func(context.Context, *Req) (Res, error)) micro.HandlerFunc {
 	return func(r micro.Request) {
-		req, err := protocol.DecodeJobRequest(r.Data())
+		req, err := decode(r.Data())
 		if err != nil {
 			respondError(r, err)
 			return
@@ -541,6 +457,36 @@ func (f *NATS) handleJob(call func(context.Context, *protocol.JobRequest) (*prot
 			f.reply(reply, res, err)
 		})
 	}
+}
+
+// body decodes a request that must have a body.
+func body[Req any, P interface {
+	*Req
+	protocol.Validator
+}](data []byte) (*Req, error) {
+	req := new(Req)
+	if err := protocol.Decode(data, P(req)); err != nil {
+		return nil, err
+	}
+	return req, nil
+}
+
+// optionalBody decodes a request whose body may be left out (the zero
+// request).
+func optionalBody[Req any, P interface {
+	*Req
+	protocol.Validator
+}](data []byte) (*Req, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return new(Req), nil
+	}
+	return body[Req, P](data)
+}
+
+// submitInline queues a job from NATS: its data must be inline (a NATS
+// client cannot name files of the node).
+func (f *NATS) submitInline(ctx context.Context, req *protocol.JobSubmitRequest) (*protocol.Job, error) {
+	return f.be.SubmitJob(ctx, req, false)
 }
 
 // noBody accepts an empty body or an empty JSON object (with an optional
