@@ -6,10 +6,10 @@ import "strings"
 const ServiceName = "edged"
 
 // Endpoint names of the NATS service. An endpoint is reachable on
-// "edged.<node>.<name>" (one daemon) and, except for the edit endpoints, on
-// "edged.<name>" in the queue group QueueGroup (any daemon of the fleet):
-// the edits and adapter versions are each node's own, and "edged.edits.…"
-// belongs to the edit stream.
+// "edged.<node>.<name>" (one daemon) and, except for the edit and adapter
+// endpoints, on "edged.<name>" in the queue group QueueGroup (any daemon
+// of the fleet): the edits and adapter versions are each node's own, and
+// "edged.edits.…" belongs to the edit stream.
 const (
 	EndpointGenerate   = "generate"     // body: CompletionRequest
 	EndpointChat       = "chat"         // body: ChatRequest
@@ -22,6 +22,10 @@ const (
 	EndpointAdapters = "adapters"
 	// body: AdapterRollbackRequest; reply: AdapterRollbackResponse
 	EndpointAdapterRollback = "adapters.rollback"
+	// body: AdapterPublishRequest; reply: AdapterPublishResponse
+	EndpointAdapterPublish = "adapters.publish"
+	// body: AdapterPullRequest; reply: AdapterPullResponse
+	EndpointAdapterPull = "adapters.pull"
 )
 
 // QueueGroup is the queue group of the un-addressed subjects.
