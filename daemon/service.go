@@ -249,7 +249,8 @@ func (s *Service) Options() Options { return s.d.options() }
 
 // OnEvent registers fn to receive lifecycle events (model loaded,
 // unloaded, load failed, reloaded, draining; edits accepted, rejected,
-// retracted; adapter versions committed, rolled back, failed to load).
+// retracted; adapter versions committed, pulled, published, rolled back,
+// failed to load).
 // fn must not block.
 func (s *Service) OnEvent(fn func(Event)) { s.d.onEvent(fn) }
 
@@ -259,14 +260,18 @@ type Event struct {
 	Node string    `json:"node"`
 	// Kind is one of started, model_loaded, model_unloaded,
 	// model_load_failed, reloaded, draining, edit_accepted, edit_rejected,
-	// edit_retracted, adapter_committed, adapter_rolled_back (another
-	// version made current) and adapter_failed (a stored version did not
-	// load: its file is damaged or it no longer fits the model).
+	// edit_retracted, adapter_committed, adapter_pulled (a version pulled
+	// from the fleet is committed), adapter_published, adapter_rolled_back
+	// (another version made current) and adapter_failed (a stored version
+	// did not load: its file is damaged or it no longer fits the model).
 	Kind  string `json:"kind"`
 	Model string `json:"model,omitempty"`
 	// Edit is the record id of an edit event (see Service.EditStatus).
 	Edit string `json:"edit,omitempty"`
-	Msg  string `json:"message,omitempty"`
+	// AdapterVersion is the version an adapter_committed, adapter_pulled
+	// or adapter_published event is about.
+	AdapterVersion uint64 `json:"adapter_version,omitempty"`
+	Msg            string `json:"message,omitempty"`
 }
 
 // genRequest is what completions and chats have in common.
