@@ -171,7 +171,7 @@ func TestNATSGenerate(t *testing.T) {
 
 	// The micro service is visible to `nats micro ls/info`.
 	var info micro.Info
-	if err := json.Unmarshal(natsRequest(t, nc, "$SRV.INFO.edged", "").Data, &info); err != nil || info.Name != "edged" || len(info.Endpoints) != 12 { // five on two scopes, the edit endpoints on the node's
+	if err := json.Unmarshal(natsRequest(t, nc, "$SRV.INFO.edged", "").Data, &info); err != nil || info.Name != "edged" || len(info.Endpoints) != 16 { // five on two scopes, the edit and adapter endpoints on the node's
 		t.Errorf("service info: %+v %v", info, err)
 	}
 }
