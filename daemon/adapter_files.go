@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -120,34 +121,73 @@ func (f *adapterFiles) put(digest string, data []byte) (name string, size int64,
 // record's size and digest: a missing, undecodable or altered file fails
 // with CodeAdapterCorrupt. The caller holds mu for reading.
 func (f *adapterFiles) read(rec *protocol.AdapterRecord) ([]byte, error) {
-	corrupt := func(format string, args ...any) error {
-		return protocol.Errorf(protocol.CodeAdapterCorrupt, "model %s adapter version %d (%s): %s",
-			rec.Model, rec.AdapterVersion, filepath.Join(f.dir, rec.File), fmt.Sprintf(format, args...))
+	file, err := f.open(rec)
+	if err != nil {
+		return nil, err
 	}
+	defer file.Close()
+	data, err := unpack(file, rec.SizeBytes, rec.Digest)
+	if err != nil {
+		return nil, f.corrupt(rec, err)
+	}
+	return data, nil
+}
+
+// readPacked returns the file of rec as it is stored, zstd-compressed,
+// once it is checked as read checks it: what a publication sends. The
+// caller holds mu for reading.
+func (f *adapterFiles) readPacked(rec *protocol.AdapterRecord) ([]byte, error) {
+	file, err := f.open(rec)
+	if err != nil {
+		return nil, err
+	}
+	defer file.Close()
+	packed, err := io.ReadAll(file)
+	if err != nil {
+		return nil, fmt.Errorf("adapter store: %w", err)
+	}
+	if _, err := unpack(bytes.NewReader(packed), rec.SizeBytes, rec.Digest); err != nil {
+		return nil, f.corrupt(rec, err)
+	}
+	return packed, nil
+}
+
+// open opens the file of rec; a missing file fails with
+// CodeAdapterCorrupt.
+func (f *adapterFiles) open(rec *protocol.AdapterRecord) (*os.File, error) {
 	file, err := os.Open(filepath.Join(f.dir, rec.File))
 	if errors.Is(err, iofs.ErrNotExist) {
-		return nil, corrupt("the file is missing")
+		return nil, f.corrupt(rec, errors.New("the file is missing"))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("adapter store: %w", err)
 	}
-	defer file.Close()
-	dec, err := zstd.NewReader(file, zstd.WithDecoderConcurrency(1))
+	return file, nil
+}
+
+func (f *adapterFiles) corrupt(rec *protocol.AdapterRecord, err error) error {
+	return protocol.Errorf(protocol.CodeAdapterCorrupt, "model %s adapter version %d (%s): %v",
+		rec.Model, rec.AdapterVersion, filepath.Join(f.dir, rec.File), err)
+}
+
+// unpack decompresses an adapter GGUF from r and checks it against its
+// size and digest. A damaged or hostile frame never makes it allocate
+// more than size bytes.
+func unpack(r io.Reader, size int64, digest string) ([]byte, error) {
+	dec, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
 	if err != nil {
 		return nil, err
 	}
 	defer dec.Close()
-	// A damaged frame must not make the daemon allocate more than the
-	// record says the adapter holds.
-	data, err := io.ReadAll(io.LimitReader(dec, rec.SizeBytes+1))
+	data, err := io.ReadAll(io.LimitReader(dec, size+1))
 	switch {
 	case err != nil:
-		return nil, corrupt("does not decompress: %v", err)
-	case int64(len(data)) != rec.SizeBytes:
-		return nil, corrupt("decompresses to %d bytes, the record says %d", len(data), rec.SizeBytes)
+		return nil, fmt.Errorf("does not decompress: %w", err)
+	case int64(len(data)) != size:
+		return nil, fmt.Errorf("decompresses to %d bytes, want %d", len(data), size)
 	}
-	if d := digestOf(data); d != rec.Digest {
-		return nil, corrupt("digest %s, the record says %s", d, rec.Digest)
+	if d := digestOf(data); d != digest {
+		return nil, fmt.Errorf("digest %s, want %s", d, digest)
 	}
 	return data, nil
 }

@@ -9,7 +9,6 @@ package daemon
 // choose and load versions through adapters_serve.go.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -80,7 +79,7 @@ func (d *Daemon) commitJobAdapter(_ context.Context, j protocol.Job) error {
 // commitAdapterData is commitAdapter on the file's content. It returns the
 // new version's record.
 func (d *Daemon) commitAdapterData(model string, data []byte, meta AdapterMeta) (*protocol.AdapterRecord, error) {
-	if meta.Metrics != nil && !isJSONObject(meta.Metrics) {
+	if meta.Metrics != nil && !protocol.IsObject(meta.Metrics) {
 		return nil, fmt.Errorf("committing an adapter of model %s: metrics %.40q is not a JSON object", model, meta.Metrics)
 	}
 	kind, err := d.checkAdapter(model, data)
@@ -116,9 +115,15 @@ func (d *Daemon) commitAdapterData(model string, data []byte, meta AdapterMeta) 
 	if err := d.files.remove(unused); err != nil {
 		d.log.Warn("removing the files of deleted adapter versions", "model", model, "err", err)
 	}
-	msg := fmt.Sprintf("version %d (%s, %s, %s) is current", version, kind, human(rec.SizeBytes), digest)
-	d.log.Info("adapter version committed", "model", model, "version", version, "kind", kind, "bytes", rec.SizeBytes, "digest", digest)
-	d.event("adapter_committed", model, msg)
+	ev := Event{Kind: "adapter_committed", Model: model, AdapterVersion: version,
+		Msg: fmt.Sprintf("version %d (%s, %s, %s) is current", version, kind, human(rec.SizeBytes), digest)}
+	if o := meta.Source.Pulled; o != nil {
+		// Told apart so that auto_publish does not send a version back.
+		ev.Kind = "adapter_pulled"
+		ev.Msg += fmt.Sprintf(", pulled from node %s (its version %d)", o.Node, o.AdapterVersion)
+	}
+	d.log.Info("adapter version committed", "model", model, "version", version, "kind", kind, "bytes", rec.SizeBytes, "digest", digest, "pulled", meta.Source.Pulled != nil)
+	d.emit(ev)
 	return &rec, nil
 }
 
@@ -155,15 +160,10 @@ func adapterKind(a adapt.Trainable) string {
 // setAdapterMetrics replaces the metrics kept with a version: the trainer
 // measures a version once it is committed. metrics must be a JSON object.
 func (d *Daemon) setAdapterMetrics(model string, version uint64, metrics json.RawMessage) error {
-	if !isJSONObject(metrics) {
+	if !protocol.IsObject(metrics) {
 		return fmt.Errorf("adapter metrics of model %s version %d: %.40q is not a JSON object", model, version, metrics)
 	}
 	return d.store.setAdapterMetrics(model, version, metrics)
-}
-
-func isJSONObject(data json.RawMessage) bool {
-	var v map[string]any
-	return bytes.HasPrefix(bytes.TrimSpace(data), []byte("{")) && json.Unmarshal(data, &v) == nil
 }
 
 // AddAdapter commits an adapter file made offline (the GGUF read from

@@ -246,6 +246,30 @@ func (s *store) adapter(model string, version uint64) (rec *protocol.AdapterReco
 	return rec, err
 }
 
+// adapterWithDigest returns the newest stored version of model whose
+// adapter has digest; nil when none has.
+func (s *store) adapterWithDigest(model, digest string) (rec *protocol.AdapterRecord, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		vb := versionsOf(tx, model)
+		if vb == nil {
+			return nil
+		}
+		c := vb.Cursor()
+		for k, v := c.Last(); k != nil; k, v = c.Prev() {
+			r, err := decodeAdapter(k, v)
+			if err != nil {
+				return err
+			}
+			if r.Digest == digest {
+				rec = r
+				return nil
+			}
+		}
+		return nil
+	})
+	return rec, err
+}
+
 // usedAdapterDigests returns the digests the records reference.
 func (s *store) usedAdapterDigests() (used map[string]bool, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {

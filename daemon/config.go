@@ -66,6 +66,8 @@ func (o *Options) settings() []setting {
 		{"models.memory_budget", "bytes all loaded models may use (0: unlimited)", &o.Models.MemoryBudget},
 		{"adapters.keep", "adapter versions kept per model (the newest; the current one always)", &o.Adapters.Keep},
 		{"adapters.cache", "adapter versions held loaded per loaded model", &o.Adapters.Cache},
+		{"adapters.auto_publish", "publish every version committed here for the fleet (needs nats.enabled)", &o.NATS.Fleet.AutoPublish},
+		{"adapters.auto_pull", "pull every version another node publishes for a registered model (needs nats.enabled)", &o.NATS.Fleet.AutoPull},
 		{"nats.enabled", "run the NATS front end", &o.NATS.Enabled},
 		{"nats.url", "NATS server to join (empty: embedded server)", &o.NATS.URL},
 		{"nats.listen", "HOST:PORT for the embedded server (empty: in-process only)", &o.NATS.Listen},
@@ -443,11 +445,12 @@ func (o *NATSOptions) validate() []string {
 	for _, c := range []struct {
 		name string
 		v    int64
+		used bool
 	}{
-		{"nats.jetstream_max_memory", o.JetStreamMaxMemory}, {"nats.jetstream_max_store", o.JetStreamMaxStore},
-		{"edits.duplicate_window", int64(o.Edits.DuplicateWindow)}, {"edits.ack_wait", int64(o.Edits.AckWait)},
+		{"nats.jetstream_max_memory", o.JetStreamMaxMemory, o.Enabled}, {"nats.jetstream_max_store", o.JetStreamMaxStore, o.Enabled},
+		{"edits.duplicate_window", int64(o.Edits.DuplicateWindow), o.Edits.Enabled}, {"edits.ack_wait", int64(o.Edits.AckWait), o.Edits.Enabled},
 	} {
-		if c.v <= 0 && o.Edits.Enabled {
+		if c.v <= 0 && c.used {
 			errs = append(errs, fmt.Sprintf("%s must be positive", c.name))
 		}
 	}

@@ -36,7 +36,7 @@ type Daemon struct {
 	http    *httpServer
 	started time.Time
 
-	mu   sync.Mutex // guards opts, listeners and the fields below
+	mu   sync.Mutex // guards opts, listeners, fleet and the fields below
 	opts Options
 	// listeners receive events.
 	listeners []func(Event)
@@ -52,6 +52,12 @@ type Daemon struct {
 
 	// adapterMu serializes adapter commits (commitAdapterData).
 	adapterMu sync.Mutex
+	// pullMu serializes pulls from the fleet, so that two pulls of one
+	// version commit it once (pullAdapter).
+	pullMu sync.Mutex
+	// fleet is where adapter versions are published and pulled; nil
+	// without the NATS front end (guarded by mu).
+	fleet adapterFleet
 
 	// draining is set by Shutdown: new requests are refused.
 	draining atomic.Bool

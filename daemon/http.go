@@ -75,6 +75,8 @@ func startHTTP(d *Daemon, o Options) (*httpServer, error) {
 		"/v1/jobs/pause":        {http.MethodPost, h.jobControl(h.svc.PauseJob)},
 		"/v1/jobs/resume":       {http.MethodPost, h.jobControl(h.svc.ResumeJob)},
 		"/v1/jobs/cancel":       {http.MethodPost, h.jobControl(h.svc.CancelJob)},
+		"/v1/adapters/publish":  {http.MethodPost, h.adapterPublish},
+		"/v1/adapters/pull":     {http.MethodPost, h.adapterPull},
 		"/v1/status":            {http.MethodGet, h.status},
 		"/status":               {http.MethodGet, h.status},
 		"/health":               {http.MethodGet, h.health},
@@ -383,17 +385,33 @@ func (h *httpServer) adapters(w http.ResponseWriter, r *http.Request) {
 
 // adapterRollback answers POST /v1/adapters/rollback.
 func (h *httpServer) adapterRollback(w http.ResponseWriter, r *http.Request) {
+	serveJSON(w, r, protocol.DecodeAdapterRollback, h.svc.RollbackAdapter)
+}
+
+// adapterPublish answers POST /v1/adapters/publish.
+func (h *httpServer) adapterPublish(w http.ResponseWriter, r *http.Request) {
+	serveJSON(w, r, protocol.DecodeAdapterPublish, h.svc.PublishAdapter)
+}
+
+// adapterPull answers POST /v1/adapters/pull.
+func (h *httpServer) adapterPull(w http.ResponseWriter, r *http.Request) {
+	serveJSON(w, r, protocol.DecodeAdapterPull, h.svc.PullAdapter)
+}
+
+// serveJSON answers a POST whose body is one request object and whose
+// reply is one response object.
+func serveJSON[Req, Res any](w http.ResponseWriter, r *http.Request, decode func([]byte) (Req, error), call func(context.Context, Req) (Res, error)) {
 	body, err := readBody(r)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	req, err := protocol.DecodeAdapterRollback(body)
+	req, err := decode(body)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	res, err := h.svc.RollbackAdapter(r.Context(), req)
+	res, err := call(r.Context(), req)
 	if err != nil {
 		writeError(w, err)
 		return

@@ -4,21 +4,23 @@ package daemon
 // stats) whose endpoints call the Service, as the Unix-socket API does.
 //
 // Subjects (protocol.Subject): edged.<node>.{generate,chat,tokenize,models,
-// status,edits,edits.status,adapters,adapters.rollback,jobs,jobs.status,
-// jobs.submit,jobs.pause,jobs.resume,jobs.cancel} reach this daemon;
-// edged.{generate,…} reach any daemon of the fleet (queue group
-// protocol.QueueGroup), except the edit, adapter and job endpoints, which
-// are each node's own (and edged.edits.… is the edit stream's). Bodies are
-// the JSON of /v1/completions, /v1/chat/completions and /v1/tokenize;
-// models and status take no body; edits takes an optional
-// protocol.EditListRequest, edits.status a protocol.EditStatusRequest,
-// adapters an optional protocol.AdapterListRequest, adapters.rollback a
-// protocol.AdapterRollbackRequest; jobs an optional
-// protocol.JobListRequest, jobs.submit a protocol.JobSubmitRequest (with
-// its data inline: NATS clients cannot name files of the node), the other
-// job endpoints a protocol.JobRequest. Adding an adapter file is the
-// socket's alone (POST /v1/adapters/add): a file can exceed a NATS
-// message.
+// status,edits,edits.status,adapters,adapters.rollback,adapters.publish,
+// adapters.pull,jobs,jobs.status,jobs.submit,jobs.pause,jobs.resume,
+// jobs.cancel} reach this daemon; edged.{generate,…} reach any daemon of
+// the fleet (queue group protocol.QueueGroup), except the edit, adapter
+// and job endpoints, which are each node's own (and edged.edits.… is the
+// edit stream's). Bodies are the JSON of /v1/completions,
+// /v1/chat/completions and /v1/tokenize; models and status take no body;
+// edits takes an optional protocol.EditListRequest, edits.status a
+// protocol.EditStatusRequest, adapters an optional
+// protocol.AdapterListRequest, adapters.rollback a
+// protocol.AdapterRollbackRequest, adapters.publish a
+// protocol.AdapterPublishRequest, adapters.pull a
+// protocol.AdapterPullRequest; jobs an optional protocol.JobListRequest,
+// jobs.submit a protocol.JobSubmitRequest (with its data inline: NATS
+// clients cannot name files of the node), the other job endpoints a
+// protocol.JobRequest. Adding an adapter file is the socket's alone (POST
+// /v1/adapters/add): a file can exceed a NATS message.
 //
 // Replies. Without "stream": one message, the response object. With
 // "stream": true, one message per chunk (the same chunk objects as the
@@ -46,7 +48,9 @@ package daemon
 // (protocol.SubjectToken).
 //
 // Edits: with NATSOptions.Edits enabled, the front end also runs the
-// intake of the edit stream (nats_edits.go).
+// intake of the edit stream (nats_edits.go). Fleet: it gives the daemon
+// the JetStream store through which nodes share adapter versions, and
+// runs auto_publish and auto_pull (nats_fleet.go).
 
 import (
 	"bufio"
@@ -65,6 +69,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/edged/edged/protocol"
@@ -101,6 +106,11 @@ type natsBackend interface {
 	PauseJob(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error)
 	ResumeJob(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error)
 	CancelJob(ctx context.Context, req *protocol.JobRequest) (*protocol.Job, error)
+	PublishAdapter(ctx context.Context, req *protocol.AdapterPublishRequest) (*protocol.AdapterPublishResponse, error)
+	PullAdapter(ctx context.Context, req *protocol.AdapterPullRequest) (*protocol.AdapterPullResponse, error)
+	// useFleet hands over the store of the fleet's adapter versions (nil:
+	// none any more).
+	useFleet(f adapterFleet)
 	editSink
 }
 
@@ -124,6 +134,7 @@ type NATS struct {
 	cancel    context.CancelFunc
 	stopBg    chan struct{}
 	stopEdits context.CancelFunc // stops the edit intake; nil without it
+	stopFleet context.CancelFunc // stops auto_publish and auto_pull
 
 	mu      sync.Mutex // guards the fields below
 	streams map[string]context.CancelFunc
@@ -199,12 +210,12 @@ func (f *NATS) start(ctx context.Context, be natsBackend) error {
 			f.log.Warn("nats: flush", "err", err)
 		}
 	}
-	if f.opts.Edits.Enabled {
-		if err := f.startEdits(ctx, be, conn.ns != nil); err != nil {
-			f.svc.Stop()
-			conn.close(ctx)
-			return err
-		}
+	if err := f.startJetStream(ctx, be, conn.ns != nil); err != nil {
+		f.stop()
+		f.wg.Wait()
+		f.svc.Stop()
+		conn.close(ctx)
+		return err
 	}
 	be.OnEvent(f.publishEvent)
 	if iv := f.opts.MetricsInterval; iv > 0 {
@@ -213,6 +224,22 @@ func (f *NATS) start(ctx context.Context, be natsBackend) error {
 	}
 	f.log.Info("nats front end started", "service", protocol.ServiceName, "subjects", protocol.Subject(f.node, "*"), "embedded", conn.ns != nil)
 	return nil
+}
+
+// startJetStream starts what runs on JetStream: the edit intake, when
+// enabled, and the fleet's store of adapter versions. owned says that
+// edged runs the server, and so creates the stream and the buckets.
+func (f *NATS) startJetStream(ctx context.Context, be natsBackend, owned bool) error {
+	js, err := jetstream.New(f.conn.nc)
+	if err != nil {
+		return fmt.Errorf("nats: jetstream: %w", err)
+	}
+	if f.opts.Edits.Enabled {
+		if err := f.startEdits(ctx, be, js, owned); err != nil {
+			return err
+		}
+	}
+	return f.startFleet(ctx, be, js, owned)
 }
 
 // addService registers the micro service and its endpoints on both the
@@ -258,6 +285,8 @@ func (f *NATS) addService() error {
 		{protocol.EndpointEditStatus, nodeCall(f, body[protocol.EditStatusRequest], f.be.EditStatus)},
 		{protocol.EndpointAdapters, nodeCall(f, optionalBody[protocol.AdapterListRequest], f.be.Adapters)},
 		{protocol.EndpointAdapterRollback, nodeCall(f, protocol.DecodeAdapterRollback, f.be.RollbackAdapter)},
+		{protocol.EndpointAdapterPublish, nodeCall(f, protocol.DecodeAdapterPublish, f.be.PublishAdapter)},
+		{protocol.EndpointAdapterPull, nodeCall(f, protocol.DecodeAdapterPull, f.be.PullAdapter)},
 		{protocol.EndpointJobs, nodeCall(f, optionalBody[protocol.JobListRequest], f.be.Jobs)},
 		{protocol.EndpointJobStatus, nodeCall(f, protocol.DecodeJobRequest, f.be.JobStatus)},
 		{protocol.EndpointJobSubmit, nodeCall(f, protocol.DecodeJobSubmit, f.submitInline)},
@@ -309,9 +338,7 @@ func (f *NATS) Shutdown(ctx context.Context) error {
 		err = f.svc.Stop()
 	}
 	close(f.stopBg)
-	if f.stopEdits != nil {
-		f.stopEdits() // an edit being stored is finished and acknowledged
-	}
+	f.stop()
 	done := make(chan struct{})
 	go func() { f.wg.Wait(); close(done) }()
 	select {
@@ -325,9 +352,21 @@ func (f *NATS) Shutdown(ctx context.Context) error {
 		}
 	}
 	f.cancel()
+	f.be.useFleet(nil) // before the connection closes under it
 	f.conn.close(ctx)
 	f.log.Info("nats front end stopped")
 	return err
+}
+
+// stop stops the edit intake (an edit being stored is finished and
+// acknowledged first), auto_publish and auto_pull.
+func (f *NATS) stop() {
+	if f.stopEdits != nil {
+		f.stopEdits()
+	}
+	if f.stopFleet != nil {
+		f.stopFleet()
+	}
 }
 
 // begin takes a slot for a request, or says why not.
@@ -765,6 +804,35 @@ func parsePromLabels(s string) map[string]string {
 		s = strings.TrimLeft(s[min(i+1, len(s)):], ", ")
 	}
 	return m
+}
+
+// keepTrying runs fn until ctx ends: the loops of the edit intake and of
+// auto_pull, whose fn returns when ctx ends or something fails. A failure is logged (as msg) when it
+// differs from the last one, and fn runs again after a pause that doubles
+// up to editsMaxPause (and starts again from a second after a long good
+// run).
+func keepTrying(ctx context.Context, log *slog.Logger, msg string, fn func(context.Context) error) {
+	pause, last := time.Second, ""
+	for {
+		began := time.Now()
+		err := fn(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(began) > editsMaxPause {
+			pause = time.Second
+		}
+		if err != nil && err.Error() != last {
+			log.Error(msg, "err", err, "pause", pause)
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, editsMaxPause)
+	}
 }
 
 func randomToken() string {

@@ -126,8 +126,8 @@ func natsAuthOptions(o NATSOptions) ([]nats.Option, error) {
 
 // embeddedServerOptions configures the embedded server: no listener unless
 // o.Listen, a leaf-node remote when o.LeafRemote (authenticated with
-// o.Credentials or o.NKey, verified with o.TLSCA), JetStream when edits
-// are enabled.
+// o.Credentials or o.NKey, verified with o.TLSCA), and JetStream for the
+// edit stream and the fleet's adapter versions.
 func embeddedServerOptions(o NATSOptions, node string) (*server.Options, error) {
 	so := &server.Options{
 		ServerName: "edged-" + node,
@@ -137,17 +137,15 @@ func embeddedServerOptions(o NATSOptions, node string) (*server.Options, error) 
 		MaxPayload: protocol.MaxBodyBytes,
 		// No HTTP monitoring, no cluster.
 	}
-	if o.Edits.Enabled {
-		// JetStream for the edit stream. Its file store syncs every write:
-		// edits are few, and a publisher's acknowledgement should mean
-		// that the edit survives a power cut, not only a crash. Behind a
-		// leaf-node remote the server keeps its clients' JetStream API
-		// traffic off the leaf connection, so this JetStream stays the
-		// node's own, while edits published on the hub still reach its
-		// stream (TestEditsThroughLeafNode).
-		so.JetStream, so.StoreDir, so.SyncAlways = true, o.JetStreamDir, true
-		so.JetStreamMaxMemory, so.JetStreamMaxStore = o.JetStreamMaxMemory, o.JetStreamMaxStore
-	}
+	// JetStream for the edit stream and the adapter versions. Its file
+	// store syncs every write: edits are few, and a publisher's
+	// acknowledgement should mean that the edit survives a power cut,
+	// not only a crash. Behind a leaf-node remote the server keeps its
+	// clients' JetStream API traffic off the leaf connection, so this
+	// JetStream stays the node's own, while edits published on the hub
+	// still reach its stream (TestEditsThroughLeafNode).
+	so.JetStream, so.StoreDir, so.SyncAlways = true, o.JetStreamDir, true
+	so.JetStreamMaxMemory, so.JetStreamMaxStore = o.JetStreamMaxMemory, o.JetStreamMaxStore
 	if o.Listen != "" {
 		host, port, err := net.SplitHostPort(o.Listen)
 		if err != nil {

@@ -70,11 +70,7 @@ type editIntake struct {
 // startEdits starts the intake; Shutdown stops it before the connection
 // closes. The stream of the embedded server exists when it returns, so
 // that local publishers can publish once the daemon is ready.
-func (f *NATS) startEdits(ctx context.Context, be natsBackend, owned bool) error {
-	js, err := jetstream.New(f.conn.nc)
-	if err != nil {
-		return fmt.Errorf("nats: jetstream: %w", err)
-	}
+func (f *NATS) startEdits(ctx context.Context, be natsBackend, js jetstream.JetStream, owned bool) error {
 	in := &editIntake{js: js, sink: be, opts: f.opts.Edits, owned: owned, node: be.Node(), log: f.log.With("component", "edits")}
 	if in.opts.poll <= 0 {
 		in.opts.poll = editsPoll
@@ -89,36 +85,9 @@ func (f *NATS) startEdits(ctx context.Context, be natsBackend, owned bool) error
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		in.run(ctx)
+		keepTrying(ctx, in.log, "edit intake: retrying", in.consume)
 	}()
 	return nil
-}
-
-// run consumes until ctx ends. A failure is logged when it differs from
-// the last one, and retried after a pause that doubles up to
-// editsMaxPause (and starts again from a second after a long good run).
-func (in *editIntake) run(ctx context.Context) {
-	pause, last := time.Second, ""
-	for {
-		began := time.Now()
-		err := in.consume(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Since(began) > editsMaxPause {
-			pause = time.Second
-		}
-		if msg := err.Error(); msg != last {
-			in.log.Error("edit intake: retrying", "err", err, "pause", pause)
-			last = msg
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(pause):
-		}
-		pause = min(2*pause, editsMaxPause)
-	}
 }
 
 // consume sets up the stream and the consumer, then fetches until ctx

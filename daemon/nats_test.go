@@ -56,6 +56,17 @@ func (b *fakeBackend) RollbackAdapter(ctx context.Context, req *protocol.Adapter
 	return nil, protocol.ParamErrorf(protocol.CodeAdapterNotFound, "adapter_version", "no adapter version %d", req.AdapterVersion)
 }
 
+// The fake publishes nothing and finds nothing published.
+func (b *fakeBackend) PublishAdapter(ctx context.Context, req *protocol.AdapterPublishRequest) (*protocol.AdapterPublishResponse, error) {
+	return nil, protocol.ParamErrorf(protocol.CodeAdapterNotFound, "adapter_version", "no adapter version %d", req.AdapterVersion)
+}
+
+func (b *fakeBackend) PullAdapter(ctx context.Context, req *protocol.AdapterPullRequest) (*protocol.AdapterPullResponse, error) {
+	return nil, protocol.Errorf(protocol.CodeNotPublished, "nothing published for %s", req.Model)
+}
+
+func (b *fakeBackend) useFleet(adapterFleet) {}
+
 func (b *fakeBackend) IngestEdit(m EditMessage) (EditResult, error) {
 	return EditResult{}, fmt.Errorf("the fake backend stores no edits")
 }
@@ -218,6 +229,9 @@ func (b *fakeBackend) Chat(ctx context.Context, req *protocol.ChatRequest, emit 
 func startNATS(t *testing.T, be natsBackend, o NATSOptions) (*NATS, *nats.Conn) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if o.JetStreamDir == "" {
+		o.JetStreamDir = t.TempDir()
+	}
 	f := NewNATS(o, log)
 	require.NoError(t, f.start(context.Background(), be))
 	t.Cleanup(func() {
@@ -526,7 +540,7 @@ func TestNATSMetricsAndEvents(t *testing.T) {
 	assert.Equal(t, 3.0, m.Metrics["edged_requests_total"][0].Value)
 	assert.Equal(t, "completions", m.Metrics["edged_requests_total"][0].Labels["endpoint"])
 	assert.Equal(t, 1.0, m.Metrics["edged_requests_in_flight"][0].Value)
-	assert.Len(t, m.Endpoints, 20) // five on two scopes, the edit, adapter and job endpoints on the node's
+	assert.Len(t, m.Endpoints, 22) // five on two scopes, the edit, adapter and job endpoints on the node's
 
 	be.emit(Event{Kind: "model_loaded", Node: "n1", Model: "m"})
 	msg, err = events.NextMsg(5 * time.Second)

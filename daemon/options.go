@@ -136,13 +136,28 @@ type NATSOptions struct {
 	LeafRemote      string        // leaf-node remote URL of a hub for the embedded server
 	MetricsInterval time.Duration // publish metrics this often; 0: never
 
-	// JetStream of the embedded server (it has JetStream when Edits is
-	// enabled; an external server's is the operator's).
+	// JetStream of the embedded server, which holds the edit stream and
+	// the fleet's adapter versions (an external server's is the
+	// operator's).
 	JetStreamDir       string // its store; "": "jetstream" under the state directory (see NATS.Start)
 	JetStreamMaxMemory int64  // bytes of memory storage it may use
 	JetStreamMaxStore  int64  // bytes of file storage it may use
 
 	Edits EditsOptions
+	Fleet FleetOptions
+}
+
+// FleetOptions configure the sharing of adapter versions with the other
+// nodes of the NATS server (daemon/nats_fleet.go); publishing and pulling
+// on request need none of them.
+type FleetOptions struct {
+	// AutoPublish publishes every version committed here (not those
+	// pulled from the fleet) as it is committed.
+	AutoPublish bool
+	// AutoPull pulls every version another node publishes for a model
+	// registered here, as it is published (at start, the newest ones
+	// published meanwhile).
+	AutoPull bool
 }
 
 // EditsOptions configure the intake of knowledge edits from the edit stream

@@ -287,8 +287,9 @@ func (r *registry) prefetch(ctx context.Context) {
 	}
 }
 
-// digest computes the sha256 of a loaded file when it is not known yet,
-// and records it.
+// digest computes the sha256 of the model's file at path when it is not
+// known yet, and records it: after each load, and when the fleet asks
+// (identity).
 func (r *registry) digest(name string, e *entry, path string) {
 	r.mu.Lock()
 	known := e.digest != ""
@@ -473,6 +474,24 @@ func (r *registry) baseFile(name string) (string, error) {
 		return "", protocol.Errorf(protocol.CodeModelLoad, "model %s is not downloaded yet (%s): load it first", name, e.spec.Path)
 	}
 	return e.local, nil
+}
+
+// identity identifies the model name's file to the fleet, whose nodes
+// compare it with their own before taking an adapter made for it: its
+// digest (computed now when not known yet, and recorded, so once per
+// file) and its size.
+func (r *registry) identity(name string) (protocol.BaseModel, error) {
+	path, err := r.baseFile(name)
+	if err != nil {
+		return protocol.BaseModel{}, err
+	}
+	r.mu.Lock()
+	e := r.entries[name]
+	r.mu.Unlock()
+	r.digest(name, e, path)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return protocol.BaseModel{Name: name, Digest: e.digest, SizeBytes: e.size}, nil
 }
 
 func modelNotFound(name string) error {

@@ -249,9 +249,9 @@ func (s *Service) Options() Options { return s.d.options() }
 
 // OnEvent registers fn to receive lifecycle events (model loaded,
 // unloaded, load failed, reloaded, draining; edits accepted, rejected,
-// retracted; adapter versions committed, rolled back, failed to load;
-// jobs queued, started, progressing, paused, resumed, cancelled, done,
-// failed). fn must not block.
+// retracted; adapter versions committed, pulled, published, rolled back,
+// failed to load; jobs queued, started, progressing, paused, resumed,
+// cancelled, done, failed). fn must not block.
 func (s *Service) OnEvent(fn func(Event)) { s.d.onEvent(fn) }
 
 // Event is a lifecycle event.
@@ -260,9 +260,10 @@ type Event struct {
 	Node string    `json:"node"`
 	// Kind is one of started, model_loaded, model_unloaded,
 	// model_load_failed, reloaded, draining, edit_accepted, edit_rejected,
-	// edit_retracted, adapter_committed, adapter_rolled_back (another
-	// version made current), adapter_failed (a stored version did not
-	// load: its file is damaged or it no longer fits the model),
+	// edit_retracted, adapter_committed, adapter_pulled (a version pulled
+	// from the fleet is committed), adapter_published, adapter_rolled_back
+	// (another version made current), adapter_failed (a stored version did
+	// not load: its file is damaged or it no longer fits the model),
 	// job_queued, job_started, job_progress (at most every
 	// jobs.progress_interval), job_paused, job_resumed, job_cancelled,
 	// job_done and job_failed.
@@ -270,6 +271,9 @@ type Event struct {
 	Model string `json:"model,omitempty"`
 	// Edit is the record id of an edit event (see Service.EditStatus).
 	Edit string `json:"edit,omitempty"`
+	// AdapterVersion is the version an adapter_committed, adapter_pulled
+	// or adapter_published event is about.
+	AdapterVersion uint64 `json:"adapter_version,omitempty"`
 	// Job is the id of a job event, Progress where the job stands.
 	Job      string       `json:"job,omitempty"`
 	Progress *JobProgress `json:"progress,omitempty"`

@@ -2,9 +2,7 @@ package protocol
 
 import (
 	"encoding/json"
-	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // Adapter versions. Each model has its own sequence of adapter versions,
@@ -35,6 +33,9 @@ type AdapterSource struct {
 	// File is the name of a file added with POST /v1/adapters/add
 	// (edgectl adapters add).
 	File string `json:"file,omitempty"`
+	// Pulled says where a version pulled from the fleet was published;
+	// Job, Edits and File are then the publisher's.
+	Pulled *AdapterOrigin `json:"pulled,omitempty"`
 }
 
 // AdapterRecord is one adapter version as a daemon stores and lists it.
@@ -136,14 +137,7 @@ func (r *AdapterAddRequest) Validate() error {
 	var p problems
 	checkVersion(&p, r.Version)
 	checkModel(&p, r.Model)
-	switch f := r.File; {
-	case len(f) > MaxNameBytes:
-		p.add(CodeTooLarge, "file", "file name of %d bytes exceeds %d", len(f), MaxNameBytes)
-	case !utf8.ValidString(f):
-		p.add(CodeInvalidUTF8, "file", "file name is not valid UTF-8")
-	case strings.ContainsFunc(f, isControl), strings.ContainsAny(f, `/\`):
-		p.add(CodeInvalidValue, "file", "file %q: want a base name, without directories or control characters", truncate(f, 40))
-	}
+	checkFileName(&p, "file", r.File)
 	return p.err()
 }
 

@@ -184,6 +184,32 @@ func checkModel(p *problems, name string) {
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
+// checkLabel checks a free-form name kept for the record (who created an
+// edit, a job, a node): valid UTF-8 of at most MaxNameBytes without
+// control characters; empty only when not required.
+func checkLabel(p *problems, param, s string, required bool) {
+	switch {
+	case s == "" && required:
+		p.add(CodeInvalidValue, param, "%s is required", param)
+	case len(s) > MaxNameBytes:
+		p.add(CodeTooLarge, param, "%s of %d bytes exceeds %d", param, len(s), MaxNameBytes)
+	case !utf8.ValidString(s):
+		p.add(CodeInvalidUTF8, param, "%s is not valid UTF-8", param)
+	case strings.ContainsFunc(s, isControl):
+		p.add(CodeInvalidValue, param, "%s contains control characters", param)
+	}
+}
+
+// checkFileName checks the name of a file kept for the record: a label
+// without directories.
+func checkFileName(p *problems, param, f string) {
+	n := len(*p)
+	checkLabel(p, param, f, false)
+	if len(*p) == n && strings.ContainsAny(f, `/\`) {
+		p.add(CodeInvalidValue, param, "%s %q: want a base name, without directories", param, truncate(f, 40))
+	}
+}
+
 func checkFloat(p *problems, name string, v *float64, lo, hi float64) {
 	if v == nil {
 		return

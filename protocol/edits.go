@@ -149,14 +149,7 @@ func (e *Edit) Validate() error {
 	checkEditText(&p, "target", "target", e.Target)
 	checkEditTexts(&p, "rephrases", e.Rephrases)
 	checkEditTexts(&p, "locality_prompts", e.LocalityPrompts)
-	switch {
-	case len(e.CreatedBy) > MaxNameBytes:
-		p.add(CodeTooLarge, "created_by", "created_by of %d bytes exceeds %d", len(e.CreatedBy), MaxNameBytes)
-	case !utf8.ValidString(e.CreatedBy):
-		p.add(CodeInvalidUTF8, "created_by", "created_by is not valid UTF-8")
-	case strings.ContainsFunc(e.CreatedBy, isControl):
-		p.add(CodeInvalidValue, "created_by", "created_by contains control characters")
-	}
+	checkLabel(&p, "created_by", e.CreatedBy, false)
 	return p.err()
 }
 

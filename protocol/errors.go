@@ -24,7 +24,9 @@ const (
 	CodeEditNotFound       Code = "edit_not_found"          // no edit of that id is stored
 	CodeAdapterNotFound    Code = "adapter_not_found"       // the model has no adapter version of that number
 	CodeAdapterInvalid     Code = "adapter_invalid"         // a file is not an adapter, or does not fit the model
-	CodeAdapterCorrupt     Code = "adapter_corrupt"         // a stored adapter version fails its digest check
+	CodeAdapterCorrupt     Code = "adapter_corrupt"         // a stored or published adapter version fails its digest check
+	CodeNotPublished       Code = "adapter_not_published"   // no adapter version of the model is published for the fleet
+	CodeFleetUnavailable   Code = "fleet_unavailable"       // no NATS server with JetStream to publish to or pull from
 	CodeJobNotFound        Code = "job_not_found"           // no background job of that id
 	CodeJobConflict        Code = "job_state_conflict"      // the job's state does not allow the request (pausing a finished job)
 	CodeModelLoad          Code = "model_load_failed"       // the model file could not be loaded
@@ -62,6 +64,8 @@ var codes = map[Code]codeInfo{
 	CodeAdapterCorrupt:     {http.StatusInternalServerError, "server_error"},
 	CodeJobNotFound:        {http.StatusNotFound, "invalid_request_error"},
 	CodeJobConflict:        {http.StatusConflict, "invalid_request_error"},
+	CodeNotPublished:       {http.StatusNotFound, "invalid_request_error"},
+	CodeFleetUnavailable:   {http.StatusServiceUnavailable, "server_error"},
 	CodeModelLoad:          {http.StatusInternalServerError, "server_error"},
 	CodeInsufficientMemory: {http.StatusServiceUnavailable, "server_error"},
 	CodeChatTemplate:       {http.StatusUnprocessableEntity, "invalid_request_error"},

@@ -142,3 +142,41 @@ func FuzzDecodeJob(f *testing.F) {
 		})
 	})
 }
+
+var fleetSeeds = []string{
+	`{"model":"m"}`, `{"model":"m","adapter_version":2}`, `{"model":"m","any_base":true}`,
+	string(published(nil)),
+	string(published(func(p *PublishedAdapter) { p.Source.Pulled = &AdapterOrigin{Node: "n0", Revision: 7} })),
+	`{"model":"m","kind":"lora","digest":"sha256:","size_bytes":1}`, `[`, `null`, `{}`,
+}
+
+// FuzzDecodeAdapterFleet: the publish and pull requests and a published
+// entry (written by another node) each validate and survive a round trip
+// when they decode; a failure is a complete *Error.
+func FuzzDecodeAdapterFleet(f *testing.F) {
+	for _, s := range fleetSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkDecoded(t, data, DecodeAdapterPublish)
+		checkDecoded(t, data, DecodeAdapterPull)
+		checkDecoded(t, data, DecodePublishedAdapter)
+	})
+}
+
+// FuzzAdapterKey: every model name has a key nats.go accepts, and two
+// names never share one.
+func FuzzAdapterKey(f *testing.F) {
+	for _, s := range [][2]string{{"a.b", "a_b"}, {"qwen2.5", "qwen2=2E5"}, {"é", "=C3=A9"}, {"", "x"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, a, b string) {
+		ka, kb := AdapterKey(a), AdapterKey(b)
+		if a != "" && !kvKey.MatchString(ka) {
+			t.Fatalf("%q: key %q", a, ka)
+		}
+		if a != b && ka == kb {
+			t.Fatalf("%q and %q share the key %q", a, b, ka)
+		}
+	})
+}

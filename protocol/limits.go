@@ -45,6 +45,10 @@ const (
 	// takes (a LoRA of rank 64 on every projection of a 7B model is
 	// about 600 MiB in f32).
 	MaxAdapterBytes = 1 << 30
+	// MaxSourceEdits is the most edit ids the source of a published
+	// adapter version may list (a version holds every active edit of
+	// its model).
+	MaxSourceEdits = 1 << 14
 
 	// Background jobs. MaxJobSteps is the most steps of one job;
 	// MaxJobExamples the most training pairs, and MaxJobDataBytes the

@@ -6,10 +6,10 @@ import "strings"
 const ServiceName = "edged"
 
 // Endpoint names of the NATS service. An endpoint is reachable on
-// "edged.<node>.<name>" (one daemon) and, except for the edit endpoints, on
-// "edged.<name>" in the queue group QueueGroup (any daemon of the fleet):
-// the edits, adapter versions and jobs are each node's own, and
-// "edged.edits.…" belongs to the edit stream.
+// "edged.<node>.<name>" (one daemon) and, except for the edit, adapter and
+// job endpoints, on "edged.<name>" in the queue group QueueGroup (any
+// daemon of the fleet): the edits, adapter versions and jobs are each
+// node's own, and "edged.edits.…" belongs to the edit stream.
 const (
 	EndpointGenerate   = "generate"     // body: CompletionRequest
 	EndpointChat       = "chat"         // body: ChatRequest
@@ -28,6 +28,10 @@ const (
 	EndpointJobPause        = "jobs.pause"  // body: JobRequest; reply: Job
 	EndpointJobResume       = "jobs.resume" // body: JobRequest; reply: Job
 	EndpointJobCancel       = "jobs.cancel" // body: JobRequest; reply: Job
+	// body: AdapterPublishRequest; reply: AdapterPublishResponse
+	EndpointAdapterPublish = "adapters.publish"
+	// body: AdapterPullRequest; reply: AdapterPullResponse
+	EndpointAdapterPull = "adapters.pull"
 )
 
 // QueueGroup is the queue group of the un-addressed subjects.

@@ -171,7 +171,7 @@ func TestNATSGenerate(t *testing.T) {
 
 	// The micro service is visible to `nats micro ls/info`.
 	var info micro.Info
-	if err := json.Unmarshal(natsRequest(t, nc, "$SRV.INFO.edged", "").Data, &info); err != nil || info.Name != "edged" || len(info.Endpoints) != 20 { // five on two scopes, the edit, adapter and job endpoints on the node's
+	if err := json.Unmarshal(natsRequest(t, nc, "$SRV.INFO.edged", "").Data, &info); err != nil || info.Name != "edged" || len(info.Endpoints) != 22 { // five on two scopes, the edit, adapter and job endpoints on the node's
 		t.Errorf("service info: %+v %v", info, err)
 	}
 }

@@ -2,7 +2,7 @@ package main
 
 // edgectl adapters: the adapter versions of the running edged's models.
 // Each subcommand is a command in adaptersCommands; edgectl edits rollback
-// is adapters rollback under the name.
+// and edits pull are adapters rollback and pull under the names.
 
 import (
 	"context"
@@ -26,6 +26,8 @@ var adaptersCommands = map[string]command{
 	"list":     {"list the adapter versions of the models and which one each model serves", runAdaptersList},
 	"add":      {"commit an adapter file (made with edgectl adapt) as a model's newest version", runAdaptersAdd},
 	"rollback": {"make another adapter version of a model current (0: the base model)", runAdaptersRollback},
+	"publish":  {"publish an adapter version for the other edged nodes of the NATS server", runAdaptersPublish},
+	"pull":     {"fetch and commit the adapter version another node published for a model", runAdaptersPull},
 }
 
 func runAdaptersList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -96,6 +98,9 @@ func adapterSource(s protocol.AdapterSource) string {
 	}
 	if s.File != "" {
 		parts = append(parts, "file "+s.File)
+	}
+	if o := s.Pulled; o != nil {
+		parts = append(parts, fmt.Sprintf("pulled from %s v%d", o.Node, o.AdapterVersion))
 	}
 	if len(parts) == 0 {
 		return "-"

@@ -19,21 +19,35 @@ import (
 	"github.com/edged/edged/protocol"
 )
 
-// adaptersDaemon starts an edged in-process serving the aidreams fixture
-// as "aid" on the CPU and returns its socket.
-func adaptersDaemon(t *testing.T) string {
+// adaptersOptions are the options of an edged in-process named node,
+// serving the aidreams fixture as "aid" on the CPU, without NATS.
+func adaptersOptions(t *testing.T, node string) daemon.Options {
 	t.Helper()
 	dir := t.TempDir()
 	o := daemon.DefaultOptions()
-	o.Node, o.Socket, o.StateDir = "n1", filepath.Join(dir, "s.sock"), filepath.Join(dir, "state")
+	o.Node, o.Socket, o.StateDir = node, filepath.Join(dir, "s.sock"), filepath.Join(dir, "state")
 	o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	o.NATS.Enabled = false
 	o.Engine.Backend, o.Engine.Threads = "cpu", 1
 	o.Specs = []daemon.ModelSpec{{Name: "aid", Path: fixture.Path(t, "llama2c", "aidreams260K.llamacpp.gguf")}}
+	return o
+}
+
+// startInProcess starts an edged with o, shut down when the test ends.
+func startInProcess(t *testing.T, o daemon.Options) {
+	t.Helper()
 	d, err := daemon.New(o)
 	require.NoError(t, err)
 	require.NoError(t, d.Start(context.Background()))
 	t.Cleanup(func() { d.Shutdown(context.Background()) })
+}
+
+// adaptersDaemon starts an edged in-process as adaptersOptions says and
+// returns its socket.
+func adaptersDaemon(t *testing.T) string {
+	t.Helper()
+	o := adaptersOptions(t, "n1")
+	startInProcess(t, o)
 	return o.Socket
 }
 
@@ -99,7 +113,8 @@ func TestAdaptersCommands(t *testing.T) {
 		want string
 	}{
 		{[]string{"adapters"}, 2, "subcommands:"},
-		{[]string{"adapters", "pull"}, 2, `unknown subcommand "pull"`},
+		{[]string{"adapters", "push"}, 2, `unknown subcommand "push"`},
+		{[]string{"adapters", "pull", "--socket", sock}, 1, "fleet_unavailable"},
 		{[]string{"adapters", "rollback", "9", "--socket", sock}, 1, "model aid has no adapter version 9"},
 		{[]string{"adapters", "rollback", "--model", "ghost", "1", "--socket", sock}, 1, `model "ghost" is not registered`},
 		{[]string{"adapters", "rollback", "latest", "--socket", sock}, 2, `VERSION "latest"`},

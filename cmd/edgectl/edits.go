@@ -22,6 +22,8 @@ var editsCommands = map[string]command{
 	// The name for it: edits become active in an adapter version,
 	// and rolling back the edits is rolling back the version.
 	"rollback": {"make another adapter version current (as adapters rollback)", runAdaptersRollback},
+	// Another node trained the edits: take its version instead.
+	"pull": {"fetch the adapter version another node published (as adapters pull)", runAdaptersPull},
 }
 
 func runEditsList(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -90,7 +90,8 @@ func TestEditsCommands(t *testing.T) {
 		want string
 	}{
 		{[]string{"edits"}, 2, "subcommands:"},
-		{[]string{"edits", "pull"}, 2, `unknown subcommand "pull"`},
+		{[]string{"edits", "push"}, 2, `unknown subcommand "push"`},
+		{[]string{"edits", "pull", "--socket", sock}, 1, "adapter_not_published: no adapter version of model aid is published"},
 		{[]string{"edits", "status", "nope", "--socket", sock}, 1, `no edit "nope"`},
 		{[]string{"edits", "list", "--status", "done", "--socket", sock}, 1, `status "done"`},
 		{[]string{"edits", "status", "a", "b", "--socket", sock}, 2, "at most one ID"},
