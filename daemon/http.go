@@ -325,62 +325,23 @@ func (h *httpServer) status(w http.ResponseWriter, r *http.Request) {
 
 // edits answers GET /v1/edits[?status=S].
 func (h *httpServer) edits(w http.ResponseWriter, r *http.Request) {
-	q, err := query(r, "status")
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	req := &protocol.EditListRequest{Status: q["status"]}
-	if err := req.Validate(); err != nil {
-		writeError(w, err)
-		return
-	}
-	res, err := h.svc.Edits(r.Context(), req)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	serveQuery(w, r, func(q map[string]string) *protocol.EditListRequest {
+		return &protocol.EditListRequest{Status: q["status"]}
+	}, h.svc.Edits, "status")
 }
 
 // editStatus answers GET /v1/edits/status?id=ID.
 func (h *httpServer) editStatus(w http.ResponseWriter, r *http.Request) {
-	q, err := query(r, "id")
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	req := &protocol.EditStatusRequest{ID: q["id"]}
-	if err := req.Validate(); err != nil {
-		writeError(w, err)
-		return
-	}
-	res, err := h.svc.EditStatus(r.Context(), req)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	serveQuery(w, r, func(q map[string]string) *protocol.EditStatusRequest {
+		return &protocol.EditStatusRequest{ID: q["id"]}
+	}, h.svc.EditStatus, "id")
 }
 
 // adapters answers GET /v1/adapters[?model=M].
 func (h *httpServer) adapters(w http.ResponseWriter, r *http.Request) {
-	q, err := query(r, "model")
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	req := &protocol.AdapterListRequest{Model: q["model"]}
-	if err := req.Validate(); err != nil {
-		writeError(w, err)
-		return
-	}
-	res, err := h.svc.Adapters(r.Context(), req)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	serveQuery(w, r, func(q map[string]string) *protocol.AdapterListRequest {
+		return &protocol.AdapterListRequest{Model: q["model"]}
+	}, h.svc.Adapters, "model")
 }
 
 // adapterRollback answers POST /v1/adapters/rollback.
@@ -411,6 +372,27 @@ func serveJSON[Req, Res any](w http.ResponseWriter, r *http.Request, decode func
 		writeError(w, err)
 		return
 	}
+	respond(w, r, req, call)
+}
+
+// serveQuery answers a GET whose request is made of the query parameters
+// keys (build makes it from them) and whose reply is one response object.
+func serveQuery[Req interface{ Validate() error }, Res any](w http.ResponseWriter, r *http.Request, build func(q map[string]string) Req, call func(context.Context, Req) (Res, error), keys ...string) {
+	q, err := query(r, keys...)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req := build(q)
+	if err := req.Validate(); err != nil {
+		writeError(w, err)
+		return
+	}
+	respond(w, r, req, call)
+}
+
+// respond calls the daemon with req and writes its reply or its error.
+func respond[Req, Res any](w http.ResponseWriter, r *http.Request, req Req, call func(context.Context, Req) (Res, error)) {
 	res, err := call(r.Context(), req)
 	if err != nil {
 		writeError(w, err)
@@ -425,105 +407,40 @@ func serveJSON[Req, Res any](w http.ResponseWriter, r *http.Request, decode func
 // (ProtectHome=yes), and so that a socket client cannot make the daemon
 // read a file it could not.
 func (h *httpServer) adapterAdd(w http.ResponseWriter, r *http.Request) {
-	q, err := query(r, "model", "file")
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	req := &protocol.AdapterAddRequest{Model: q["model"], File: q["file"]}
-	if err := req.Validate(); err != nil {
-		writeError(w, err)
-		return
-	}
-	res, err := h.svc.AddAdapter(r.Context(), req, r.Body)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	serveQuery(w, r, func(q map[string]string) *protocol.AdapterAddRequest {
+		return &protocol.AdapterAddRequest{Model: q["model"], File: q["file"]}
+	}, func(ctx context.Context, req *protocol.AdapterAddRequest) (*protocol.AdapterRecord, error) {
+		return h.svc.AddAdapter(ctx, req, r.Body)
+	}, "model", "file")
 }
 
 // jobs answers GET /v1/jobs[?state=S].
 func (h *httpServer) jobs(w http.ResponseWriter, r *http.Request) {
-	q, err := query(r, "state")
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	req := &protocol.JobListRequest{State: q["state"]}
-	if err := req.Validate(); err != nil {
-		writeError(w, err)
-		return
-	}
-	res, err := h.svc.Jobs(r.Context(), req)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	serveQuery(w, r, func(q map[string]string) *protocol.JobListRequest {
+		return &protocol.JobListRequest{State: q["state"]}
+	}, h.svc.Jobs, "state")
 }
 
 // jobStatus answers GET /v1/jobs/status?id=ID.
 func (h *httpServer) jobStatus(w http.ResponseWriter, r *http.Request) {
-	q, err := query(r, "id")
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	req := &protocol.JobRequest{ID: q["id"]}
-	if err := req.Validate(); err != nil {
-		writeError(w, err)
-		return
-	}
-	res, err := h.svc.JobStatus(r.Context(), req)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	serveQuery(w, r, func(q map[string]string) *protocol.JobRequest {
+		return &protocol.JobRequest{ID: q["id"]}
+	}, h.svc.JobStatus, "id")
 }
 
 // jobSubmit answers POST /v1/jobs/submit. The socket's peers may name a
 // data file of this machine.
 func (h *httpServer) jobSubmit(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	req, err := protocol.DecodeJobSubmit(body)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	res, err := h.svc.SubmitJob(r.Context(), req, true)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	serveJSON(w, r, protocol.DecodeJobSubmit, func(ctx context.Context, req *protocol.JobSubmitRequest) (*protocol.Job, error) {
+		return h.svc.SubmitJob(ctx, req, true)
+	})
 }
 
 // jobControl answers POST /v1/jobs/pause, resume and cancel, whose body
 // names the job.
 func (h *httpServer) jobControl(call func(context.Context, *protocol.JobRequest) (*protocol.Job, error)) func(http.ResponseWriter, *http.Request) {
 	return func(w http.ResponseWriter, r *http.Request) {
-		body, err := readBody(r)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		req, err := protocol.DecodeJobRequest(body)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		res, err := call(r.Context(), req)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, res)
+		serveJSON(w, r, protocol.DecodeJobRequest, call)
 	}
 }
 
