@@ -129,12 +129,9 @@ func (a *adaptFlags) mezoOptions() (adapt.MeZOOptions, error) {
 	if o.Eps == 0 {
 		o.Eps = map[string]float64{"lora": 1e-2, "prefix": 1e-1}[a.method]
 	}
-	switch a.schedule {
-	case "constant":
-	case "linear":
-		o.Schedule = adapt.Linear
-	default:
-		return o, fmt.Errorf("--schedule %q: want constant or linear", a.schedule)
+	var err error
+	if o.Schedule, err = parseSchedule(a.schedule); err != nil {
+		return o, err
 	}
 	if a.steps <= 0 {
 		return o, fmt.Errorf("--steps %d: want at least 1", a.steps)
@@ -196,26 +193,16 @@ const initRidge = 1e-2
 
 // initFromData sets every pair's A from the inputs of its projection: the
 // training examples' scored rows against --init-ref samples of the base
-// model's own text (see adapt.LoRA.InitFromInputs).
+// model's own text (see adapt.LoRA.InitFromData).
 func (a *adaptFlags) initFromData(l *loaded, tok *model.Tokenizer, lo *adapt.LoRA, train []adapt.Example) error {
 	base := adapt.NewScorer(l.engine, nil)
 	defer base.Close()
-	ref, err := selfSamples(base, bosOf(tok), a.initRef, 48, initRefSeed+a.seed<<20)
+	ref, err := base.SelfSamples(bosOf(tok), a.initRef, 48, initRefSeed+a.seed<<20)
 	if err != nil {
 		return fmt.Errorf("--init data: %w", err)
 	}
-	keys, err := base.Inputs(train, lo.Pairs)
-	if err != nil {
+	if err := lo.InitFromData(base, train, ref, initRidge); err != nil {
 		return fmt.Errorf("--init data: %w", err)
-	}
-	refIn, err := base.Inputs(ref, lo.Pairs)
-	if err != nil {
-		return fmt.Errorf("--init data: %w", err)
-	}
-	for i, pr := range lo.Pairs {
-		if err := lo.InitFromInputs(pr, keys[i], refIn[i], initRidge); err != nil {
-			return fmt.Errorf("--init data: %w", err)
-		}
 	}
 	return nil
 }
@@ -231,16 +218,9 @@ const replaySeed = 1 << 40
 func (a *adaptFlags) replaySamples(l *loaded, tok *model.Tokenizer) ([]adapt.Example, error) {
 	base := adapt.NewScorer(l.engine, nil)
 	defer base.Close()
-	ex, err := selfSamples(base, bosOf(tok), a.replay, a.replayLen, replaySeed+a.seed<<20)
+	ex, err := base.Rehearsal(bosOf(tok), a.replay, a.replayLen, replaySeed+a.seed<<20)
 	if err != nil {
 		return nil, fmt.Errorf("--replay: %w", err)
-	}
-	refs, err := base.References(ex)
-	if err != nil {
-		return nil, fmt.Errorf("--replay: %w", err)
-	}
-	for i := range ex {
-		ex[i].Reference = refs[i]
 	}
 	return ex, nil
 }

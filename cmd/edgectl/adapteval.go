@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -97,7 +96,7 @@ func (f *evalFlags) evaluate(l *loaded) (*evalReport, error) {
 	}
 	base := adapt.NewScorer(l.engine, nil)
 	defer base.Close()
-	heldout, err := selfSamples(base, bosOf(tok), f.heldout, f.heldLen, f.seed)
+	heldout, err := base.SelfSamples(bosOf(tok), f.heldout, f.heldLen, f.seed)
 	if err != nil {
 		return nil, fmt.Errorf("--heldout: %w", err)
 	}
@@ -135,31 +134,6 @@ func bosOf(tok *model.Tokenizer) int32 {
 		return -1
 	}
 	return tok.BOS()
-}
-
-// selfSamples are n sequences of length tokens that the base model writes
-// from BOS at temperature 1 with no truncation, as examples scored from
-// the first token after BOS; sample i has the sampler seed seed+i.
-func selfSamples(base *adapt.Scorer, bos int32, n, length int, seed uint64) ([]adapt.Example, error) {
-	if n <= 0 {
-		return nil, nil
-	}
-	if bos < 0 {
-		return nil, errors.New("samples of the model start at BOS, which needs the model's tokenizer")
-	}
-	prompts := make([][]int32, n)
-	for i := range prompts {
-		prompts[i] = []int32{bos}
-	}
-	outs, err := base.Sample(prompts, length, engine.SamplerConfig{Temperature: 1, TopP: 1, Seed: seed})
-	if err != nil {
-		return nil, err
-	}
-	ex := make([]adapt.Example, n)
-	for i, o := range outs {
-		ex[i] = adapt.Example{Prompt: prompts[i], Completion: o}
-	}
-	return ex, nil
 }
 
 // measure runs one model over the training pairs and the held-out set.

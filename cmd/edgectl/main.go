@@ -38,6 +38,7 @@ var commands = map[string]command{
 	"adapt":    {"train a LoRA or prefix adapter with MeZO (forward passes only)", runAdapt},
 	"lora":     {"merge LoRA adapters into a model (lora merge)", runLoRA},
 	"lemo":     {"train LeMo's token-sparsity pattern predictor (lemo train)", runLeMo},
+	"edits":    {"train knowledge edits and measure them (edits locate, edits train)", runEdits},
 
 	"eval-sparsity": {"measure token sparsity: quality, prefill time, attention work, KV bytes", runEvalSparsity},
 }
