@@ -31,7 +31,7 @@ type EditMetrics struct {
 	Reliability    float64      `json:"reliability"`
 	Generalization *float64     `json:"generalization,omitempty"`
 	Locality       *float64     `json:"locality,omitempty"`
-	Edits          []EditScores `json:"edits"`
+	Edits          []EditScores `json:"edits,omitempty"`
 }
 
 // EditEval measures edits on adapted models against the base model. Each

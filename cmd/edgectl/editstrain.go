@@ -56,7 +56,7 @@ func (f *editFlags) register(fs *flag.FlagSet, steps int) {
 	fs.Float64Var(&f.eps, "eps", def.MeZO.Eps, "perturbation scale ε")
 	fs.StringVar(&f.schedule, "schedule", "linear", "learning-rate schedule: constant or linear")
 	fs.IntVar(&f.batch, "batch", def.MeZO.BatchSize, "examples per step, edits and rehearsal samples drawn from one shuffle per epoch")
-	fs.IntVar(&f.samples, "samples", 1, "perturbations per step (n-SPSA)")
+	fs.IntVar(&f.samples, "samples", def.MeZO.Samples, "perturbations per step (n-SPSA)")
 	fs.Uint64Var(&f.seed, "seed", 1, "seed of the perturbations, batches and samples of the model's text")
 	fs.IntVar(&f.replay, "replay", 16, "rehearsal: this many of the base model's own samples, scored by KL(base ‖ adapted) at every token, so that training keeps what the model did (0: none)")
 	fs.IntVar(&f.replayLen, "replay-len", 48, "tokens per rehearsal sample")
@@ -369,7 +369,7 @@ func runEditsLocate(ctx context.Context, args []string, stdout, stderr io.Writer
 	var ef engineFlags
 	ef.register(fs, "f32")
 	var f editFlags
-	f.register(fs, 2000)
+	f.register(fs, 1000)
 	layersFlag := fs.String("layers", "", "candidate `layers`, comma-separated (empty: all)")
 	minLocality := fs.Float64("min-locality", 0.9, "choose among the layers whose locality is at least this")
 	if err := parse(fs, args); err != nil {
