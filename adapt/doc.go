@@ -22,4 +22,9 @@
 //     Checkpoints (zstd) resume a run exactly.
 //   - Scorer: the loss, greedy continuations and samples of examples
 //     with an adapter or none, in batches whose logits stay small.
+//   - Knowledge edits: EditTrainer runs LocFT-BF (edits as examples with
+//     the loss on the target, breadth-first epochs of MeZO over all of
+//     them, a localized adapter from NewEditLoRA, a stop rule on every
+//     edit's loss); EditEval measures EasyEdit's reliability,
+//     generalization and locality against the base model.
 package adapt

@@ -6,6 +6,9 @@ import (
 	"math"
 
 	"gonum.org/v1/gonum/mat"
+
+	"github.com/edged/edged/engine"
+	"github.com/edged/edged/model"
 )
 
 // InitFromInputs chooses the A of pair from data and freezes it, so that
@@ -124,4 +127,50 @@ func symmetric(m *mat.Dense) *mat.SymDense {
 		}
 	}
 	return s
+}
+
+// InitFromData chooses the A of every pair with InitFromInputs: the keys
+// are the projection's inputs at the scored rows of train, the reference
+// its inputs at those of ref (the model's own text), both recorded by
+// base, a Scorer of the base model on an engine with an adapt.Set as its
+// Hooks.Delta.
+func (lo *LoRA) InitFromData(base *Scorer, train, ref []Example, ridge float64) error {
+	keys, err := base.Inputs(train, lo.Pairs)
+	if err != nil {
+		return fmt.Errorf("adapt: LoRA init from data: %w", err)
+	}
+	refIn, err := base.Inputs(ref, lo.Pairs)
+	if err != nil {
+		return fmt.Errorf("adapt: LoRA init from data: %w", err)
+	}
+	for i, pr := range lo.Pairs {
+		if err := lo.InitFromInputs(pr, keys[i], refIn[i], ridge); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NewFullDelta returns a LoRA that holds a full update ΔW of projection p
+// of layer: A is the identity (In × In, frozen) and B (Out × In, starting
+// at zero) is ΔW itself, with a scale of 1. It is a LoRA of rank In, saved
+// and loaded as one (llama.cpp's loader takes it too), and MeZO trains B
+// only. Applying it costs In² more products a row than the projection's
+// In × Out, which is affordable on a small model only.
+func NewFullDelta(m *model.Model, layer int, p engine.Proj) (*LoRA, error) {
+	w := baseWeight(m, layer, p)
+	if w == nil {
+		return nil, fmt.Errorf("adapt: %w: no projection %s in layer %d of %d", ErrMismatch, projName(p), layer, len(m.Layers))
+	}
+	lo, err := NewLoRA(m, LoRAOptions{Rank: w.Cols, Alpha: float32(w.Cols), Projs: []engine.Proj{p}, Layers: []int{layer}})
+	if err != nil {
+		return nil, err
+	}
+	pr := lo.Pairs[0]
+	clear(pr.A)
+	for i := range pr.In {
+		pr.A[i*pr.In+i] = 1
+	}
+	lo.frozenA = true
+	return lo, nil
 }

@@ -105,21 +105,21 @@ func (r Recipe) Check() error {
 	return errors.Join(errs...)
 }
 
-// initRefLen is the length of InitData's reference samples.
-const initRefLen = 48
+// InitRefLen is the length of InitData's reference samples.
+const InitRefLen = 48
 
-// initRefSeed offsets the sampler seeds of InitData's reference text
+// InitRefSeed offsets the sampler seeds of InitData's reference text
 // from those of replay and of adapt eval's held-out samples.
-const initRefSeed = 1 << 41
+const InitRefSeed = 1 << 41
 
-// initRidge is InitData's whitening ridge, relative to the mean
+// InitRidge is InitData's whitening ridge, relative to the mean
 // eigenvalue of the reference inputs' second moment.
-const initRidge = 1e-2
+const InitRidge = 1e-2
 
-// replaySeed offsets the sampler seeds of replay samples from the small
+// ReplaySeed offsets the sampler seeds of replay samples from the small
 // seeds (the run's seed + i) of held-out samples (`edgectl adapt eval`),
 // so that the model is never measured on what it rehearsed.
-const replaySeed = 1 << 40
+const ReplaySeed = 1 << 40
 
 // Run is a prepared adaptation: the adapter and its trainer.
 type Run struct {
@@ -192,26 +192,16 @@ func (r Recipe) newAdapter(e *engine.Engine, m *model.Model, bos int32, train []
 
 // initFromData sets every pair's A from the inputs of its projection: the
 // training examples' scored rows against InitRef samples of the base
-// model's own text (see LoRA.InitFromInputs).
+// model's own text (see LoRA.InitFromData).
 func (r Recipe) initFromData(e *engine.Engine, bos int32, lo *LoRA, train []Example) error {
 	base := r.baseScorer(e)
 	defer base.Close()
-	ref, err := SelfSamples(base, bos, r.InitRef, initRefLen, initRefSeed+r.MeZO.Seed<<20)
+	ref, err := base.SelfSamples(bos, r.InitRef, InitRefLen, InitRefSeed+r.MeZO.Seed<<20)
 	if err != nil {
 		return fmt.Errorf("adapt: init from data: %w", err)
 	}
-	keys, err := base.Inputs(train, lo.Pairs)
-	if err != nil {
+	if err := lo.InitFromData(base, train, ref, InitRidge); err != nil {
 		return fmt.Errorf("adapt: init from data: %w", err)
-	}
-	refIn, err := base.Inputs(ref, lo.Pairs)
-	if err != nil {
-		return fmt.Errorf("adapt: init from data: %w", err)
-	}
-	for i, pr := range lo.Pairs {
-		if err := lo.InitFromInputs(pr, keys[i], refIn[i], initRidge); err != nil {
-			return fmt.Errorf("adapt: init from data: %w", err)
-		}
 	}
 	return nil
 }
@@ -222,16 +212,9 @@ func (r Recipe) initFromData(e *engine.Engine, bos int32, lo *LoRA, train []Exam
 func (r Recipe) replaySamples(e *engine.Engine, bos int32) ([]Example, error) {
 	base := r.baseScorer(e)
 	defer base.Close()
-	ex, err := SelfSamples(base, bos, r.Replay, r.ReplayLen, replaySeed+r.MeZO.Seed<<20)
+	ex, err := base.Rehearsal(bos, r.Replay, r.ReplayLen, ReplaySeed+r.MeZO.Seed<<20)
 	if err != nil {
 		return nil, fmt.Errorf("adapt: replay: %w", err)
-	}
-	refs, err := base.References(ex)
-	if err != nil {
-		return nil, fmt.Errorf("adapt: replay: %w", err)
-	}
-	for i := range ex {
-		ex[i].Reference = refs[i]
 	}
 	return ex, nil
 }
@@ -240,32 +223,6 @@ func (r Recipe) baseScorer(e *engine.Engine) *Scorer {
 	s := NewScorer(e, nil)
 	s.SetPace(r.Pace)
 	return s
-}
-
-// SelfSamples are n sequences of length tokens that the base model (of
-// the Scorer base) writes from BOS at temperature 1 with no truncation,
-// as examples scored from the first token after BOS; sample i has the
-// sampler seed seed+i. bos < 0 (no tokenizer) is an error unless n is 0.
-func SelfSamples(base *Scorer, bos int32, n, length int, seed uint64) ([]Example, error) {
-	if n <= 0 {
-		return nil, nil
-	}
-	if bos < 0 {
-		return nil, errors.New("samples of the model start at BOS, which needs the model's tokenizer")
-	}
-	prompts := make([][]int32, n)
-	for i := range prompts {
-		prompts[i] = []int32{bos}
-	}
-	outs, err := base.Sample(prompts, length, engine.SamplerConfig{Temperature: 1, TopP: 1, Seed: seed})
-	if err != nil {
-		return nil, err
-	}
-	ex := make([]Example, n)
-	for i, o := range outs {
-		ex[i] = Example{Prompt: prompts[i], Completion: o}
-	}
-	return ex, nil
 }
 
 // Footprint is the most a run of r on train holds at once for a model of
@@ -300,7 +257,7 @@ func (r Recipe) Footprint(train []Example, c model.Config) (seqs, ctx int, held 
 	}
 	if r.Method == MethodLoRA {
 		if r.Init == InitData {
-			ctx = max(ctx, 1+initRefLen)
+			ctx = max(ctx, 1+InitRefLen)
 			seqs = max(seqs, len(train), r.InitRef)
 		}
 		if len(r.Layers) > 0 && slices.Min(r.Layers) > 0 {

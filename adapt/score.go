@@ -37,9 +37,9 @@ type Scorer struct {
 	// floor, during a call of loss, is the least a target token's
 	// cross-entropy counts for (MeZOOptions.LossFloor).
 	floor float64
-	// collect, when not nil, receives the distribution of every scored
-	// row (References).
-	collect *[]Reference
+	// visit, when not nil, sees the logits of every scored row, in
+	// order, with their log-sum-exp (References, Predict).
+	visit func(logits []float32, lse float64)
 	// pace, when set, runs before every engine call (SetPace).
 	pace func()
 
@@ -239,8 +239,8 @@ func (s *Scorer) flush(sums []float64, from int) error {
 		} else {
 			sums[s.owner[r]] += max(lse-float64(row[tgt]), s.floor)
 		}
-		if s.collect != nil {
-			*s.collect = append(*s.collect, referenceOf(row, lse))
+		if s.visit != nil {
+			s.visit(row, lse)
 		}
 	}
 	s.batch, s.targets, s.owner, s.refs, s.x = s.batch[:0], s.targets[:0], s.owner[:0], s.refs[:0], s.x[:0]
@@ -437,17 +437,42 @@ func logSumExp(logits, scratch []float32) float64 {
 // a rehearsal example. They take 4·NVocab bytes a row.
 func (s *Scorer) References(examples []Example) ([][]Reference, error) {
 	var rows []Reference
-	s.collect = &rows
+	s.visit = func(logits []float32, lse float64) { rows = append(rows, referenceOf(logits, lse)) }
 	_, _, err := s.crossEntropies(examples, s.from)
-	s.collect = nil
+	s.visit = nil
 	if err != nil {
 		return nil, err
 	}
-	out := make([][]Reference, len(examples))
+	return perExample(rows, examples), nil
+}
+
+// Predict returns, for each example in order, the most likely token at
+// each of its scored rows (teacher-forced: the row that predicts
+// completion token j sees the prompt and the completion's first j
+// tokens), and the mean cross-entropy of its completion tokens, from one
+// pass.
+func (s *Scorer) Predict(examples []Example) ([][]int32, []float64, error) {
+	var rows []int32
+	s.visit = func(logits []float32, _ float64) { rows = append(rows, engine.Argmax(logits)) }
+	sums, counts, err := s.crossEntropies(examples, s.from)
+	s.visit = nil
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := range sums {
+		sums[i] /= float64(counts[i])
+	}
+	return perExample(rows, examples), sums, nil
+}
+
+// perExample cuts rows, one per scored row of examples in order, into
+// each example's len(Completion) rows.
+func perExample[T any](rows []T, examples []Example) [][]T {
+	out := make([][]T, len(examples))
 	for i, ex := range examples {
 		out[i], rows = rows[:len(ex.Completion):len(ex.Completion)], rows[len(ex.Completion):]
 	}
-	return out, nil
+	return out
 }
 
 // Inputs runs examples once, as Loss does, and returns for each pair the

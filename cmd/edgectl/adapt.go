@@ -130,12 +130,9 @@ func (a *runFlags) recipe() (adapt.Recipe, error) {
 		Rank: a.rank, Alpha: float32(a.alpha), Init: a.init, InitRef: a.initRef, PrefixLen: a.prefixLen,
 		Replay: a.replay, ReplayLen: a.replayLen,
 	}
-	switch a.schedule {
-	case "constant":
-	case "linear":
-		r.MeZO.Schedule = adapt.Linear
-	default:
-		return r, fmt.Errorf("--schedule %q: want constant or linear", a.schedule)
+	var err error
+	if r.MeZO.Schedule, err = parseSchedule(a.schedule); err != nil {
+		return r, err
 	}
 	for _, s := range strings.Split(a.projs, ",") {
 		p, err := adapt.ParseProj(strings.TrimSpace(s))

@@ -96,7 +96,7 @@ func (f *evalFlags) evaluate(l *loaded) (*evalReport, error) {
 	}
 	base := adapt.NewScorer(l.engine, nil)
 	defer base.Close()
-	heldout, err := adapt.SelfSamples(base, bosOf(tok), f.heldout, f.heldLen, f.seed)
+	heldout, err := base.SelfSamples(bosOf(tok), f.heldout, f.heldLen, f.seed)
 	if err != nil {
 		return nil, fmt.Errorf("--heldout: %w", err)
 	}

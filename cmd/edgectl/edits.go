@@ -24,6 +24,9 @@ var editsCommands = map[string]command{
 	"rollback": {"make another adapter version current (as adapters rollback)", runAdaptersRollback},
 	// Another node trained the edits: take its version instead.
 	"pull": {"fetch the adapter version another node published (as adapters pull)", runAdaptersPull},
+	// Offline, on a model file: what the daemon's edit training does.
+	"locate": {"train briefly on each candidate layer and print the edit metrics of each", runEditsLocate},
+	"train":  {"train edits (LocFT-BF) until each is learnt; write the adapter and print the metrics", runEditsTrain},
 }
 
 func runEditsList(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -32,7 +32,7 @@ var commands = map[string]command{
 	"load":     {"load a model (by name, or register a GGUF file) in the running edged", runLoad},
 	"unload":   {"unload a model from the running edged", runUnload},
 	"metrics":  {"print the running edged's metrics (Prometheus text)", runMetrics},
-	"edits":    {"list the knowledge edits the running edged received (edits list|status|rollback|pull)", subcommands("edits", editsCommands)},
+	"edits":    {"the running edged's knowledge edits, and training them offline (edits list|status|rollback|pull|locate|train)", subcommands("edits", editsCommands)},
 	"adapters": {"list, add, roll back, publish and pull the running edged's adapter versions (adapters list|add|rollback|publish|pull)", subcommands("adapters", adaptersCommands)},
 	"jobs":     {"the running edged's background jobs: adaptation runs (jobs list|submit|watch|pause|resume|cancel)", runJobs},
 	"synth":    {"write a random-weight model in the shape of a real one", runSynth},
