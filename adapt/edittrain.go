@@ -161,6 +161,10 @@ func (t *EditTrainer) Restore(path string) error {
 	return nil
 }
 
+// SetPace sets a function run before every forward pass (see
+// Scorer.SetPace).
+func (t *EditTrainer) SetPace(fn func()) { t.mz.SetPace(fn) }
+
 // Close frees the trainer's sequences.
 func (t *EditTrainer) Close() { t.mz.Close() }
 

@@ -51,55 +51,51 @@ func (f *editFlags) register(fs *flag.FlagSet, steps int) {
 	fs.BoolVar(&f.asJSON, "json", false, "print the results as JSON (with every edit's metrics)")
 }
 
-// options are the trainer's options of the flags.
-func (f *editFlags) options() (adapt.EditOptions, error) {
-	o := adapt.EditOptions{
+// recipe is the run the flags describe on layer.
+func (f *editFlags) recipe(layer int) (adapt.EditRecipe, error) {
+	r := adapt.DefaultEditRecipe(layer)
+	r.Adapter.Rank, r.Adapter.Alpha = f.rank, float32(f.alpha)
+	r.Train = adapt.EditOptions{
 		MeZO: adapt.MeZOOptions{LR: f.lr, Eps: f.eps, Steps: f.steps, Samples: f.samples, BatchSize: f.batch, Seed: f.seed,
 			RehearsalWeight: f.replayWeight, LossFloor: f.lossFloor},
 		StopLoss: f.stopLoss, CheckEvery: f.checkEvery,
 	}
+	r.InitRef, r.Replay, r.ReplayLen, r.LocalityLen = f.initRef, f.replay, f.replayLen, f.localityLen
 	var err error
-	if o.MeZO.Schedule, err = parseSchedule(f.schedule); err != nil {
-		return o, err
+	if r.Train.MeZO.Schedule, err = parseSchedule(f.schedule); err != nil {
+		return r, err
 	}
 	if f.steps <= 0 || f.checkEvery <= 0 || f.localityLen <= 0 {
-		return o, fmt.Errorf("--steps %d, --check-every %d, --locality-len %d: want at least 1", f.steps, f.checkEvery, f.localityLen)
+		return r, fmt.Errorf("--steps %d, --check-every %d, --locality-len %d: want at least 1", f.steps, f.checkEvery, f.localityLen)
 	}
 	if f.rank < 0 {
-		return o, fmt.Errorf("--rank %d: want ≥ 0", f.rank)
+		return r, fmt.Errorf("--rank %d: want ≥ 0", f.rank)
 	}
-	return o, nil
+	return r, nil
 }
 
-// editSession is what both commands prepare once: the model, the edits,
-// the base model's samples and its measures.
+// editSession is what both commands open once: the model and the edits.
 type editSession struct {
 	l     *loaded
 	f     *editFlags
-	opts  adapt.EditOptions
+	bos   int32
 	edits []adapt.Edit
-	base  *adapt.Scorer
-	// ref is the model's own text for the LoRA's A, rehearsal the
-	// samples trained beside the edits.
-	ref, rehearsal []adapt.Example
-	ev             *adapt.EditEval
-	baseM          adapt.EditMetrics
 }
 
-func openEdits(ef *engineFlags, f *editFlags, opts adapt.EditOptions) (*editSession, error) {
+func openEdits(ef *engineFlags, f *editFlags) (*editSession, error) {
 	l, err := ef.open(engine.Hooks{Delta: adapt.NewSet()})
 	if err != nil {
 		return nil, err
 	}
-	s := &editSession{l: l, f: f, opts: opts, base: adapt.NewScorer(l.engine, nil)}
-	if err := s.prepare(); err != nil {
-		s.Close()
+	s := &editSession{l: l, f: f}
+	if err := s.read(); err != nil {
+		l.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *editSession) prepare() error {
+func (s *editSession) read() error {
 	tok, err := s.l.tokenizer()
 	if err != nil {
 		return err
@@ -109,34 +105,23 @@ func (s *editSession) prepare() error {
 		return err
 	}
 	defer r.Close()
-	if s.edits, err = adapt.ReadEdits(r, s.f.data, tok); err != nil {
-		return err
-	}
-	if s.ref, err = s.base.SelfSamples(tok.BOS(), s.f.initRef, adapt.InitRefLen, adapt.InitRefSeed+s.f.seed<<20); err != nil {
-		return fmt.Errorf("--init-ref: %w", err)
-	}
-	if s.rehearsal, err = s.base.Rehearsal(tok.BOS(), s.f.replay, s.f.replayLen, adapt.ReplaySeed+s.f.seed<<20); err != nil {
-		return fmt.Errorf("--replay: %w", err)
-	}
-	if s.ev, err = adapt.NewEditEval(s.base, s.edits, s.f.localityLen); err != nil {
-		return err
-	}
-	s.baseM, err = s.ev.Measure(s.base)
+	s.bos = tok.BOS()
+	s.edits, err = adapt.ReadEdits(r, s.f.data, tok)
 	return err
 }
 
-func (s *editSession) Close() {
-	s.base.Close()
-	s.l.Close()
-}
+func (s *editSession) Close() { s.l.Close() }
 
-// adapter is the localized adapter on layer's down-projection.
-func (s *editSession) adapter(layer int) (*adapt.LoRA, error) {
-	if layer < 0 || layer >= s.l.model.Config.NLayer {
-		return nil, fmt.Errorf("layer %d: the model has layers 0 to %d", layer, s.l.model.Config.NLayer-1)
+// prepare prepares the flags' run on layer (-1: the last).
+func (s *editSession) prepare(layer int) (*adapt.EditRun, error) {
+	if layer == -1 {
+		layer = s.l.model.Config.NLayer - 1
 	}
-	return adapt.NewEditLoRA(s.l.model, s.base, s.edits, s.ref, adapt.EditLoRAOptions{
-		Layer: layer, Proj: engine.ProjDown, Rank: s.f.rank, Alpha: float32(s.f.alpha), Ridge: adapt.InitRidge})
+	r, err := s.f.recipe(layer)
+	if err != nil {
+		return nil, err
+	}
+	return r.Prepare(s.l.engine, s.l.model, s.bos, s.edits)
 }
 
 // editRun is one training run and its measures.
@@ -159,8 +144,9 @@ type loopOptions struct {
 }
 
 // train runs tr to its end, showing progress on stderr, and measures the
-// adapter lo it trained.
-func (s *editSession) train(ctx context.Context, layer int, tr *adapt.EditTrainer, lo *adapt.LoRA, loop loopOptions, stderr io.Writer) (editRun, error) {
+// adapter it trained.
+func train(ctx context.Context, tr *adapt.EditRun, loop loopOptions, stderr io.Writer) (editRun, error) {
+	layer := tr.Adapter.Pairs[0].Layer
 	run := editRun{Layer: layer}
 	start, first := time.Now(), tr.Steps()
 	mo := tr.Options().MeZO
@@ -202,10 +188,8 @@ func (s *editSession) train(ctx context.Context, layer int, tr *adapt.EditTraine
 		}
 	}
 	run.Steps, run.Learnt, run.WallS = tr.Steps(), tr.Learnt(), time.Since(start).Seconds()
-	sc := adapt.NewScorer(s.l.engine, lo)
-	defer sc.Close()
 	var err error
-	run.Metrics, err = s.ev.Measure(sc)
+	run.Metrics, err = tr.Measure()
 	return run, err
 }
 
@@ -235,26 +219,18 @@ func runEditsTrain(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil || (typ != quant.F32 && typ != quant.F16) {
 		return usageError(fs, "--type %q: want f32 or f16", *outType)
 	}
-	opts, err := f.options()
-	if err == nil && *ckptEvery <= 0 {
-		err = fmt.Errorf("--checkpoint-every %d: want at least 1", *ckptEvery)
+	if *ckptEvery <= 0 {
+		return usageError(fs, "--checkpoint-every %d: want at least 1", *ckptEvery)
 	}
-	if err != nil {
+	if _, err := f.recipe(0); err != nil {
 		return usageError(fs, "%v", err)
 	}
-	s, err := openEdits(&ef, &f, opts)
+	s, err := openEdits(&ef, &f)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	if *layer == -1 {
-		*layer = s.l.model.Config.NLayer - 1
-	}
-	lo, err := s.adapter(*layer)
-	if err != nil {
-		return err
-	}
-	tr, err := adapt.NewEditTrainer(s.l.engine, lo, s.edits, s.rehearsal, opts)
+	tr, err := s.prepare(*layer)
 	if err != nil {
 		return err
 	}
@@ -273,18 +249,18 @@ func runEditsTrain(ctx context.Context, args []string, stdout, stderr io.Writer)
 		defer lf.Close()
 		lopts.log = json.NewEncoder(lf)
 	}
-	run, err := s.train(ctx, *layer, tr, lo, lopts, stderr)
+	run, err := train(ctx, tr, lopts, stderr)
 	if err != nil {
 		return err
 	}
-	if err := adapt.SaveLoRA(*out, lo, typ); err != nil {
+	if err := tr.Save(*out, typ); err != nil {
 		return err
 	}
-	rep := editsTrainReport{Edits: len(s.edits), Out: *out, Base: s.baseM, Edited: run}
+	rep := editsTrainReport{Edits: len(s.edits), Out: *out, Base: tr.Base, Edited: run}
 	if f.asJSON {
 		return json.NewEncoder(stdout).Encode(rep)
 	}
-	return rep.print(stdout, s.f.stopLoss)
+	return rep.print(stdout, f.stopLoss)
 }
 
 // editsTrainReport is the output of edits train.
@@ -361,17 +337,17 @@ func runEditsLocate(ctx context.Context, args []string, stdout, stderr io.Writer
 	if ef.model == "" || f.data == "" {
 		return usageError(fs, "--model and --data are required")
 	}
-	opts, err := f.options()
-	if err != nil {
+	if _, err := f.recipe(0); err != nil {
 		return usageError(fs, "%v", err)
 	}
 	var layers []int
+	var err error
 	if *layersFlag != "" {
 		if layers, err = parseLayers(*layersFlag); err != nil {
 			return usageError(fs, "%v", err)
 		}
 	}
-	s, err := openEdits(&ef, &f, opts)
+	s, err := openEdits(&ef, &f)
 	if err != nil {
 		return err
 	}
@@ -381,14 +357,14 @@ func runEditsLocate(ctx context.Context, args []string, stdout, stderr io.Writer
 			layers = append(layers, l)
 		}
 	}
-	rep := locateReport{Edits: len(s.edits), Base: s.baseM}
-	rep.Base.Edits = nil
+	rep := locateReport{Edits: len(s.edits)}
 	for _, layer := range layers {
-		run, err := s.locate(ctx, layer, stderr)
+		run, base, err := s.locate(ctx, layer, stderr)
 		if err != nil {
 			return fmt.Errorf("layer %d: %w", layer, err)
 		}
-		run.Metrics.Edits = nil // the means are what locating compares
+		// The means are what locating compares.
+		run.Metrics.Edits, base.Edits, rep.Base = nil, nil, base
 		rep.Layers = append(rep.Layers, run)
 	}
 	rep.Chosen = chooseLayer(rep.Layers, *minLocality)
@@ -408,17 +384,14 @@ func runEditsLocate(ctx context.Context, args []string, stdout, stderr io.Writer
 }
 
 // locate trains a fresh adapter on layer for --steps at most.
-func (s *editSession) locate(ctx context.Context, layer int, stderr io.Writer) (editRun, error) {
-	lo, err := s.adapter(layer)
+func (s *editSession) locate(ctx context.Context, layer int, stderr io.Writer) (editRun, adapt.EditMetrics, error) {
+	tr, err := s.prepare(layer)
 	if err != nil {
-		return editRun{}, err
-	}
-	tr, err := adapt.NewEditTrainer(s.l.engine, lo, s.edits, s.rehearsal, s.opts)
-	if err != nil {
-		return editRun{}, err
+		return editRun{}, adapt.EditMetrics{}, err
 	}
 	defer tr.Close()
-	return s.train(ctx, layer, tr, lo, loopOptions{}, stderr)
+	run, err := train(ctx, tr, loopOptions{}, stderr)
+	return run, tr.Base, err
 }
 
 // chooseLayer picks, among the runs whose locality is at least

@@ -1,0 +1,149 @@
+package adapt
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/edged/edged/engine"
+	"github.com/edged/edged/model"
+	"github.com/edged/edged/quant"
+)
+
+// EditRecipe is a whole LocFT-BF edit-training run described by its
+// settings: the localized adapter, the rehearsal samples trained beside
+// the edits, the optimizer with its stop rule, and the measures.
+// `edgectl edits train|locate` build one from their flags and the daemon's
+// edit jobs from their configuration, so that both train the same adapter
+// from the same edits, settings and seed.
+type EditRecipe struct {
+	// Adapter is the localized adapter: its Layer must be set (the last
+	// layer is a fair first choice; `edgectl edits locate` measures each).
+	Adapter EditLoRAOptions
+	// Train configures the optimizer and the stop rule; Train.MeZO.Seed
+	// seeds the whole run (batches, perturbations and the base model's
+	// samples).
+	Train EditOptions
+	// InitRef samples of the model's own text (InitRefLen tokens) that a
+	// data-chosen A should leave alone (rank > 0 only).
+	InitRef int
+	// Replay rehearsal samples of the base model (ReplayLen tokens each)
+	// are trained beside the edits, scored by KL(base ‖ adapted).
+	Replay, ReplayLen int
+	// LocalityLen is the number of tokens of the base model's greedy
+	// continuation of each locality prompt that locality compares.
+	LocalityLen int
+
+	// Pace, when set, runs before every forward pass of the run, set-up
+	// and measures included (see Scorer.SetPace).
+	Pace func()
+}
+
+// DefaultEditRecipe returns the defaults of `edgectl edits train` on layer.
+func DefaultEditRecipe(layer int) EditRecipe {
+	return EditRecipe{
+		Adapter: EditLoRAOptions{Layer: layer, Proj: engine.ProjDown, Rank: 32, Alpha: 32, Ridge: InitRidge},
+		Train:   DefaultEditOptions(),
+		InitRef: 64, Replay: 16, ReplayLen: 48, LocalityLen: 10,
+	}
+}
+
+// Check reports the settings that cannot run, all at once.
+func (r EditRecipe) Check(c model.Config) error {
+	var errs []error
+	if r.Adapter.Layer < 0 || r.Adapter.Layer >= c.NLayer {
+		errs = append(errs, fmt.Errorf("layer %d: the model has layers 0 to %d", r.Adapter.Layer, c.NLayer-1))
+	}
+	if r.Adapter.Rank < 0 {
+		errs = append(errs, fmt.Errorf("rank %d: want ≥ 0 (0: a full delta)", r.Adapter.Rank))
+	}
+	if r.Train.MeZO.Steps <= 0 || r.Train.CheckEvery < 0 || !(r.Train.StopLoss > 0) {
+		errs = append(errs, fmt.Errorf("steps %d, check every %d, stop loss %g: want > 0, ≥ 0 and > 0", r.Train.MeZO.Steps, r.Train.CheckEvery, r.Train.StopLoss))
+	}
+	if r.LocalityLen < 1 || r.InitRef < 0 || r.Replay < 0 || r.Replay > 0 && r.ReplayLen < 1 {
+		errs = append(errs, fmt.Errorf("locality len %d, init ref %d, replay %d of %d tokens: want ≥ 1, ≥ 0 and ≥ 0 of ≥ 1", r.LocalityLen, r.InitRef, r.Replay, r.ReplayLen))
+	}
+	return errors.Join(errs...)
+}
+
+// EditRun is a prepared edit-training run: the adapter, its trainer and
+// the measures of the base model.
+type EditRun struct {
+	*EditTrainer
+	Adapter *LoRA
+	Edits   []Edit
+	// Base are the edit metrics of the base model.
+	Base EditMetrics
+
+	e    *engine.Engine
+	base *Scorer
+	ev   *EditEval
+}
+
+// Prepare builds r's run on edits: e runs m with an adapt.Set as its
+// Hooks.Delta, bos is the tokenizer's BOS id. It samples the base model's
+// own text for the adapter's A and for rehearsal, chooses A, and measures
+// the base model. The caller closes the run.
+func (r EditRecipe) Prepare(e *engine.Engine, m *model.Model, bos int32, edits []Edit) (*EditRun, error) {
+	if err := r.Check(m.Config); err != nil {
+		return nil, fmt.Errorf("adapt: edit training: %w", err)
+	}
+	if len(edits) == 0 {
+		return nil, errors.New("adapt: edit training: no edits")
+	}
+	run := &EditRun{Edits: edits, e: e, base: NewScorer(e, nil)}
+	run.base.SetPace(r.Pace)
+	if err := run.prepare(r, m, bos); err != nil {
+		run.Close()
+		return nil, err
+	}
+	return run, nil
+}
+
+func (run *EditRun) prepare(r EditRecipe, m *model.Model, bos int32) error {
+	seed := r.Train.MeZO.Seed << 20
+	var ref []Example
+	if r.Adapter.Rank > 0 {
+		var err error
+		if ref, err = run.base.SelfSamples(bos, r.InitRef, InitRefLen, InitRefSeed+seed); err != nil {
+			return fmt.Errorf("adapt: edit training: init ref: %w", err)
+		}
+	}
+	rehearsal, err := run.base.Rehearsal(bos, r.Replay, r.ReplayLen, ReplaySeed+seed)
+	if err != nil {
+		return fmt.Errorf("adapt: edit training: replay: %w", err)
+	}
+	if run.ev, err = NewEditEval(run.base, run.Edits, r.LocalityLen); err != nil {
+		return err
+	}
+	if run.Base, err = run.ev.Measure(run.base); err != nil {
+		return err
+	}
+	if run.Adapter, err = NewEditLoRA(m, run.base, run.Edits, ref, r.Adapter); err != nil {
+		return err
+	}
+	if run.EditTrainer, err = NewEditTrainer(run.e, run.Adapter, run.Edits, rehearsal, r.Train); err != nil {
+		return err
+	}
+	run.EditTrainer.SetPace(r.Pace)
+	return nil
+}
+
+// Measure returns the edit metrics of the adapter as trained so far.
+func (run *EditRun) Measure() (EditMetrics, error) {
+	sc := NewScorer(run.e, run.Adapter)
+	defer sc.Close()
+	sc.SetPace(run.base.pace)
+	return run.ev.Measure(sc)
+}
+
+// Save writes the adapter as a GGUF LoRA file of tensor type typ (f32 or
+// f16), atomically.
+func (run *EditRun) Save(path string, typ quant.Type) error { return SaveLoRA(path, run.Adapter, typ) }
+
+// Close frees the run's trainer and sequences.
+func (run *EditRun) Close() {
+	if run.EditTrainer != nil {
+		run.EditTrainer.Close()
+	}
+	run.base.Close()
+}
