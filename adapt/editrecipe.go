@@ -16,6 +16,8 @@ import (
 // edit jobs from their configuration, so that both train the same adapter
 // from the same edits, settings and seed.
 type EditRecipe struct {
+	// Optimizer is OptimizerMeZO or OptimizerGrad.
+	Optimizer string
 	// Adapter is the localized adapter: its Layer must be set (the last
 	// layer is a fair first choice; `edgectl edits locate` measures each).
 	Adapter EditLoRAOptions
@@ -38,9 +40,16 @@ type EditRecipe struct {
 	Pace func()
 }
 
+// Optimizers of an EditRecipe.
+const (
+	OptimizerMeZO = "mezo" // MeZO: forward passes only
+	OptimizerGrad = "grad" // Adam on the exact gradient of the adapted matrix
+)
+
 // DefaultEditRecipe returns the defaults of `edgectl edits train` on layer.
 func DefaultEditRecipe(layer int) EditRecipe {
 	return EditRecipe{
+		Optimizer: OptimizerMeZO,
 		Adapter: EditLoRAOptions{Layer: layer, Proj: engine.ProjDown, Rank: 32, Alpha: 32, Ridge: InitRidge},
 		Train:   DefaultEditOptions(),
 		InitRef: 64, Replay: 16, ReplayLen: 48, LocalityLen: 10,
@@ -62,7 +71,42 @@ func (r EditRecipe) Check(c model.Config) error {
 	if r.LocalityLen < 1 || r.InitRef < 0 || r.Replay < 0 || r.Replay > 0 && r.ReplayLen < 1 {
 		errs = append(errs, fmt.Errorf("locality len %d, init ref %d, replay %d of %d tokens: want ≥ 1, ≥ 0 and ≥ 0 of ≥ 1", r.LocalityLen, r.InitRef, r.Replay, r.ReplayLen))
 	}
+	if r.Optimizer != OptimizerMeZO && r.Optimizer != OptimizerGrad {
+		errs = append(errs, fmt.Errorf("optimizer %q: want %s or %s", r.Optimizer, OptimizerMeZO, OptimizerGrad))
+	}
 	return errors.Join(errs...)
+}
+
+// Footprint is the most a run of r on edits holds at once for a model of
+// config c (as Recipe.Footprint): seqs sequences with a KV cache of ctx
+// tokens each, and held bytes of other data. The measures score every
+// edit's target, rephrases and locality continuations in one group.
+func (r EditRecipe) Footprint(edits []Edit, c model.Config) (seqs, ctx int, held int64) {
+	train := make([]Example, len(edits))
+	eval := 0
+	locality := map[string]bool{}
+	for i, ed := range edits {
+		train[i] = ed.Example()
+		eval += 1 + len(ed.Rephrases)
+		for _, p := range ed.Rephrases {
+			ctx = max(ctx, len(p)+len(ed.Target))
+		}
+		for _, p := range ed.Locality {
+			ctx = max(ctx, len(p)+r.LocalityLen)
+			locality[tokensKey(Example{Prompt: p})] = true
+		}
+	}
+	like := Recipe{Method: MethodLoRA, MeZO: r.Train.MeZO, Layers: []int{r.Adapter.Layer}, Replay: r.Replay, ReplayLen: r.ReplayLen, Init: InitRandom}
+	if r.Adapter.Rank > 0 {
+		like.Init, like.InitRef = InitData, r.InitRef
+	}
+	s, x, h := like.Footprint(train, c)
+	eval += len(locality)
+	if r.Adapter.Layer > 0 {
+		// The measures keep the rows entering the layer of what they score.
+		h += int64(eval) * int64(ctx) * int64(c.NEmbd) * 4
+	}
+	return max(s, eval), max(x, ctx), h
 }
 
 // EditRun is a prepared edit-training run: the adapter, its trainer and

@@ -15,6 +15,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/edged/edged/adapt"
@@ -59,21 +60,38 @@ func (d *Daemon) commitAdapter(model, ggufPath string, meta AdapterMeta) (versio
 }
 
 // commitJobAdapter is the job runner's completion hook: the adapter a
-// finished job wrote becomes the newest version of its model. After a
-// crash between this commit and the job's record the hook runs again for
-// the same job, so a version the job made already is not made twice.
+// finished job wrote becomes the newest version of its model; an edit
+// job's version records its edits and metrics, and its edits become
+// active (edits_train.go). After a crash between this commit and the
+// job's record the hook runs again for the same job, so a version the job
+// made already is not made twice.
 func (d *Daemon) commitJobAdapter(_ context.Context, j protocol.Job) error {
 	recs, _, err := d.store.adapters(j.Model)
 	if err != nil {
 		return fmt.Errorf("adapter versions of model %s: %w", j.Model, err)
 	}
+	var version uint64
 	for _, r := range recs {
 		if r.Source.Job == j.ID {
-			return nil
+			version = r.AdapterVersion
 		}
 	}
-	_, err = d.commitAdapter(j.Model, j.Output, AdapterMeta{Source: protocol.AdapterSource{Job: j.ID}})
-	return err
+	if version == 0 {
+		meta := AdapterMeta{Source: protocol.AdapterSource{Job: j.ID}}
+		if j.Edits != nil {
+			meta.Source.Edits = j.Edits.Edits
+			if meta.Metrics, err = readEditMetrics(filepath.Dir(j.Output)); err != nil {
+				return fmt.Errorf("job %s: %w", j.ID, err)
+			}
+		}
+		if version, err = d.commitAdapter(j.Model, j.Output, meta); err != nil {
+			return err
+		}
+	}
+	if j.Edits != nil {
+		return d.editsTrained(j, version)
+	}
+	return nil
 }
 
 // commitAdapterData is commitAdapter on the file's content. It returns the

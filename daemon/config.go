@@ -84,6 +84,14 @@ func (o *Options) settings() []setting {
 		{"edits.enabled", "consume the knowledge edit stream into the state database", &o.NATS.Edits.Enabled},
 		{"edits.duplicate_window", "how long the edit stream drops a message id seen before", &o.NATS.Edits.DuplicateWindow},
 		{"edits.ack_wait", "how long an unacknowledged edit waits before redelivery", &o.NATS.Edits.AckWait},
+		{"edits.train", "train a model's edits in a background job once they change", &o.EditJobs.Auto},
+		{"edits.train_delay", "how long edits.train waits for more changes before it submits the job", &o.EditJobs.Delay},
+		{"edits.optimizer", "optimizer of edit jobs: " + strings.Join(protocol.EditOptimizers, " or "), &o.EditJobs.Optimizer},
+		{"edits.layer", "layer whose MLP down-projection edit jobs adapt (-1: the last)", &o.EditJobs.Layer},
+		{"edits.rank", "rank of the edits' LoRA (0: a full delta of the projection)", &o.EditJobs.Rank},
+		{"edits.steps", "most optimizer steps of an edit job", &o.EditJobs.Steps},
+		{"edits.lr", "learning rate of edit jobs (0: the optimizer's default)", &o.EditJobs.LR},
+		{"edits.stop_loss", "an edit job stops once every edit's loss is below this (nats)", &o.EditJobs.StopLoss},
 		{"jobs.share", "share of the time a background job computes while requests are served, in (0, 1]", &o.Jobs.Share},
 		{"jobs.checkpoint_every", "steps between a job's checkpoints", &o.Jobs.CheckpointEvery},
 		{"jobs.checkpoint_interval", "longest time between a job's checkpoints", &o.Jobs.CheckpointInterval},
@@ -389,6 +397,7 @@ func (o *Options) validate() []string {
 		{"scheduler.max_tokens", o.Scheduler.MaxTokens, 0},
 		{"adapters.keep", o.Adapters.Keep, 1}, {"adapters.cache", o.Adapters.Cache, 1},
 		{"jobs.checkpoint_every", o.Jobs.CheckpointEvery, 1}, {"jobs.max_queued", o.Jobs.MaxQueued, 1}, {"jobs.threads", o.Jobs.Threads, 0},
+		{"edits.layer", o.EditJobs.Layer, -1}, {"edits.rank", o.EditJobs.Rank, 0}, {"edits.steps", o.EditJobs.Steps, 1},
 	} {
 		if c.v < c.lo {
 			bad("%s %d: want at least %d", c.name, c.v, c.lo)
@@ -401,7 +410,7 @@ func (o *Options) validate() []string {
 		{"state.lock_timeout", o.LockTimeout}, {"scheduler.request_timeout", o.Scheduler.RequestTimeout},
 		{"scheduler.drain_timeout", o.Scheduler.DrainTimeout}, {"scheduler.retry_after", o.Scheduler.RetryAfter},
 		{"models.idle_unload", o.Models.IdleUnload}, {"nats.metrics_interval", o.NATS.MetricsInterval},
-		{"jobs.progress_interval", o.Jobs.ProgressInterval},
+		{"jobs.progress_interval", o.Jobs.ProgressInterval}, {"edits.train_delay", o.EditJobs.Delay},
 	} {
 		if d.v < 0 {
 			bad("%s %v: must not be negative", d.name, d.v)
@@ -410,6 +419,12 @@ func (o *Options) validate() []string {
 	errs = append(errs, o.NATS.validate()...)
 	if !(o.Jobs.Share > 0 && o.Jobs.Share <= 1) {
 		bad("jobs.share %v: want a share in (0, 1]", o.Jobs.Share)
+	}
+	if !slices.Contains(protocol.EditOptimizers, o.EditJobs.Optimizer) {
+		bad("edits.optimizer %q: want one of %s", o.EditJobs.Optimizer, strings.Join(protocol.EditOptimizers, ", "))
+	}
+	if !(o.EditJobs.LR >= 0) || !(o.EditJobs.StopLoss > 0) {
+		bad("edits.lr %v, edits.stop_loss %v: want ≥ 0 and > 0", o.EditJobs.LR, o.EditJobs.StopLoss)
 	}
 	if o.Jobs.CheckpointInterval <= 0 {
 		bad("jobs.checkpoint_interval must be positive")

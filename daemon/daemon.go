@@ -52,6 +52,11 @@ type Daemon struct {
 
 	// adapterMu serializes adapter commits (commitAdapterData).
 	adapterMu sync.Mutex
+	// editsMu guards editsTimers, the pending looks at a model's edits
+	// (scheduleEdits); editsLookMu serializes the looks.
+	editsMu     sync.Mutex
+	editsTimers map[string]*time.Timer
+	editsLookMu sync.Mutex
 	// pullMu serializes pulls from the fleet, so that two pulls of one
 	// version commit it once (pullAdapter).
 	pullMu sync.Mutex
@@ -109,6 +114,8 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.jobs = newJobRunner(d)
 	d.jobs.onDone = d.commitJobAdapter
+	d.jobs.onFinished = d.jobFinished
+	d.editsTimers = map[string]*time.Timer{}
 	if err := d.jobs.recover(); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("background jobs: %w", err)
@@ -155,6 +162,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 	go func() { defer d.bg.Done(); d.janitor(bg) }()
 	d.reg.prefetch(d.hard)
 	d.jobs.start() // after the front ends, which publish its events
+	d.editsAtStart()
 	status := fmt.Sprintf("serving on %s; %d models registered", opts.Socket, len(d.reg.names()))
 	d.notify.Send("READY=1", "STATUS="+status)
 	if iv := WatchdogInterval(); iv > 0 {
@@ -261,6 +269,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.log.Info("draining", "timeout", drain)
 	// The running job checkpoints at its next step and leaves the
 	// machine to the requests that drain.
+	d.stopEditTimers()
 	d.jobs.shutdown()
 
 	d.inflightMu.Lock()
@@ -441,6 +450,7 @@ func (d *Daemon) writeMetrics(w io.Writer) {
 	n := d.inflight
 	d.inflightMu.Unlock()
 	gauge(w, "edged_requests_in_flight", "Requests being served.", nil, [][]string{nil}, []float64{float64(n)})
+	d.writeEditGauges(w)
 }
 
 func b2f(b bool) float64 {

@@ -35,6 +35,7 @@ func testOptions(t testing.TB) Options {
 	o.Socket = filepath.Join(dir, "s.sock")
 	o.StateDir = filepath.Join(dir, "state")
 	o.NATS.Enabled = false
+	o.EditJobs.Auto = false // edit tests that train turn it on
 	o.Engine.Threads = 1
 	// The CPU on every machine: tests compare with CPU references (auto
 	// has its own test, TestBackendAutoFallsBack).

@@ -65,6 +65,7 @@ func (s *Service) IngestEdit(m EditMessage) (EditResult, error) {
 		return EditResult{Outcome: EditDuplicate, ID: e.ID}, nil
 	}
 	s.d.emit(Event{Kind: "edit_accepted", Model: e.Model, Edit: e.ID})
+	s.d.scheduleEdits(e.Model)
 	return EditResult{Outcome: EditAccepted, ID: e.ID}, nil
 }
 
@@ -123,6 +124,9 @@ func (s *Service) ingestRetraction(m EditMessage) (EditResult, error) {
 		ev.Model = rec.Edit.Model
 	}
 	s.d.emit(ev)
+	if rec.Edit != nil {
+		s.d.scheduleEdits(rec.Edit.Model)
+	}
 	return EditResult{Outcome: EditRetracted, ID: r.ID}, nil
 }
 

@@ -112,6 +112,7 @@ func (t *adaptTask) Step() (float64, error) {
 }
 
 func (t *adaptTask) Steps() int                   { return t.run.Steps() }
+func (t *adaptTask) Done() bool                   { return false }
 func (t *adaptTask) Checkpoint(path string) error { return t.run.SaveCheckpoint(path) }
 func (t *adaptTask) Restore(path string) error    { return t.run.Restore(path) }
 func (t *adaptTask) Memory() int64                { return t.mem }

@@ -75,6 +75,8 @@ func jobKindOf(kind string) jobKind {
 	switch kind {
 	case protocol.JobKindAdapt:
 		return adaptKind{}
+	case protocol.JobKindEdits:
+		return editsKind{}
 	}
 	return nil
 }
@@ -85,6 +87,9 @@ type jobTask interface {
 	Step() (float64, error)
 	// Steps is the number of steps taken, restored ones included.
 	Steps() int
+	// Done reports that the task ended before the job's Steps (edit
+	// training's stop rule held at the last Step, which took no step).
+	Done() bool
 	// Checkpoint writes the task's state to path atomically (a temporary
 	// file renamed over it); Restore continues from such a file exactly.
 	Checkpoint(path string) error
@@ -100,9 +105,10 @@ type jobTask interface {
 
 // jobEnv is what kinds use of the daemon.
 type jobEnv struct {
-	ctx  context.Context // ends when the job must stop (a model download waits on it)
-	reg  *registry
-	opts Options
+	ctx   context.Context // ends when the job must stop (a model download waits on it)
+	reg   *registry
+	store *store
+	opts  Options
 	// pace runs before every forward pass of the job; nil at submission.
 	pace func()
 }
@@ -123,6 +129,10 @@ type jobRunner struct {
 	// run again for the same job, so it must be idempotent. Adapter
 	// versions hook in here. Set it before Start.
 	onDone func(ctx context.Context, j protocol.Job) error
+	// onFinished, when set, runs after a job's end (done, paused,
+	// cancelled or failed) is recorded, with the record; not at a stop of
+	// the daemon. Set it before Start.
+	onFinished func(j protocol.Job)
 	// afterStep, when set (tests), runs on the runner's goroutine after
 	// every step with the job's live record.
 	afterStep func(j protocol.Job)
@@ -148,10 +158,12 @@ func newJobRunner(d *Daemon) *jobRunner {
 		log:   d.log.With("component", "jobs"),
 		store: d.store,
 		dir:   filepath.Join(d.opts.StateDir, "jobs"),
-		env:   func(ctx context.Context) jobEnv { return jobEnv{ctx: ctx, reg: d.reg, opts: d.options()} },
-		load:  d.servingLoad,
-		emit:  d.emit,
-		wake:  make(chan struct{}, 1),
+		env: func(ctx context.Context) jobEnv {
+			return jobEnv{ctx: ctx, reg: d.reg, store: d.store, opts: d.options()}
+		},
+		load: d.servingLoad,
+		emit: d.emit,
+		wake: make(chan struct{}, 1),
 	}
 }
 
@@ -324,7 +336,7 @@ func (r *jobRunner) work(base context.Context, run *jobRun) error {
 		lastCkpt, lastCkptAt = t.Steps(), time.Now()
 		return r.record(run, func(j *protocol.Job) { j.Checkpoint, j.CheckpointStep = ckpt, lastCkpt })
 	}
-	for t.Steps() < j.Steps {
+	for t.Steps() < j.Steps && !t.Done() {
 		if run.ctx.Err() != nil {
 			if t.Steps() > lastCkpt {
 				if err := save(); err != nil {
@@ -415,6 +427,9 @@ func (r *jobRunner) finish(run *jobRun, err error) {
 	if kind != "" {
 		r.log.Info("job "+j.State, "job", j.ID, "step", j.Step, "steps", j.Steps)
 		r.event(kind, j, msg)
+		if r.onFinished != nil {
+			r.onFinished(j)
+		}
 	}
 }
 

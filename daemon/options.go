@@ -34,6 +34,7 @@ type Options struct {
 	Adapters  AdapterOptions
 	NATS      NATSOptions
 	Jobs      JobsOptions
+	EditJobs  EditJobOptions
 
 	// Specs are the models registered at start (the config file's
 	// [models.NAME] tables, then --model flags).
@@ -121,6 +122,30 @@ type JobsOptions struct {
 	MaxQueued int
 	// Threads are the CPU threads of a job's engine; 0: Engine.Threads.
 	Threads int
+}
+
+// EditJobs configure the training of knowledge edits (daemon/edits_train.go,
+// daemon/jobs_edits.go): when it starts, and the settings an "edits" job
+// takes when its submission leaves them out.
+type EditJobOptions struct {
+	// Auto submits an edit job for a model once its edits changed (an
+	// edit stored pending, or one in the current version retracted) and
+	// Delay passed without another change, unless an edit job of the
+	// model is unfinished.
+	Auto  bool
+	Delay time.Duration
+	// Optimizer is one of protocol.EditOptimizers.
+	Optimizer string
+	// Layer is the layer whose MLP down-projection is adapted; -1: the
+	// last (`edgectl edits locate` measures each).
+	Layer int
+	// Rank of the LoRA; 0: a full delta of the projection.
+	Rank int
+	// Steps bounds a run; LR is the learning rate (0: the optimizer's
+	// default); a run stops once every edit's loss is below StopLoss.
+	Steps    int
+	LR       float64
+	StopLoss float64
 }
 
 // NATSOptions configure the NATS front end (daemon/nats*.go).
@@ -244,6 +269,7 @@ func defaultOptions(getenv func(string) string) Options {
 		Models:   ModelOptions{IdleUnload: 15 * time.Minute},
 		Adapters: AdapterOptions{Keep: 5, Cache: defaultAdapterCache},
 		Jobs:     JobsOptions{Share: 0.5, CheckpointEvery: 100, CheckpointInterval: time.Minute, ProgressInterval: 2 * time.Second, MaxQueued: 16},
+		EditJobs: defaultEditJobs(),
 		NATS: NATSOptions{
 			Enabled: true, MetricsInterval: 10 * time.Second,
 			JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30,

@@ -66,6 +66,9 @@ type EditRecord struct {
 	RetractSeq  uint64    `json:"retract_seq,omitempty"`
 	ReceivedAt  time.Time `json:"received_at"`
 	RetractedAt time.Time `json:"retracted_at,omitzero"`
+	// AdapterVersion is the newest adapter version an edit job trained
+	// the edit into (set when it became active).
+	AdapterVersion uint64 `json:"adapter_version,omitempty"`
 }
 
 // EditList answers GET /v1/edits and the NATS edits endpoint.
@@ -226,4 +229,35 @@ func checkEditTexts(p *problems, param string, list []string) {
 	for i, s := range list {
 		checkEditText(p, param, param+"["+strconv.Itoa(i)+"]", s)
 	}
+}
+
+// EditScores are EasyEdit's measures of one edit (ID set), or their means
+// over the edits: reliability, the teacher-forced token accuracy of the
+// target; generalization, the same after each rephrase (absent without
+// rephrases); locality, the share of most likely tokens the adapter left
+// unchanged along the base model's greedy continuation of each locality
+// prompt (absent without locality prompts); loss, the mean cross-entropy
+// of the target's tokens.
+type EditScores struct {
+	ID             string   `json:"id,omitempty"`
+	Loss           float64  `json:"loss"`
+	Reliability    float64  `json:"reliability"`
+	Generalization *float64 `json:"generalization,omitempty"`
+	Locality       *float64 `json:"locality,omitempty"`
+}
+
+// EditMetrics are the measures of an adapter version that an edit job
+// trained, kept in its record (AdapterRecord.Metrics) and published on
+// MetricsSubject.
+type EditMetrics struct {
+	EditScores
+	// Base are the base model's means, for comparison.
+	Base EditScores `json:"base"`
+	// Edits are each edit's measures, in training order.
+	Edits []EditScores `json:"edits"`
+	// Steps is the number of optimizer steps; Learnt says the stop rule
+	// ended the training (every edit's loss below the job's stop_loss)
+	// rather than the step bound.
+	Steps  int  `json:"steps"`
+	Learnt bool `json:"learnt"`
 }

@@ -17,10 +17,11 @@ import (
 // Job kinds.
 const (
 	JobKindAdapt = "adapt" // a MeZO adaptation run (AdaptJob): `edgectl adapt` in the daemon
+	JobKindEdits = "edits" // LocFT-BF training of a model's knowledge edits (EditsJob)
 )
 
 // JobKinds lists the kinds a daemon runs.
-var JobKinds = []string{JobKindAdapt}
+var JobKinds = []string{JobKindAdapt, JobKindEdits}
 
 // Job states. A job is queued, runs, and ends done, failed or cancelled;
 // paused or failed, it can be resumed (queued again, to continue from its
@@ -50,7 +51,32 @@ type JobSubmitRequest struct {
 	// Adapt configures a job of kind "adapt"; other kinds must leave it
 	// out.
 	Adapt *AdaptJob `json:"adapt,omitempty"`
+	// Edits configures a job of kind "edits" (absent: the daemon's
+	// edits.* settings); other kinds must leave it out.
+	Edits *EditsJob `json:"edits,omitempty"`
 }
+
+// EditsJob is an edit-training run (`edgectl edits train` in the daemon)
+// over the model's stored edits that are pending or active, taken when
+// the job is submitted; a zero or absent field takes the daemon's
+// edits.* setting. The trained adapter becomes the model's newest
+// version, its edits active, and the version's record holds the edit
+// metrics (EditMetrics).
+type EditsJob struct {
+	Optimizer string   `json:"optimizer,omitempty"` // one of EditOptimizers
+	Layer     *int     `json:"layer,omitempty"`     // whose MLP down-projection is adapted
+	Rank      *int     `json:"rank,omitempty"`      // of the LoRA; 0: a full delta of the projection
+	Steps     int      `json:"steps,omitempty"`     // the most optimizer steps
+	LR        float64  `json:"lr,omitempty"`        // learning rate
+	StopLoss  float64  `json:"stop_loss,omitempty"` // stop once every edit's loss is below it (nats)
+	Seed      *uint64  `json:"seed,omitempty"`
+	// Edits are the ids trained, filled in by the daemon.
+	Edits []string `json:"edits,omitempty"`
+}
+
+// EditOptimizers are the optimizers of an EditsJob: MeZO (forward passes
+// only) and Adam on the exact gradient of the adapted matrix.
+var EditOptimizers = []string{"mezo", "grad"}
 
 // AdaptJob is an adaptation run with the settings of `edgectl adapt`
 // (its flags, in snake case); a zero or absent field takes that
@@ -154,6 +180,9 @@ type Job struct {
 	// filled in (absent layers: all) and the examples left out (they are
 	// in the job's directory).
 	Adapt *AdaptJob `json:"adapt,omitempty"`
+	// Edits is the configuration of an "edits" job with the defaults
+	// filled in and the ids of the edits it trains.
+	Edits *EditsJob `json:"edits,omitempty"`
 }
 
 // JobList answers GET /v1/jobs and the NATS jobs endpoint.
@@ -204,12 +233,19 @@ func (r *JobSubmitRequest) Validate() error {
 	var p problems
 	checkVersion(&p, r.Version)
 	checkModel(&p, r.Model)
+	if r.Kind != JobKindAdapt && r.Adapt != nil || r.Kind != JobKindEdits && r.Edits != nil {
+		p.add(CodeInvalidValue, "kind", "settings of another kind than %q", truncate(r.Kind, 40))
+	}
 	switch r.Kind {
 	case JobKindAdapt:
 		if r.Adapt == nil {
 			p.add(CodeInvalidValue, "adapt", "a job of kind %q needs its settings in \"adapt\"", r.Kind)
 		} else {
 			r.Adapt.validate(&p)
+		}
+	case JobKindEdits:
+		if r.Edits != nil {
+			r.Edits.validate(&p)
 		}
 	case "":
 		p.add(CodeInvalidValue, "kind", "kind is required: one of %s", strings.Join(JobKinds, ", "))
@@ -290,6 +326,26 @@ func (a *AdaptJob) validate(p *problems) {
 	}
 	if a.Init != "data" && a.InitRef != 0 {
 		p.add(CodeInvalidValue, "adapt.init_ref", "adapt.init_ref is a setting of init \"data\"")
+	}
+}
+
+// validate checks an EditsJob's fields on their own.
+func (e *EditsJob) validate(p *problems) {
+	if e.Optimizer != "" && !slices.Contains(EditOptimizers, e.Optimizer) {
+		p.add(CodeInvalidValue, "edits.optimizer", "edits.optimizer %q: want one of %s", truncate(e.Optimizer, 40), strings.Join(EditOptimizers, ", "))
+	}
+	if e.Layer != nil {
+		checkInt(p, "edits.layer", e.Layer, 0, MaxJobLayers-1)
+	}
+	if e.Rank != nil {
+		checkInt(p, "edits.rank", e.Rank, 0, MaxLoRARank)
+	}
+	checkInt(p, "edits.steps", &e.Steps, 0, MaxJobSteps)
+	if !(e.LR >= 0) || !(e.StopLoss >= 0) {
+		p.add(CodeInvalidValue, "edits.lr", "edits.lr %v and edits.stop_loss %v: must not be negative", e.LR, e.StopLoss)
+	}
+	if e.Edits != nil {
+		p.add(CodeInvalidValue, "edits.edits", "the daemon chooses the edits: its model's pending and active ones")
 	}
 }
 
