@@ -38,10 +38,11 @@ package daemon
 // "model_not_found"), and the body {"error": {...}} of the socket API. An
 // error also ends a stream.
 //
-// Published: metrics as JSON every NATSOptions.MetricsInterval on
-// edged.<node>.metrics (the Status, the counters of /metrics and the
-// service's per-endpoint statistics), lifecycle events (Event) on
-// edged.<node>.events.
+// Published: metrics as JSON every NATSOptions.MetricsInterval, and at
+// once after an edit job's version (its edit metrics are gauges of
+// /metrics), on edged.<node>.metrics (the Status, the counters and gauges
+// of /metrics and the service's per-endpoint statistics), lifecycle
+// events (Event) on edged.<node>.events.
 //
 // Subject tokens cannot hold '.', '*', '>' or spaces, so a node name such
 // as a host's FQDN is used with those characters replaced by '_'
@@ -128,13 +129,16 @@ type NATS struct {
 	be   natsBackend
 	node string // as a subject token
 
-	inflight  chan struct{} // a slot per request being served
-	wg        sync.WaitGroup
-	ctx       context.Context // cancelled by Shutdown once the wait is over
-	cancel    context.CancelFunc
-	stopBg    chan struct{}
-	stopEdits context.CancelFunc // stops the edit intake; nil without it
-	stopFleet context.CancelFunc // stops auto_publish and auto_pull
+	inflight chan struct{} // a slot per request being served
+	wg       sync.WaitGroup
+	ctx      context.Context // cancelled by Shutdown once the wait is over
+	cancel   context.CancelFunc
+	stopBg   chan struct{}
+	// metricsNow asks publishMetrics to publish at once (a new edit
+	// version's metrics do not wait for the interval).
+	metricsNow chan struct{}
+	stopEdits  context.CancelFunc // stops the edit intake; nil without it
+	stopFleet  context.CancelFunc // stops auto_publish and auto_pull
 
 	mu      sync.Mutex // guards the fields below
 	streams map[string]context.CancelFunc
@@ -187,7 +191,7 @@ func (f *NATS) start(ctx context.Context, be natsBackend) error {
 	f.inflight = make(chan struct{}, natsMaxInFlight)
 	f.streams = map[string]context.CancelFunc{}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
-	f.stopBg = make(chan struct{})
+	f.stopBg, f.metricsNow = make(chan struct{}), make(chan struct{}, 1)
 
 	conn, err := dialNATS(ctx, f.opts, f.node, f.log)
 	if err != nil {
@@ -218,10 +222,8 @@ func (f *NATS) start(ctx context.Context, be natsBackend) error {
 		return err
 	}
 	be.OnEvent(f.publishEvent)
-	if iv := f.opts.MetricsInterval; iv > 0 {
-		f.wg.Add(1)
-		go f.publishMetrics(iv)
-	}
+	f.wg.Add(1)
+	go f.publishMetrics(f.opts.MetricsInterval)
 	f.log.Info("nats front end started", "service", protocol.ServiceName, "subjects", protocol.Subject(f.node, "*"), "embedded", conn.ns != nil)
 	return nil
 }
@@ -671,6 +673,12 @@ func (f *NATS) publishEvent(ev Event) {
 	if closed {
 		return
 	}
+	if ev.Kind == "edits_trained" {
+		select {
+		case f.metricsNow <- struct{}{}:
+		default: // a publication is pending already
+		}
+	}
 	data, err := json.Marshal(ev)
 	if err != nil {
 		return
@@ -700,15 +708,22 @@ type Sample struct {
 	Value  float64           `json:"value"`
 }
 
+// publishMetrics publishes the metrics every interval (0: never) and
+// when metricsNow asks.
 func (f *NATS) publishMetrics(every time.Duration) {
 	defer f.wg.Done()
-	t := time.NewTicker(every)
-	defer t.Stop()
+	var tick <-chan time.Time
+	if every > 0 {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
 		select {
 		case <-f.stopBg:
 			return
-		case <-t.C:
+		case <-tick:
+		case <-f.metricsNow:
 		}
 		m, err := f.metrics()
 		if err != nil {

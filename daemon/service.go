@@ -260,7 +260,8 @@ type Event struct {
 	Node string    `json:"node"`
 	// Kind is one of started, model_loaded, model_unloaded,
 	// model_load_failed, reloaded, draining, edit_accepted, edit_rejected,
-	// edit_retracted, adapter_committed, adapter_pulled (a version pulled
+	// edit_retracted, edits_trained (an edit job's version holds its
+	// edits, now active), adapter_committed, adapter_pulled (a version pulled
 	// from the fleet is committed), adapter_published, adapter_rolled_back
 	// (another version made current), adapter_failed (a stored version did
 	// not load: its file is damaged or it no longer fits the model),

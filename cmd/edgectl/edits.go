@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -23,7 +24,8 @@ var editsCommands = map[string]command{
 	// and rolling back the edits is rolling back the version.
 	"rollback": {"make another adapter version current (as adapters rollback)", runAdaptersRollback},
 	// Another node trained the edits: take its version instead.
-	"pull": {"fetch the adapter version another node published (as adapters pull)", runAdaptersPull},
+	"pull":   {"fetch the adapter version another node published (as adapters pull)", runAdaptersPull},
+	"submit": {"train a model's pending and active edits now, in a background job of the running edged", runEditsSubmit},
 	// Offline, on a model file: what the daemon's edit training does.
 	"locate": {"train briefly on each candidate layer and print the edit metrics of each", runEditsLocate},
 	"train":  {"train edits (LocFT-BF) until each is learnt; write the adapter and print the metrics", runEditsTrain},
@@ -142,6 +144,9 @@ func printEdit(w io.Writer, r protocol.EditRecord) error {
 	line := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s:\t%s\n", k, fmt.Sprintf(format, args...)) }
 	line("id", "%s", r.ID)
 	line("status", "%s", r.Status)
+	if r.AdapterVersion != 0 {
+		line("adapter version", "%d (the newest that holds it)", r.AdapterVersion)
+	}
 	if r.Error != nil {
 		line("reason", "%s: %s", r.Error.Code, r.Error.Message)
 	}
@@ -162,4 +167,53 @@ func printEdit(w io.Writer, r protocol.EditRecord) error {
 		line("retracted", "%s (stream sequence %d)", r.RetractedAt.Local().Format(time.DateTime), r.RetractSeq)
 	}
 	return tw.Flush()
+}
+
+// runEditsSubmit submits an edit job: what edged does by itself once a
+// model's edits change (edits.train), by hand and with other settings.
+func runEditsSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("edits submit", "--model NAME [--optimizer grad|mezo] [--layer L] [--rank R] [--steps N] [--lr LR] [--stop-loss L] [--seed S] [--watch]\n\n"+
+		"Trains the model's pending and active edits into a new adapter version, in a background job; the flags left out take edged's edits.* settings.", stderr)
+	mk := socketFlag(fs)
+	modelName := fs.String("model", "", "`name` of a model registered with edged (required)")
+	var cfg protocol.EditsJob
+	fs.StringVar(&cfg.Optimizer, "optimizer", "", "optimizer: "+strings.Join(protocol.EditOptimizers, " or "))
+	layer := fs.Int("layer", 0, "layer whose MLP down-projection is adapted")
+	rank := fs.Int("rank", 0, "rank of the LoRA (0: a full delta of the projection)")
+	seed := fs.Uint64("seed", 1, "seed of the run")
+	fs.IntVar(&cfg.Steps, "steps", 0, "most optimizer steps")
+	fs.Float64Var(&cfg.LR, "lr", 0, "learning rate")
+	fs.Float64Var(&cfg.StopLoss, "stop-loss", 0, "stop once every edit's loss is below this (nats)")
+	watch := fs.Bool("watch", false, "follow the job with a progress bar until it ends")
+	every := fs.Duration("interval", 500*time.Millisecond, "with --watch, how often to ask edged")
+	asJSON := fs.Bool("json", false, "print the job as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *modelName == "" {
+		return usageError(fs, "--model is required")
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "layer":
+			cfg.Layer = layer
+		case "rank":
+			cfg.Rank = rank
+		case "seed":
+			cfg.Seed = seed
+		}
+	})
+	c := mk()
+	var j protocol.Job
+	if err := c.call(ctx, http.MethodPost, "/v1/jobs/submit", protocol.JobSubmitRequest{Kind: protocol.JobKindEdits, Model: *modelName, Edits: &cfg}, &j); err != nil {
+		return err
+	}
+	if *watch {
+		return watchJob(ctx, c, j.ID, *every, stdout, stderr, *asJSON)
+	}
+	if *asJSON {
+		return printJSON(stdout, j)
+	}
+	fmt.Fprintf(stdout, "%s %s: at most %d steps on %d edits of model %s\n", j.ID, j.State, j.Steps, j.Examples, j.Model)
+	return nil
 }

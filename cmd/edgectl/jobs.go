@@ -185,6 +185,10 @@ func printJob(w io.Writer, j *protocol.Job) error {
 		line("examples", "%d", j.Examples)
 		line("method", "%s, lr %g, eps %g, batch %d, seed %d", a.Method, a.LR, a.Eps, a.Batch, *a.Seed)
 	}
+	if e := j.Edits; e != nil {
+		line("edits", "%d", j.Examples)
+		line("training", "%s on the down-projection of layer %d, rank %d, lr %g, stop loss %g, seed %d", e.Optimizer, *e.Layer, *e.Rank, e.LR, e.StopLoss, *e.Seed)
+	}
 	if j.MemoryBytes > 0 {
 		line("memory", "%.1f MiB", float64(j.MemoryBytes)/(1<<20))
 	}
