@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edged/edged/protocol"
@@ -32,7 +33,7 @@ func crashEdits(n int) []protocol.Edit {
 // jetStreamServer runs a NATS server with JetStream that outlives the
 // edged processes killed, with the edit stream created as an operator
 // would.
-func jetStreamServer(t *testing.T) (url string, js jetstream.JetStream) {
+func jetStreamServer(t *testing.T) (url string, nc *nats.Conn, js jetstream.JetStream) {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()})
 	if err != nil {
@@ -43,7 +44,7 @@ func jetStreamServer(t *testing.T) (url string, js jetstream.JetStream) {
 	if !ns.ReadyForConnections(5 * time.Second) {
 		t.Fatal("the NATS server did not start")
 	}
-	nc := natsClient(t, ns.ClientURL())
+	nc = natsClient(t, ns.ClientURL())
 	if js, err = jetstream.New(nc); err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,7 @@ func jetStreamServer(t *testing.T) (url string, js jetstream.JetStream) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ns.ClientURL(), js
+	return ns.ClientURL(), nc, js
 }
 
 // The issue's crash test: 500 edits published through the stream while
@@ -62,7 +63,11 @@ func jetStreamServer(t *testing.T) (url string, js jetstream.JetStream) {
 // version holds all 500 edits.
 func TestEditsSurviveKills(t *testing.T) {
 	const n = 500
-	url, js := jetStreamServer(t)
+	url, nc, js := jetStreamServer(t)
+	metrics, err := nc.SubscribeSync(protocol.MetricsSubject("crash"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	args := []string{"--node", "crash", "--nats.enabled=true", "--nats-url", url, "--jobs.checkpoint_every=5",
 		"--edits.train_delay=300ms", "--edits.optimizer=mezo", "--edits.layer=3", "--edits.rank=4", "--edits.steps=40"}
 	e := startEdged(t, args...)
@@ -151,6 +156,23 @@ func TestEditsSurviveKills(t *testing.T) {
 			t.Errorf("edit %s (%s, version %d) is not in the current version %d", r.ID, r.Status, r.AdapterVersion, cur.AdapterVersion)
 		}
 	}
+	// The version's metrics went out on edged.<node>.metrics.
+	checkFor(t, 10*time.Second, time.Millisecond, func() error {
+		msg, err := metrics.NextMsg(5 * time.Second)
+		if err != nil {
+			return err
+		}
+		var m struct {
+			Metrics map[string][]struct{ Value float64 } `json:"metrics"`
+		}
+		if err := json.Unmarshal(msg.Data, &m); err != nil {
+			return err
+		}
+		if tr, rel := m.Metrics["edged_edits_trained"], m.Metrics["edged_edit_reliability"]; len(tr) != 1 || tr[0].Value != n || len(rel) != 1 {
+			return fmt.Errorf("metrics: edits trained %v, reliability %v", tr, rel)
+		}
+		return nil
+	})
 	restarted := 0
 	for _, j := range e.jobs() {
 		if j.State != protocol.JobDone {
