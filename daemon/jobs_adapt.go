@@ -26,10 +26,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/edged/edged/accel/cpu"
 	"github.com/edged/edged/adapt"
-	"github.com/edged/edged/engine"
-	"github.com/edged/edged/model"
 	"github.com/edged/edged/protocol"
 	"github.com/edged/edged/quant"
 )
@@ -51,45 +48,29 @@ func (adaptKind) prepare(env jobEnv, req *protocol.JobSubmitRequest, files bool,
 	}
 	defer s.close()
 	// A job that could never fit is refused now rather than failed later.
-	if budget := env.opts.Models.MemoryBudget; budget > 0 {
-		if need := s.memory(!env.cpuOnly()); need > budget {
-			return protocol.Errorf(protocol.CodeInsufficientMemory, "the job needs about %s, more than the memory budget of %s", human(need), human(budget))
-		}
+	if err := s.checkBudget(env); err != nil {
+		return err
 	}
 	cfg.Examples = nil // they are in the job's directory
 	j.Steps, j.Examples, j.Adapt = s.recipe.MeZO.Steps, len(s.train), &cfg
 	return nil
 }
 
-// cpuOnly reports whether a job's engine surely runs on the CPU alone.
-func (env jobEnv) cpuOnly() bool { return env.opts.Engine.Backend == "cpu" }
-
 func (adaptKind) open(env jobEnv, j *protocol.Job, dir string) (jobTask, error) {
 	s, err := openAdaptSetup(env, j.Model, j.Adapt, dir)
 	if err != nil {
 		return nil, err
 	}
-	eo := env.opts.engineOptions()
-	if env.opts.Jobs.Threads > 0 {
-		eo.Threads = env.opts.Jobs.Threads
-	}
-	eng, _, _, err := newEngine(s.mdl, eo, engine.Options{Context: s.ctx, BatchSize: eo.BatchSize, Cache: engine.CacheF32, Hooks: engine.Hooks{Delta: adapt.NewSet()}})
+	eng, err := s.engine(env, j.ID)
 	if err != nil {
-		s.close()
-		return nil, protocol.Errorf(protocol.CodeModelLoad, "model %s: %v", j.Model, err)
-	}
-	_, onCPU := eng.Backend().(*cpu.Backend)
-	mem := s.memory(!onCPU || eng.Options().Offload != nil)
-	if err := env.reg.reserveFree("job "+j.ID, mem); err != nil {
-		eng.Close()
 		s.close()
 		return nil, err
 	}
-	t := &adaptTask{setup: s, eng: eng, mem: mem, release: func() { env.reg.unreserve(mem) }}
+	t := &adaptTask{setup: s, eng: eng}
 	t.typ, _ = quant.ParseType(j.Adapt.Type)
 	recipe := s.recipe
 	recipe.Pace = env.pace
-	if t.run, err = recipe.Prepare(eng, s.mdl, s.bos, s.train); err != nil {
+	if t.run, err = recipe.Prepare(eng.Engine, s.mdl, s.bos, s.train); err != nil {
 		t.close()
 		return nil, err
 	}
@@ -98,12 +79,10 @@ func (adaptKind) open(env jobEnv, j *protocol.Job, dir string) (jobTask, error) 
 
 // adaptTask is a running "adapt" job.
 type adaptTask struct {
-	setup   *adaptSetup
-	eng     *engine.Engine
-	run     *adapt.Run
-	typ     quant.Type // of the adapter file
-	mem     int64
-	release func() // gives the memory reservation back
+	setup *adaptSetup
+	eng   *jobEngine
+	run   *adapt.Run
+	typ   quant.Type // of the adapter file
 }
 
 func (t *adaptTask) Step() (float64, error) {
@@ -115,7 +94,7 @@ func (t *adaptTask) Steps() int                   { return t.run.Steps() }
 func (t *adaptTask) Done() bool                   { return false }
 func (t *adaptTask) Checkpoint(path string) error { return t.run.SaveCheckpoint(path) }
 func (t *adaptTask) Restore(path string) error    { return t.run.Restore(path) }
-func (t *adaptTask) Memory() int64                { return t.mem }
+func (t *adaptTask) Memory() int64                { return t.eng.mem }
 
 func (t *adaptTask) Finish(dir string) (string, error) {
 	path := filepath.Join(dir, jobAdapterFile)
@@ -129,21 +108,16 @@ func (t *adaptTask) Close() {
 
 // close frees what open made before the run.
 func (t *adaptTask) close() {
-	t.eng.Close()
+	t.eng.close()
 	t.setup.close()
-	t.release()
 }
 
 // adaptSetup is an adapt job's model, data and run, checked.
 type adaptSetup struct {
-	file   *model.File
-	mdl    *model.Model
+	*jobModel
 	bos    int32 // -1: the model has no tokenizer
 	train  []adapt.Example
 	recipe adapt.Recipe
-	// The run's footprint (adapt.Recipe.Footprint).
-	seqs, ctx int
-	held      int64
 }
 
 // openAdaptSetup opens the model of a job and reads its data from dir,
@@ -154,30 +128,21 @@ func openAdaptSetup(env jobEnv, name string, cfg *protocol.AdaptJob, dir string)
 	if err != nil {
 		return nil, err
 	}
-	path, spec, err := env.reg.modelFile(env.ctx, name)
+	m, err := openJobModel(env, name)
 	if err != nil {
 		return nil, err
 	}
-	f, err := model.Open(path)
-	if err != nil {
-		return nil, protocol.Errorf(protocol.CodeModelLoad, "model %s: %v", name, err)
-	}
-	s := &adaptSetup{file: f, recipe: recipe, bos: -1}
-	if err := s.load(env, name, spec, cfg, dir); err != nil {
-		f.Close()
+	s := &adaptSetup{jobModel: m, recipe: recipe, bos: -1}
+	if err := s.load(env, cfg, dir); err != nil {
+		m.close()
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *adaptSetup) load(env jobEnv, name string, spec ModelSpec, cfg *protocol.AdaptJob, dir string) error {
-	var err error
-	if s.mdl, err = model.Load(s.file); err != nil {
-		return protocol.Errorf(protocol.CodeModelLoad, "model %s: %v", name, err)
-	}
-	tok, err := model.NewTokenizer(s.file) // nil: only id examples can be read
-	if err == nil {
-		s.bos = tok.BOS()
+func (s *adaptSetup) load(env jobEnv, cfg *protocol.AdaptJob, dir string) error {
+	if s.tok != nil { // without one only id examples can be read
+		s.bos = s.tok.BOS()
 	}
 	param, source := "adapt.examples", "adapt.examples"
 	if cfg.Data != "" {
@@ -188,7 +153,7 @@ func (s *adaptSetup) load(env jobEnv, name string, spec ModelSpec, cfg *protocol
 		return err
 	}
 	defer data.Close()
-	if s.train, err = adapt.ReadExamples(data, source, tok); err != nil {
+	if s.train, err = adapt.ReadExamples(data, source, s.tok); err != nil {
 		return protocol.ParamErrorf(protocol.CodeInvalidValue, param, "%s", clipLines(err.Error(), 5))
 	}
 	c := s.mdl.Config
@@ -200,7 +165,7 @@ func (s *adaptSetup) load(env jobEnv, name string, spec ModelSpec, cfg *protocol
 		}
 	}
 	if s.bos < 0 && (s.recipe.Replay > 0 || s.recipe.Method == adapt.MethodLoRA && s.recipe.Init == adapt.InitData) {
-		return protocol.Errorf(protocol.CodeInvalidValue, "replay and init data sample the model from BOS, and model %s has no tokenizer", name)
+		return protocol.Errorf(protocol.CodeInvalidValue, "replay and init data sample the model from BOS, and model %s has no tokenizer", s.name)
 	}
 	if s.recipe.Method == adapt.MethodLoRA {
 		// Layers and projections the model lacks.
@@ -208,33 +173,9 @@ func (s *adaptSetup) load(env jobEnv, name string, spec ModelSpec, cfg *protocol
 			return protocol.ParamErrorf(protocol.CodeInvalidValue, "adapt.layers", "%v", err)
 		}
 	}
-	s.seqs, s.ctx, s.held = s.recipe.Footprint(s.train, c)
-	limit := modelContext(c, env.opts.Engine, spec.Context)
-	if s.ctx > limit {
-		return protocol.Errorf(protocol.CodeContextLength, "the job's longest sequence has %d tokens; model %s holds %d", s.ctx, name, limit)
-	}
-	// The CPU attention reads value rows in steps of 8, and a cache that
-	// ends inside a step sums them in another order: with the context
-	// rounded up the job computes what `edgectl adapt` does with the
-	// model's context, bit for bit.
-	s.ctx = min((s.ctx+jobContextStep-1)/jobContextStep*jobContextStep, limit)
-	return nil
+	seqs, ctx, held := s.recipe.Footprint(s.train, c)
+	return s.fit(env, seqs, ctx, held)
 }
-
-// jobContextStep is what a job's context is rounded up to (see load).
-const jobContextStep = 32
-
-// memory is what the job's engine and run hold (see the top of the
-// file); weights says whether the weights are a copy of their own.
-func (s *adaptSetup) memory(weights bool) int64 {
-	m := int64(s.seqs)*kvBytes(s.mdl.Config, s.ctx, "f32") + s.held
-	if weights {
-		m += fileSize(s.file)
-	}
-	return m
-}
-
-func (s *adaptSetup) close() { s.file.Close() }
 
 // adaptRecipe is the run cfg describes, over the defaults of `edgectl
 // adapt`; it fills cfg's left-out settings with the values the run uses,

@@ -26,9 +26,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/edged/edged/accel/cpu"
 	"github.com/edged/edged/adapt"
-	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
 	"github.com/edged/edged/protocol"
 	"github.com/edged/edged/quant"
@@ -77,10 +75,8 @@ func (editsKind) prepare(env jobEnv, req *protocol.JobSubmitRequest, _ bool, dir
 		return err
 	}
 	defer s.close()
-	if budget := env.opts.Models.MemoryBudget; budget > 0 {
-		if need := s.memory(!env.cpuOnly()); need > budget {
-			return protocol.Errorf(protocol.CodeInsufficientMemory, "the job needs about %s, more than the memory budget of %s", human(need), human(budget))
-		}
+	if err := s.checkBudget(env); err != nil {
+		return err
 	}
 	j.Steps, j.Examples, j.Edits = cfg.Steps, len(recs), &cfg
 	return nil
@@ -148,26 +144,15 @@ func (editsKind) open(env jobEnv, j *protocol.Job, dir string) (jobTask, error) 
 	if err != nil {
 		return nil, err
 	}
-	eo := env.opts.engineOptions()
-	if env.opts.Jobs.Threads > 0 {
-		eo.Threads = env.opts.Jobs.Threads
-	}
-	eng, _, _, err := newEngine(s.mdl, eo, engine.Options{Context: s.ctx, BatchSize: eo.BatchSize, Cache: engine.CacheF32, Hooks: engine.Hooks{Delta: adapt.NewSet()}})
+	eng, err := s.engine(env, j.ID)
 	if err != nil {
-		s.close()
-		return nil, protocol.Errorf(protocol.CodeModelLoad, "model %s: %v", j.Model, err)
-	}
-	_, onCPU := eng.Backend().(*cpu.Backend)
-	mem := s.memory(!onCPU || eng.Options().Offload != nil)
-	if err := env.reg.reserveFree("job "+j.ID, mem); err != nil {
-		eng.Close()
 		s.close()
 		return nil, err
 	}
-	t := &editsTask{setup: s, eng: eng, mem: mem, ids: j.Edits.Edits, release: func() { env.reg.unreserve(mem) }}
+	t := &editsTask{setup: s, eng: eng, ids: j.Edits.Edits}
 	recipe := s.recipe
 	recipe.Pace = env.pace
-	if t.run, err = recipe.Prepare(eng, s.mdl, s.tok.BOS(), s.edits); err != nil {
+	if t.run, err = recipe.Prepare(eng.Engine, s.mdl, s.tok.BOS(), s.edits); err != nil {
 		t.close()
 		return nil, err
 	}
@@ -176,14 +161,12 @@ func (editsKind) open(env jobEnv, j *protocol.Job, dir string) (jobTask, error) 
 
 // editsTask is a running "edits" job.
 type editsTask struct {
-	setup   *editsSetup
-	eng     *engine.Engine
-	run     *adapt.EditRun
-	ids     []string // of the edits, in training order
-	mem     int64
-	release func()
-	done    bool    // the trainer's stop rule held
-	loss    float64 // of the last step taken
+	setup *editsSetup
+	eng   *jobEngine
+	run   *adapt.EditRun
+	ids   []string // of the edits, in training order
+	done  bool     // the trainer's stop rule held
+	loss  float64  // of the last step taken
 }
 
 func (t *editsTask) Step() (float64, error) {
@@ -198,7 +181,7 @@ func (t *editsTask) Done() bool                   { return t.done }
 func (t *editsTask) Steps() int                   { return t.run.Steps() }
 func (t *editsTask) Checkpoint(path string) error { return t.run.SaveCheckpoint(path) }
 func (t *editsTask) Restore(path string) error    { return t.run.Restore(path) }
-func (t *editsTask) Memory() int64                { return t.mem }
+func (t *editsTask) Memory() int64                { return t.eng.mem }
 
 // Finish writes the adapter and its metrics; both are the same when it
 // runs again after a crash (the measure is deterministic).
@@ -231,50 +214,35 @@ func (t *editsTask) Close() {
 }
 
 func (t *editsTask) close() {
-	t.eng.Close()
+	t.eng.close()
 	t.setup.close()
-	t.release()
 }
 
 // editsSetup is an edit job's model, edits and run, checked.
 type editsSetup struct {
-	file   *model.File
-	mdl    *model.Model
-	tok    *model.Tokenizer
+	*jobModel
 	edits  []adapt.Edit
 	recipe adapt.EditRecipe
-	// ctx is the longest sequence the run scores, rounded up as for
-	// "adapt" jobs; seqs the most sequences it holds at once.
-	ctx, seqs int
-	held      int64
 }
 
 // openEditsSetup opens the model of an edit job and reads its edits from
 // dir, checking that the run fits the model.
 func openEditsSetup(env jobEnv, name string, cfg *protocol.EditsJob, dir string) (*editsSetup, error) {
-	path, spec, err := env.reg.modelFile(env.ctx, name)
+	m, err := openJobModel(env, name)
 	if err != nil {
 		return nil, err
 	}
-	f, err := model.Open(path)
-	if err != nil {
-		return nil, protocol.Errorf(protocol.CodeModelLoad, "model %s: %v", name, err)
-	}
-	s := &editsSetup{file: f}
-	if err := s.load(env, name, spec, cfg, dir); err != nil {
-		f.Close()
+	s := &editsSetup{jobModel: m}
+	if err := s.load(env, cfg, dir); err != nil {
+		m.close()
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *editsSetup) load(env jobEnv, name string, spec ModelSpec, cfg *protocol.EditsJob, dir string) error {
-	var err error
-	if s.mdl, err = model.Load(s.file); err != nil {
-		return protocol.Errorf(protocol.CodeModelLoad, "model %s: %v", name, err)
-	}
-	if s.tok, err = model.NewTokenizer(s.file); err != nil {
-		return protocol.Errorf(protocol.CodeInvalidValue, "model %s: edits are text, and the model has no tokenizer: %v", name, err)
+func (s *editsSetup) load(env jobEnv, cfg *protocol.EditsJob, dir string) error {
+	if s.tok == nil {
+		return protocol.Errorf(protocol.CodeInvalidValue, "model %s: edits are text, and the model has no tokenizer: %v", s.name, s.tokErr)
 	}
 	c := s.mdl.Config
 	s.recipe = editRecipe(cfg, c)
@@ -287,31 +255,14 @@ func (s *editsSetup) load(env jobEnv, name string, spec ModelSpec, cfg *protocol
 	}
 	defer data.Close()
 	if s.edits, err = adapt.ReadEdits(data, jobEditsFile, s.tok); err != nil {
-		return protocol.Errorf(protocol.CodeInvalidValue, "the edits of model %s: %s", name, clipLines(err.Error(), 5))
+		return protocol.Errorf(protocol.CodeInvalidValue, "the edits of model %s: %s", s.name, clipLines(err.Error(), 5))
 	}
 	if len(s.edits) != len(cfg.Edits) {
 		return fmt.Errorf("%s holds %d edits, the job %d", jobEditsFile, len(s.edits), len(cfg.Edits))
 	}
-	s.seqs, s.ctx, s.held = s.recipe.Footprint(s.edits, c)
-	limit := modelContext(c, env.opts.Engine, spec.Context)
-	if s.ctx > limit {
-		return protocol.Errorf(protocol.CodeContextLength, "the job's longest sequence has %d tokens; model %s holds %d", s.ctx, name, limit)
-	}
-	s.ctx = min((s.ctx+jobContextStep-1)/jobContextStep*jobContextStep, limit)
-	return nil
+	seqs, ctx, held := s.recipe.Footprint(s.edits, c)
+	return s.fit(env, seqs, ctx, held)
 }
-
-// memory is what the job's engine and run hold (see the top of the
-// file); weights says whether the weights are a copy of their own.
-func (s *editsSetup) memory(weights bool) int64 {
-	m := int64(s.seqs)*kvBytes(s.mdl.Config, s.ctx, "f32") + s.held
-	if weights {
-		m += fileSize(s.file)
-	}
-	return m
-}
-
-func (s *editsSetup) close() { s.file.Close() }
 
 // readEditMetrics reads the metrics an edit job wrote into dir.
 func readEditMetrics(dir string) (json.RawMessage, error) {
