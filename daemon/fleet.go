@@ -213,6 +213,11 @@ func (d *Daemon) pullAdapter(ctx context.Context, model string, anyBase bool) (*
 		return nil, err
 	}
 	res.AdapterVersion, res.Pulled = rec.AdapterVersion, true
+	// The edits the version holds need no training here: those stored
+	// here become active in it.
+	if _, err := d.store.activateEdits(src.Edits, rec.AdapterVersion); err != nil {
+		return nil, fmt.Errorf("marking the edits of the pulled version active: %w", err)
+	}
 	return res, nil
 }
 

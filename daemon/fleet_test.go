@@ -150,10 +150,18 @@ func TestFleetPublishPull(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(p.CompressedBytes), info.Size)
 
+	// n2 holds edit e1 of the version, pending: the pull makes it active
+	// there without training.
+	var seq uint64
+	ingest(t, n2.Daemon, &seq, trainEdit("e1", "Zorb", " is red."))
 	res, err := pull(n2, false)
 	require.NoError(t, err)
 	assert.True(t, res.Pulled)
 	assert.Equal(t, uint64(1), res.AdapterVersion)
+	e1, err := n2.Service().EditStatus(ctx, &protocol.EditStatusRequest{ID: "e1"})
+	require.NoError(t, err)
+	assert.Equal(t, protocol.EditActive, e1.Status)
+	assert.Equal(t, uint64(1), e1.AdapterVersion)
 	assert.Equal(t, pub.Revision, res.Revision)
 	list, err := n2.Service().Adapters(ctx, &protocol.AdapterListRequest{Model: "aid"})
 	require.NoError(t, err)
