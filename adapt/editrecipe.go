@@ -50,9 +50,9 @@ const (
 func DefaultEditRecipe(layer int) EditRecipe {
 	return EditRecipe{
 		Optimizer: OptimizerMeZO,
-		Adapter: EditLoRAOptions{Layer: layer, Proj: engine.ProjDown, Rank: 32, Alpha: 32, Ridge: InitRidge},
-		Train:   DefaultEditOptions(),
-		InitRef: 64, Replay: 16, ReplayLen: 48, LocalityLen: 10,
+		Adapter:   EditLoRAOptions{Layer: layer, Proj: engine.ProjDown, Rank: 32, Alpha: 32, Ridge: InitRidge},
+		Train:     DefaultEditOptions(),
+		InitRef:   64, Replay: 16, ReplayLen: 48, LocalityLen: 10,
 	}
 }
 
