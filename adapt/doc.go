@@ -20,6 +20,13 @@
 //     a counter-based generator; the loss is the cross-entropy of
 //     completion tokens only, over a batch of examples run together.
 //     Checkpoints (zstd) resume a run exactly.
+//   - GradTrainer: Adam (AdamW decay, L2) on the exact gradient of the same
+//     loss for a delta on one layer's MLP down-projection (a full ΔW,
+//     NewFullDelta, or a low-rank pair): the layers below run once per
+//     example in the engine; the layers above run forward and backward in
+//     a float32 copy of them (attention with RoPE and GQA, RMSNorm,
+//     SwiGLU, output). Preserve adds a K-FAC estimate of the KL to the
+//     base model on given text. Its state (AdamState) resumes exactly.
 //   - Scorer: the loss, greedy continuations and samples of examples
 //     with an adapter or none, in batches whose logits stay small.
 //   - Knowledge edits: EditTrainer runs LocFT-BF (edits as examples with
