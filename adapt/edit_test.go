@@ -244,24 +244,34 @@ func editTrainer(t *testing.T, m *model.Model, opts EditOptions) (*EditTrainer, 
 	require.NoError(t, err)
 	rehearsal, err := base.Rehearsal(1, 2, 8, 9)
 	require.NoError(t, err)
-	tr, err := NewEditTrainer(e, lo, edits, rehearsal, opts)
+	tr, err := NewEditTrainer(e, m, lo, edits, rehearsal, opts)
 	require.NoError(t, err)
 	t.Cleanup(tr.Close)
 	return tr, lo
 }
 
-func editOpts() EditOptions {
+func editOpts(optimizer string) EditOptions {
 	return EditOptions{
-		MeZO:     MeZOOptions{LR: 5e-2, Eps: 1e-2, Schedule: Linear, Steps: 12, Samples: 2, BatchSize: 3, Seed: 7, RehearsalWeight: 0.5, LossFloor: 0.2},
-		StopLoss: 1e-3, CheckEvery: 4,
+		Optimizer: optimizer,
+		MeZO:      MeZOOptions{LR: 5e-2, Eps: 1e-2, Schedule: Linear, Samples: 2, BatchSize: 3, Seed: 7, RehearsalWeight: 0.5, LossFloor: 0.2},
+		Grad:      GradOptions{Adam: AdamOptions{LR: 1e-2}, BatchSize: 3, Seed: 7, RehearsalWeight: 0.5, LossFloor: 0.2, Workers: 2},
+		Steps:     12, StopLoss: 1e-3, CheckEvery: 4,
 	}
 }
+
+var editOptimizers = []string{OptimizerMeZO, OptimizerGrad}
 
 // The stop rule: measured every CheckEvery steps from step 0, and a run
 // ends when every edit's loss is below StopLoss or after MeZO.Steps.
 func TestEditTrainerStops(t *testing.T) {
+	for _, optimizer := range editOptimizers {
+		t.Run(optimizer, func(t *testing.T) { testEditTrainerStops(t, optimizer) })
+	}
+}
+
+func testEditTrainerStops(t *testing.T, optimizer string) {
 	m := aidreams(t)
-	opts := editOpts()
+	opts := editOpts(optimizer)
 	tr, lo := editTrainer(t, m, opts)
 	initial := adapterBytes(t, lo)
 	var checked []int
@@ -280,7 +290,7 @@ func TestEditTrainerStops(t *testing.T) {
 		assert.Equal(t, tr.Steps(), r.Step)
 	}
 	assert.Equal(t, []int{0, 4, 8}, checked)
-	assert.Equal(t, opts.MeZO.Steps, tr.Steps(), "StopLoss is out of reach: the run ends at Steps")
+	assert.Equal(t, opts.Steps, tr.Steps(), "StopLoss is out of reach: the run ends at Steps")
 	assert.NotEqual(t, initial, adapterBytes(t, lo), "training moved the adapter")
 	r, err := tr.Step()
 	require.NoError(t, err)
@@ -296,14 +306,15 @@ func TestEditTrainerStops(t *testing.T) {
 	assert.Equal(t, initial, adapterBytes(t, lo))
 
 	for _, bad := range []EditOptions{
-		{MeZO: opts.MeZO, StopLoss: 0},
-		{MeZO: opts.MeZO, StopLoss: 1, CheckEvery: -1},
-		{MeZO: MeZOOptions{LR: 1e-3, Eps: 1e-2}, StopLoss: 1},
+		{Optimizer: optimizer, MeZO: opts.MeZO, Grad: opts.Grad, Steps: 12, StopLoss: 0},
+		{Optimizer: optimizer, MeZO: opts.MeZO, Grad: opts.Grad, Steps: 12, StopLoss: 1, CheckEvery: -1},
+		{Optimizer: optimizer, MeZO: opts.MeZO, Grad: opts.Grad, Steps: 0, StopLoss: 1},
+		{Optimizer: "sgd", MeZO: opts.MeZO, Grad: opts.Grad, Steps: 12, StopLoss: 1},
 	} {
-		_, err := NewEditTrainer(newEngine(t, m, NewSet()), lo, []Edit{{Prompt: []int32{1}, Target: []int32{300}}}, nil, bad)
+		_, err := NewEditTrainer(newEngine(t, m, NewSet()), m, lo, []Edit{{Prompt: []int32{1}, Target: []int32{300}}}, nil, bad)
 		assert.Error(t, err, "%+v", bad)
 	}
-	_, err = NewEditTrainer(newEngine(t, m, NewSet()), lo, nil, nil, opts)
+	_, err = NewEditTrainer(newEngine(t, m, NewSet()), m, lo, nil, nil, opts)
 	assert.Error(t, err, "no edits")
 }
 
@@ -311,8 +322,14 @@ func TestEditTrainerStops(t *testing.T) {
 // the same adapter bytes, and stops where the uninterrupted run does: the
 // stop rule measured after a restore is the one the run measured there.
 func TestEditTrainerResume(t *testing.T) {
+	for _, optimizer := range editOptimizers {
+		t.Run(optimizer, func(t *testing.T) { testEditTrainerResume(t, optimizer) })
+	}
+}
+
+func testEditTrainerResume(t *testing.T, optimizer string) {
 	m := aidreams(t)
-	opts := editOpts()
+	opts := editOpts(optimizer)
 	full, loFull := editTrainer(t, m, opts)
 	losses := map[int][]float64{}
 	for {
@@ -337,11 +354,17 @@ func TestEditTrainerResume(t *testing.T) {
 		require.NoError(t, first.SaveCheckpoint(ckpt))
 
 		other := opts
-		other.MeZO.Seed = 99
+		if optimizer == OptimizerMeZO {
+			other.MeZO.Seed = 99
+		}
 		resumed, loResumed := editTrainer(t, m, other)
 		require.NoError(t, resumed.Restore(ckpt))
 		require.Equal(t, k, resumed.Steps())
-		assert.Equal(t, opts.MeZO, resumed.Options().MeZO, "the checkpoint's options win")
+		if optimizer == OptimizerMeZO {
+			want := opts.MeZO
+			want.Steps = opts.Steps
+			assert.Equal(t, want, resumed.Options().MeZO, "the checkpoint's options win")
+		}
 		for {
 			at := resumed.Steps()
 			r, err := resumed.Step()

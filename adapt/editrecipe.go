@@ -16,14 +16,12 @@ import (
 // edit jobs from their configuration, so that both train the same adapter
 // from the same edits, settings and seed.
 type EditRecipe struct {
-	// Optimizer is OptimizerMeZO or OptimizerGrad.
-	Optimizer string
 	// Adapter is the localized adapter: its Layer must be set (the last
 	// layer is a fair first choice; `edgectl edits locate` measures each).
 	Adapter EditLoRAOptions
 	// Train configures the optimizer and the stop rule; Train.MeZO.Seed
 	// seeds the whole run (batches, perturbations and the base model's
-	// samples).
+	// samples; Prepare copies it into Train.Grad.Seed).
 	Train EditOptions
 	// InitRef samples of the model's own text (InitRefLen tokens) that a
 	// data-chosen A should leave alone (rank > 0 only).
@@ -40,16 +38,9 @@ type EditRecipe struct {
 	Pace func()
 }
 
-// Optimizers of an EditRecipe.
-const (
-	OptimizerMeZO = "mezo" // MeZO: forward passes only
-	OptimizerGrad = "grad" // Adam on the exact gradient of the adapted matrix
-)
-
 // DefaultEditRecipe returns the defaults of `edgectl edits train` on layer.
 func DefaultEditRecipe(layer int) EditRecipe {
 	return EditRecipe{
-		Optimizer: OptimizerMeZO,
 		Adapter:   EditLoRAOptions{Layer: layer, Proj: engine.ProjDown, Rank: 32, Alpha: 32, Ridge: InitRidge},
 		Train:     DefaultEditOptions(),
 		InitRef:   64, Replay: 16, ReplayLen: 48, LocalityLen: 10,
@@ -65,14 +56,14 @@ func (r EditRecipe) Check(c model.Config) error {
 	if r.Adapter.Rank < 0 {
 		errs = append(errs, fmt.Errorf("rank %d: want ≥ 0 (0: a full delta)", r.Adapter.Rank))
 	}
-	if r.Train.MeZO.Steps <= 0 || r.Train.CheckEvery < 0 || !(r.Train.StopLoss > 0) {
-		errs = append(errs, fmt.Errorf("steps %d, check every %d, stop loss %g: want > 0, ≥ 0 and > 0", r.Train.MeZO.Steps, r.Train.CheckEvery, r.Train.StopLoss))
+	if r.Train.Steps <= 0 || r.Train.CheckEvery < 0 || !(r.Train.StopLoss > 0) {
+		errs = append(errs, fmt.Errorf("steps %d, check every %d, stop loss %g: want > 0, ≥ 0 and > 0", r.Train.Steps, r.Train.CheckEvery, r.Train.StopLoss))
 	}
 	if r.LocalityLen < 1 || r.InitRef < 0 || r.Replay < 0 || r.Replay > 0 && r.ReplayLen < 1 {
 		errs = append(errs, fmt.Errorf("locality len %d, init ref %d, replay %d of %d tokens: want ≥ 1, ≥ 0 and ≥ 0 of ≥ 1", r.LocalityLen, r.InitRef, r.Replay, r.ReplayLen))
 	}
-	if r.Optimizer != OptimizerMeZO && r.Optimizer != OptimizerGrad {
-		errs = append(errs, fmt.Errorf("optimizer %q: want %s or %s", r.Optimizer, OptimizerMeZO, OptimizerGrad))
+	if r.Train.Optimizer != OptimizerMeZO && r.Train.Optimizer != OptimizerGrad {
+		errs = append(errs, fmt.Errorf("optimizer %q: want %s or %s", r.Train.Optimizer, OptimizerMeZO, OptimizerGrad))
 	}
 	return errors.Join(errs...)
 }
@@ -118,9 +109,10 @@ type EditRun struct {
 	// Base are the edit metrics of the base model.
 	Base EditMetrics
 
-	e    *engine.Engine
-	base *Scorer
-	ev   *EditEval
+	e        *engine.Engine
+	base     *Scorer
+	ev       *EditEval
+	examples int // trained: the edits and the rehearsal samples
 }
 
 // Prepare builds r's run on edits: e runs m with an adapt.Set as its
@@ -165,12 +157,19 @@ func (run *EditRun) prepare(r EditRecipe, m *model.Model, bos int32) error {
 	if run.Adapter, err = NewEditLoRA(m, run.base, run.Edits, ref, r.Adapter); err != nil {
 		return err
 	}
-	if run.EditTrainer, err = NewEditTrainer(run.e, run.Adapter, run.Edits, rehearsal, r.Train); err != nil {
+	opts := r.Train
+	opts.Grad.Seed = opts.MeZO.Seed
+	run.examples = len(run.Edits) + len(rehearsal)
+	if run.EditTrainer, err = NewEditTrainer(run.e, m, run.Adapter, run.Edits, rehearsal, opts); err != nil {
 		return err
 	}
 	run.EditTrainer.SetPace(r.Pace)
 	return nil
 }
+
+// Examples is the number of examples trained: the edits and the
+// rehearsal samples.
+func (run *EditRun) Examples() int { return run.examples }
 
 // Measure returns the edit metrics of the adapter as trained so far.
 func (run *EditRun) Measure() (EditMetrics, error) {

@@ -11,13 +11,19 @@ import (
 
 // EditOptions configure LocFT-BF training ("Fine-tuning Done Right in
 // Model Editing", 2025): edits are ordinary examples (loss on the target
-// tokens only), trained breadth-first — MeZO's batches are consecutive
-// slices of a shuffle of all the training examples, reshuffled every
-// epoch — on a localized adapter, until every edit is learnt.
+// tokens only), trained breadth-first — a step's batch is the next slice
+// of a shuffle of all the training examples, reshuffled every epoch — on a
+// localized adapter, until every edit is learnt.
 type EditOptions struct {
-	// MeZO configures the optimizer. Its Steps bounds the run (and is
-	// the length of the linear schedule); it must be positive.
-	MeZO MeZOOptions
+	// Optimizer is OptimizerMeZO (MeZO, configured by MeZO) or
+	// OptimizerGrad (Adam on the exact gradient, configured by Grad; the
+	// adapter must be one pair on a down-projection).
+	Optimizer string
+	MeZO      MeZOOptions
+	Grad      GradOptions
+	// Steps bounds the run (for MeZO also the length of a linear
+	// schedule); it must be positive.
+	Steps int
 	// StopLoss: training stops once every edit's loss (the mean
 	// cross-entropy of its target tokens) is below it.
 	StopLoss float64
@@ -26,27 +32,48 @@ type EditOptions struct {
 	CheckEvery int
 }
 
-// DefaultEditOptions are the settings of the best run on 100 edits of
-// aidreams260K (BENCHMARKS.md, "Knowledge edits (issue 9)"; it reached
-// neither issue 9's reliability nor its locality): issue 8's best for 20
-// pairs (batches of 36, a linearly decaying rate of 5e-3, ε 1e-2, a loss
-// floor of 0.6 nats) with four perturbations a step, which kept more
-// locality at equal compute (0.77 against 0.66), and rehearsal rows at
-// weight 1.5.
+// Optimizers of EditOptions.
+const (
+	OptimizerMeZO = "mezo" // MeZO: forward passes only
+	OptimizerGrad = "grad" // Adam on the exact gradient of the adapted matrix
+)
+
+// DefaultEditOptions are the settings of the best MeZO run on 100 edits
+// of aidreams260K (BENCHMARKS.md, "Knowledge edits (issue 9)"): issue 8's
+// best for 20 pairs (batches of 36, a linearly decaying rate of 5e-3, ε
+// 1e-2, a loss floor of 0.6 nats) with four perturbations a step, which
+// kept more locality at equal compute (0.77 against 0.66), and rehearsal
+// rows at weight 1.5; for the gradient, Adam at 3e-3 over the whole data
+// each step with the rehearsal rows at weight 1 and a loss floor of 0.5.
 func DefaultEditOptions() EditOptions {
 	return EditOptions{
-		MeZO: MeZOOptions{LR: 5e-3, Eps: 1e-2, Schedule: Linear, Steps: 9000, Samples: 4, BatchSize: 36,
+		Optimizer: OptimizerMeZO,
+		MeZO: MeZOOptions{LR: 5e-3, Eps: 1e-2, Schedule: Linear, Samples: 4, BatchSize: 36,
 			RehearsalWeight: 1.5, LossFloor: 0.6},
+		Grad:       GradOptions{Adam: AdamOptions{LR: 3e-3}, RehearsalWeight: 1, LossFloor: 0.5},
+		Steps:      9000,
 		StopLoss:   0.3,
 		CheckEvery: 100,
 	}
 }
 
-// EditTrainer trains edits with LocFT-BF: a thin layer over MeZO that adds
-// the stop rule. Its state is MeZO's, so MeZO's checkpoints save and
-// resume it exactly.
+// editOptimizer is what EditTrainer drives: MeZO or a GradTrainer.
+type editOptimizer interface {
+	Step() (StepResult, error)
+	Steps() int
+	// Losses are the examples' losses under the adapter being trained.
+	Losses(examples []Example) ([]float64, error)
+	SaveCheckpoint(path string) error
+	Restore(path string) error
+	SetPace(fn func())
+	Close()
+}
+
+// EditTrainer trains edits with LocFT-BF: a thin layer over the optimizer
+// that adds the stop rule. Its state is the optimizer's, so the
+// optimizer's checkpoints save and resume it exactly.
 type EditTrainer struct {
-	mz    *MeZO
+	opt   editOptimizer
 	edits []Example
 	opts  EditOptions
 	done  bool // the stop rule held at the last check
@@ -54,26 +81,26 @@ type EditTrainer struct {
 
 // EditStep reports one call of EditTrainer.Step.
 type EditStep struct {
-	// StepResult is the MeZO step taken; its Step is 0 when none was.
+	// StepResult is the step taken; its Step is 0 when none was.
 	StepResult
 	// Losses, when the call measured them for the stop rule, are each
 	// edit's loss before the step.
 	Losses []float64
 	// Done: training is over (every edit's loss is below StopLoss, or
-	// MeZO.Steps steps were taken); no step was taken.
+	// Steps steps were taken); no step was taken.
 	Done bool
 }
 
-// NewEditTrainer prepares LocFT-BF training of a on edits, with
-// rehearsal examples (Scorer.Rehearsal; none is allowed) trained beside
-// them. As for NewMeZO, a LoRA needs an engine with an adapt.Set as its
-// Hooks.Delta.
-func NewEditTrainer(e *engine.Engine, a Trainable, edits []Edit, rehearsal []Example, opts EditOptions) (*EditTrainer, error) {
+// NewEditTrainer prepares LocFT-BF training of a (an adapter of m) on
+// edits, with rehearsal examples (Scorer.Rehearsal; none is allowed)
+// trained beside them. As for NewMeZO, a LoRA needs an engine with an
+// adapt.Set as its Hooks.Delta.
+func NewEditTrainer(e *engine.Engine, m *model.Model, a Trainable, edits []Edit, rehearsal []Example, opts EditOptions) (*EditTrainer, error) {
 	if len(edits) == 0 {
 		return nil, errors.New("adapt: edit training: no edits")
 	}
-	if opts.MeZO.Steps <= 0 {
-		return nil, fmt.Errorf("adapt: edit training: MeZO.Steps %d: want a positive bound", opts.MeZO.Steps)
+	if opts.Steps <= 0 {
+		return nil, fmt.Errorf("adapt: edit training: steps %d: want a positive bound", opts.Steps)
 	}
 	if !(opts.StopLoss > 0) || opts.CheckEvery < 0 {
 		return nil, fmt.Errorf("adapt: edit training: stop loss %g, check every %d: want > 0 and ≥ 0", opts.StopLoss, opts.CheckEvery)
@@ -85,26 +112,46 @@ func NewEditTrainer(e *engine.Engine, a Trainable, edits []Edit, rehearsal []Exa
 	for _, ed := range edits {
 		t.edits = append(t.edits, ed.Example())
 	}
-	mz, err := NewMeZO(e, a, append(slices.Clip(t.edits), rehearsal...), opts.MeZO)
+	data := append(slices.Clip(t.edits), rehearsal...)
+	var err error
+	switch opts.Optimizer {
+	case OptimizerMeZO:
+		mo := opts.MeZO
+		mo.Steps = opts.Steps
+		var mz *MeZO
+		if mz, err = NewMeZO(e, a, data, mo); err == nil {
+			t.opt = mezoEdits{mz}
+		}
+	case OptimizerGrad:
+		lo, ok := a.(*LoRA)
+		if !ok {
+			return nil, fmt.Errorf("adapt: edit training: the gradient trains a LoRA, not a %T", a)
+		}
+		var g *GradTrainer
+		if g, err = NewGradTrainer(e, m, lo, t.edits, rehearsal, opts.Grad); err == nil {
+			t.opt = &gradEdits{g}
+		}
+	default:
+		err = fmt.Errorf("optimizer %q: want %s or %s", opts.Optimizer, OptimizerMeZO, OptimizerGrad)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("adapt: edit training: %w", err)
 	}
-	t.mz = mz
 	return t, nil
 }
 
-// Step takes one MeZO step. Every CheckEvery steps (step 0 included) it
-// first measures each edit's loss and, when all are below StopLoss, ends
-// the training instead. The check depends only on the step and the
-// adapter, so a run resumed from a checkpoint stops where the
+// Step takes one optimizer step. Every CheckEvery steps (step 0
+// included) it first measures each edit's loss and, when all are below
+// StopLoss, ends the training instead. The check depends only on the step
+// and the adapter, so a run resumed from a checkpoint stops where the
 // uninterrupted run does.
 func (t *EditTrainer) Step() (EditStep, error) {
 	var r EditStep
-	if t.done || t.mz.Steps() >= t.opts.MeZO.Steps {
+	if t.done || t.opt.Steps() >= t.opts.Steps {
 		r.Done = true
 		return r, nil
 	}
-	if t.mz.Steps()%t.opts.CheckEvery == 0 {
+	if t.opt.Steps()%t.opts.CheckEvery == 0 {
 		losses, err := t.Losses()
 		if err != nil {
 			return r, err
@@ -116,7 +163,7 @@ func (t *EditTrainer) Step() (EditStep, error) {
 		}
 	}
 	var err error
-	if r.StepResult, err = t.mz.Step(); err != nil {
+	if r.StepResult, err = t.opt.Step(); err != nil {
 		return r, fmt.Errorf("adapt: edit training: %w", err)
 	}
 	return r, nil
@@ -125,7 +172,7 @@ func (t *EditTrainer) Step() (EditStep, error) {
 // Losses returns each edit's loss: the mean cross-entropy of its target
 // tokens under the current adapter.
 func (t *EditTrainer) Losses() ([]float64, error) {
-	l, err := t.mz.sc.Losses(t.edits)
+	l, err := t.opt.Losses(t.edits)
 	if err != nil {
 		return nil, fmt.Errorf("adapt: edit training: %w", err)
 	}
@@ -136,25 +183,27 @@ func (t *EditTrainer) Losses() ([]float64, error) {
 // check, every edit's loss was below StopLoss.
 func (t *EditTrainer) Learnt() bool { return t.done }
 
-// Steps is the number of MeZO steps taken.
-func (t *EditTrainer) Steps() int { return t.mz.Steps() }
+// Steps is the number of optimizer steps taken.
+func (t *EditTrainer) Steps() int { return t.opt.Steps() }
 
 // Options returns the options in force (MeZO's from a restored
 // checkpoint).
 func (t *EditTrainer) Options() EditOptions {
 	o := t.opts
-	o.MeZO = t.mz.Options()
+	if mz, ok := t.opt.(mezoEdits); ok {
+		o.MeZO = mz.Options()
+	}
 	return o
 }
 
-// SaveCheckpoint writes the run's state (MeZO's checkpoint) to path
-// atomically.
-func (t *EditTrainer) SaveCheckpoint(path string) error { return t.mz.SaveCheckpoint(path) }
+// SaveCheckpoint writes the run's state (the optimizer's checkpoint) to
+// path atomically.
+func (t *EditTrainer) SaveCheckpoint(path string) error { return t.opt.SaveCheckpoint(path) }
 
 // Restore continues the run saved in path (see MeZO.Restore; the stop
 // rule's options stay the trainer's own).
 func (t *EditTrainer) Restore(path string) error {
-	if err := t.mz.Restore(path); err != nil {
+	if err := t.opt.Restore(path); err != nil {
 		return err
 	}
 	t.done = false
@@ -162,11 +211,54 @@ func (t *EditTrainer) Restore(path string) error {
 }
 
 // SetPace sets a function run before every forward pass (see
-// Scorer.SetPace).
-func (t *EditTrainer) SetPace(fn func()) { t.mz.SetPace(fn) }
+// Scorer.SetPace), and for the gradient before every step.
+func (t *EditTrainer) SetPace(fn func()) { t.opt.SetPace(fn) }
 
 // Close frees the trainer's sequences.
-func (t *EditTrainer) Close() { t.mz.Close() }
+func (t *EditTrainer) Close() { t.opt.Close() }
+
+// mezoEdits is MeZO as an editOptimizer.
+type mezoEdits struct{ *MeZO }
+
+func (m mezoEdits) Losses(examples []Example) ([]float64, error) { return m.sc.Losses(examples) }
+
+// gradEdits is a GradTrainer as an editOptimizer. Its checkpoint holds
+// the adapter's trained tensors and Adam's moments.
+type gradEdits struct {
+	*GradTrainer
+}
+
+func (g *gradEdits) Step() (StepResult, error) {
+	g.sc.paced()
+	loss, err := g.GradTrainer.Step()
+	return StepResult{Step: g.Steps(), Loss: loss, LR: g.opts.Adam.LR}, err
+}
+
+// checkpointTensors are the trained tensors, then each one's first and
+// second moments, sharing the trainer's memory.
+func (g *gradEdits) checkpointTensors() []Param {
+	var ts []Param
+	st := &g.adam.st
+	for i, p := range g.adam.params {
+		if !p.Frozen {
+			ts = append(ts, p, Param{Name: p.Name + ".adam_m", Data: st.M[i]}, Param{Name: p.Name + ".adam_v", Data: st.V[i]})
+		}
+	}
+	return ts
+}
+
+func (g *gradEdits) SaveCheckpoint(path string) error {
+	return saveCheckpoint(path, checkpointHeader{Step: g.Steps()}, g.checkpointTensors())
+}
+
+func (g *gradEdits) Restore(path string) error {
+	hdr, err := loadCheckpoint(path, g.checkpointTensors())
+	if err != nil {
+		return err
+	}
+	g.adam.st.Step = hdr.Step
+	return nil
+}
 
 // EditLoRAOptions choose LocFT-BF's localized parameters: one projection
 // (by default the MLP down-projection) of one layer.

@@ -172,6 +172,10 @@ func (g *GradTrainer) references(e *engine.Engine, rehearsal []Example) error {
 // Close frees the trainer's engine sequences.
 func (g *GradTrainer) Close() { g.sc.Close() }
 
+// SetPace sets a function run before every forward pass of the engine
+// (see Scorer.SetPace); EditTrainer also runs it before every step.
+func (g *GradTrainer) SetPace(fn func()) { g.sc.SetPace(fn) }
+
 // Steps is the number of steps taken.
 func (g *GradTrainer) Steps() int { return g.adam.st.Step }
 

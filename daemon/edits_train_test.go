@@ -131,7 +131,7 @@ func TestEditJobSubmit(t *testing.T) {
 
 	var seq uint64
 	ingest(t, d.Daemon, &seq, trainEdit("e1", "Zorb", " is red."))
-	j := submit(t, d.Daemon, &protocol.JobSubmitRequest{Kind: protocol.JobKindEdits, Model: "aid", Edits: &protocol.EditsJob{Steps: 4, Layer: ptr(2)}})
+	j := submit(t, d.Daemon, &protocol.JobSubmitRequest{Kind: protocol.JobKindEdits, Model: "aid", Edits: &protocol.EditsJob{Optimizer: "grad", Steps: 4, Layer: ptr(2)}})
 	assert.Equal(t, 4, j.Steps)
 	assert.Equal(t, []string{"e1"}, j.Edits.Edits)
 	assert.Equal(t, 4, *j.Edits.Rank, "the daemon's rank")
@@ -147,5 +147,5 @@ func TestEditJobSubmit(t *testing.T) {
 	}
 	b, err := json.Marshal(j)
 	require.NoError(t, err)
-	assert.Contains(t, string(b), `"edits":{"optimizer":"mezo","layer":2,"rank":4,"steps":4`, "the stored job says what ran")
+	assert.Contains(t, string(b), `"edits":{"optimizer":"grad","layer":2,"rank":4,"steps":4`, "the stored job says what ran")
 }

@@ -23,6 +23,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"time"
 
@@ -130,11 +131,11 @@ func editRecipe(cfg *protocol.EditsJob, c model.Config) adapt.EditRecipe {
 		layer = c.NLayer - 1
 	}
 	r := adapt.DefaultEditRecipe(layer)
-	r.Optimizer = cfg.Optimizer
 	r.Adapter.Rank = *cfg.Rank
-	r.Train.MeZO.Steps, r.Train.MeZO.Seed, r.Train.StopLoss = cfg.Steps, *cfg.Seed, cfg.StopLoss
+	o := &r.Train
+	o.Optimizer, o.Steps, o.StopLoss, o.MeZO.Seed = cfg.Optimizer, cfg.Steps, cfg.StopLoss, *cfg.Seed
 	if cfg.LR > 0 {
-		r.Train.MeZO.LR = cfg.LR
+		o.MeZO.LR, o.Grad.Adam.LR = cfg.LR, cfg.LR
 	}
 	return r
 }
@@ -152,6 +153,9 @@ func (editsKind) open(env jobEnv, j *protocol.Job, dir string) (jobTask, error) 
 	t := &editsTask{setup: s, eng: eng, ids: j.Edits.Edits}
 	recipe := s.recipe
 	recipe.Pace = env.pace
+	// The gradient's goroutines, as many as the engine's threads (its sums,
+	// and so its bits, depend on the number).
+	recipe.Train.Grad.Workers = cmp.Or(env.threads(), runtime.NumCPU())
 	if t.run, err = recipe.Prepare(eng.Engine, s.mdl, s.tok.BOS(), s.edits); err != nil {
 		t.close()
 		return nil, err

@@ -84,6 +84,15 @@ func (m *jobModel) checkBudget(env jobEnv) error {
 	return nil
 }
 
+// threads are the CPU threads a job computes on: jobs.threads, else
+// engine.threads (0: one per core).
+func (env jobEnv) threads() int {
+	if env.opts.Jobs.Threads > 0 {
+		return env.opts.Jobs.Threads
+	}
+	return env.opts.Engine.Threads
+}
+
 // cpuOnly reports whether a job's engine surely runs on the CPU alone.
 func (env jobEnv) cpuOnly() bool { return env.opts.Engine.Backend == "cpu" }
 
@@ -100,9 +109,7 @@ type jobEngine struct {
 // fails rather than evict one.
 func (m *jobModel) engine(env jobEnv, id string) (*jobEngine, error) {
 	eo := env.opts.engineOptions()
-	if env.opts.Jobs.Threads > 0 {
-		eo.Threads = env.opts.Jobs.Threads
-	}
+	eo.Threads = env.threads()
 	eng, _, _, err := newEngine(m.mdl, eo, engine.Options{Context: m.ctx, BatchSize: eo.BatchSize, Cache: engine.CacheF32, Hooks: engine.Hooks{Delta: adapt.NewSet()}})
 	if err != nil {
 		return nil, protocol.Errorf(protocol.CodeModelLoad, "model %s: %v", m.name, err)

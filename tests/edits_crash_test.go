@@ -69,7 +69,7 @@ func TestEditsSurviveKills(t *testing.T) {
 		t.Fatal(err)
 	}
 	args := []string{"--node", "crash", "--nats.enabled=true", "--nats-url", url, "--jobs.checkpoint_every=5",
-		"--edits.train_delay=300ms", "--edits.optimizer=mezo", "--edits.layer=3", "--edits.rank=4", "--edits.steps=40"}
+		"--edits.train_delay=300ms", "--edits.optimizer=grad", "--edits.layer=3", "--edits.steps=40"}
 	e := startEdged(t, args...)
 	state := e.state
 

@@ -18,10 +18,12 @@ import (
 )
 
 // editFlags are the flags that edits locate and edits train share beyond
-// the engine's: the edits, the localized adapter, MeZO, rehearsal, the
-// stop rule and the measures.
+// the engine's: the edits, the localized adapter, the optimizer,
+// rehearsal, the stop rule and the measures. The optimizer's settings
+// left out take its defaults (adapt.DefaultEditOptions).
 type editFlags struct {
-	data, schedule                                                                   string
+	fs                                                                               *flag.FlagSet
+	data, schedule, optimizer                                                        string
 	rank, steps, batch, samples, replay, replayLen, initRef, localityLen, checkEvery int
 	alpha, lr, eps, replayWeight, lossFloor, stopLoss                                float64
 	seed                                                                             uint64
@@ -29,25 +31,27 @@ type editFlags struct {
 }
 
 func (f *editFlags) register(fs *flag.FlagSet, steps int) {
-	def := adapt.DefaultEditOptions()
+	f.fs = fs
+	def, rec := adapt.DefaultEditOptions(), adapt.DefaultEditRecipe(0)
 	fs.StringVar(&f.data, "data", "", "edits `file`: JSONL of {\"prompt\", \"target\", \"rephrases\": [...], \"locality_prompts\": [...]} (required)")
-	fs.IntVar(&f.rank, "rank", 32, "rank of the LoRA on the layer's MLP down-projection, its A chosen from the edits and frozen (0: a full delta of the projection instead)")
-	fs.Float64Var(&f.alpha, "alpha", 32, "LoRA alpha (scale alpha/rank)")
-	fs.IntVar(&f.initRef, "init-ref", 64, "samples of the model's own text (48 tokens each) that the LoRA's A should leave alone")
-	fs.IntVar(&f.steps, "steps", steps, "most MeZO steps (and the length of the linear schedule)")
-	fs.Float64Var(&f.lr, "lr", def.MeZO.LR, "learning rate")
-	fs.Float64Var(&f.eps, "eps", def.MeZO.Eps, "perturbation scale ε")
-	fs.StringVar(&f.schedule, "schedule", "linear", "learning-rate schedule: constant or linear")
-	fs.IntVar(&f.batch, "batch", def.MeZO.BatchSize, "examples per step, edits and rehearsal samples drawn from one shuffle per epoch")
-	fs.IntVar(&f.samples, "samples", def.MeZO.Samples, "perturbations per step (n-SPSA)")
-	fs.Uint64Var(&f.seed, "seed", 1, "seed of the perturbations, batches and samples of the model's text")
-	fs.IntVar(&f.replay, "replay", 16, "rehearsal: this many of the base model's own samples, scored by KL(base ‖ adapted) at every token, so that training keeps what the model did (0: none)")
-	fs.IntVar(&f.replayLen, "replay-len", 48, "tokens per rehearsal sample")
-	fs.Float64Var(&f.replayWeight, "replay-weight", def.MeZO.RehearsalWeight, "weight of a rehearsal token in the loss, against 1 for an edit's target token")
-	fs.Float64Var(&f.lossFloor, "loss-floor", def.MeZO.LossFloor, "count a target token's cross-entropy as at least this (nats) in the loss MeZO descends, so learnt tokens stop pulling (0: none)")
+	fs.StringVar(&f.optimizer, "optimizer", def.Optimizer, "grad: Adam on the exact gradient of the matrix; mezo: MeZO, forward passes only")
+	fs.IntVar(&f.rank, "rank", rec.Adapter.Rank, "rank of the LoRA on the layer's MLP down-projection, its A chosen from the edits and frozen (0: a full delta of the projection)")
+	fs.Float64Var(&f.alpha, "alpha", float64(rec.Adapter.Alpha), "LoRA alpha (scale alpha/rank)")
+	fs.IntVar(&f.initRef, "init-ref", rec.InitRef, "samples of the model's own text (48 tokens each) that the LoRA's A should leave alone")
+	fs.IntVar(&f.steps, "steps", steps, "most optimizer steps (for MeZO also the length of the linear schedule)")
+	fs.Float64Var(&f.lr, "lr", 0, fmt.Sprintf("learning rate (default: %g for grad, %g for mezo)", def.Grad.Adam.LR, def.MeZO.LR))
+	fs.Float64Var(&f.eps, "eps", def.MeZO.Eps, "MeZO's perturbation scale ε")
+	fs.StringVar(&f.schedule, "schedule", "linear", "MeZO's learning-rate schedule: constant or linear")
+	fs.IntVar(&f.batch, "batch", 0, fmt.Sprintf("examples per step, edits and rehearsal samples drawn from one shuffle per epoch (default: all for grad, %d for mezo)", def.MeZO.BatchSize))
+	fs.IntVar(&f.samples, "samples", def.MeZO.Samples, "MeZO's perturbations per step (n-SPSA)")
+	fs.Uint64Var(&f.seed, "seed", 1, "seed of the batches, perturbations and samples of the model's text")
+	fs.IntVar(&f.replay, "replay", rec.Replay, "rehearsal: this many of the base model's own samples, scored by KL(base ‖ adapted) at every token, so that training keeps what the model did (0: none)")
+	fs.IntVar(&f.replayLen, "replay-len", rec.ReplayLen, "tokens per rehearsal sample")
+	fs.Float64Var(&f.replayWeight, "replay-weight", 0, fmt.Sprintf("weight of a rehearsal token in the loss, against 1 for an edit's target token (default: %g for grad, %g for mezo)", def.Grad.RehearsalWeight, def.MeZO.RehearsalWeight))
+	fs.Float64Var(&f.lossFloor, "loss-floor", 0, fmt.Sprintf("count a target token's cross-entropy as at least this (nats) in the loss descended, so learnt tokens stop pulling (default: %g for grad, %g for mezo)", def.Grad.LossFloor, def.MeZO.LossFloor))
 	fs.Float64Var(&f.stopLoss, "stop-loss", def.StopLoss, "stop once every edit's loss (the mean cross-entropy of its target tokens) is below this")
 	fs.IntVar(&f.checkEvery, "check-every", def.CheckEvery, "steps between checks of the stop rule")
-	fs.IntVar(&f.localityLen, "locality-len", 10, "tokens of the base model's greedy continuation of each locality prompt on which locality is measured")
+	fs.IntVar(&f.localityLen, "locality-len", rec.LocalityLen, "tokens of the base model's greedy continuation of each locality prompt on which locality is measured")
 	fs.BoolVar(&f.asJSON, "json", false, "print the results as JSON (with every edit's metrics)")
 }
 
@@ -55,15 +59,29 @@ func (f *editFlags) register(fs *flag.FlagSet, steps int) {
 func (f *editFlags) recipe(layer int) (adapt.EditRecipe, error) {
 	r := adapt.DefaultEditRecipe(layer)
 	r.Adapter.Rank, r.Adapter.Alpha = f.rank, float32(f.alpha)
-	r.Train = adapt.EditOptions{
-		MeZO: adapt.MeZOOptions{LR: f.lr, Eps: f.eps, Steps: f.steps, Samples: f.samples, BatchSize: f.batch, Seed: f.seed,
-			RehearsalWeight: f.replayWeight, LossFloor: f.lossFloor},
-		StopLoss: f.stopLoss, CheckEvery: f.checkEvery,
-	}
 	r.InitRef, r.Replay, r.ReplayLen, r.LocalityLen = f.initRef, f.replay, f.replayLen, f.localityLen
+	o := &r.Train
+	o.Optimizer, o.Steps, o.StopLoss, o.CheckEvery = f.optimizer, f.steps, f.stopLoss, f.checkEvery
+	o.MeZO.Eps, o.MeZO.Samples, o.MeZO.Seed, o.Grad.Seed = f.eps, f.samples, f.seed, f.seed
 	var err error
-	if r.Train.MeZO.Schedule, err = parseSchedule(f.schedule); err != nil {
+	if o.MeZO.Schedule, err = parseSchedule(f.schedule); err != nil {
 		return r, err
+	}
+	// The settings both optimizers have, where given.
+	f.fs.Visit(func(fl *flag.Flag) {
+		switch fl.Name {
+		case "lr":
+			o.MeZO.LR, o.Grad.Adam.LR = f.lr, f.lr
+		case "batch":
+			o.MeZO.BatchSize, o.Grad.BatchSize = f.batch, f.batch
+		case "replay-weight":
+			o.MeZO.RehearsalWeight, o.Grad.RehearsalWeight = f.replayWeight, f.replayWeight
+		case "loss-floor":
+			o.MeZO.LossFloor, o.Grad.LossFloor = f.lossFloor, f.lossFloor
+		}
+	})
+	if f.optimizer != adapt.OptimizerGrad && f.optimizer != adapt.OptimizerMeZO {
+		return r, fmt.Errorf("--optimizer %q: want grad or mezo", f.optimizer)
 	}
 	if f.steps <= 0 || f.checkEvery <= 0 || f.localityLen <= 0 {
 		return r, fmt.Errorf("--steps %d, --check-every %d, --locality-len %d: want at least 1", f.steps, f.checkEvery, f.localityLen)
@@ -149,8 +167,14 @@ func train(ctx context.Context, tr *adapt.EditRun, loop loopOptions, stderr io.W
 	layer := tr.Adapter.Pairs[0].Layer
 	run := editRun{Layer: layer}
 	start, first := time.Now(), tr.Steps()
-	mo := tr.Options().MeZO
-	total, perStep := mo.Steps, float64(mo.BatchSize*2*mo.Samples)
+	o := tr.Options()
+	total, perStep := o.Steps, float64(min(o.Grad.BatchSize, tr.Examples()))
+	switch {
+	case o.Optimizer == adapt.OptimizerMeZO:
+		perStep = float64(min(o.MeZO.BatchSize, tr.Examples()) * 2 * o.MeZO.Samples)
+	case o.Grad.BatchSize == 0:
+		perStep = float64(tr.Examples())
+	}
 	worst := "-"
 	for {
 		if err := ctx.Err(); err != nil {
@@ -201,7 +225,7 @@ func runEditsTrain(ctx context.Context, args []string, stdout, stderr io.Writer)
 	var ef engineFlags
 	ef.register(fs, "f32")
 	var f editFlags
-	f.register(fs, adapt.DefaultEditOptions().MeZO.Steps)
+	f.register(fs, adapt.DefaultEditOptions().Steps)
 	out := fs.String("out", "", "adapter `file` to write (GGUF LoRA; required)")
 	outType := fs.String("type", "f32", "tensor type of the adapter file: f32 or f16")
 	layer := fs.Int("layer", -1, "layer whose down-projection is adapted (-1: the last; edits locate chooses)")
