@@ -428,3 +428,28 @@ func TestFullDeltaMatchesMerged(t *testing.T) {
 	_, err = NewFullDelta(plain, len(plain.Layers), engine.ProjDown)
 	assert.ErrorIs(t, err, ErrMismatch)
 }
+
+// Rehearsal samples shaped like the locality measure: a sample of the
+// model's text, then its greedy continuation, with the base model's
+// distributions at every token.
+func TestEditRehearsalShape(t *testing.T) {
+	m := aidreams(t)
+	e := newEngine(t, m, NewSet())
+	r := DefaultEditRecipe(3)
+	r.Replay, r.ReplayLen, r.ReplayGreedy = 3, 4, 2
+	run := &EditRun{e: e, base: NewScorer(e, nil)}
+	defer run.base.Close()
+	got, err := run.rehearsal(1, r, 11)
+	require.NoError(t, err)
+	samples, err := run.base.SelfSamples(1, 3, 4, 11)
+	require.NoError(t, err)
+	require.Len(t, got, 3)
+	for i, ex := range got {
+		require.Len(t, ex.Completion, 6)
+		assert.Equal(t, samples[i].Completion, ex.Completion[:4], "the sample first")
+		cont, err := run.base.Greedy([][]int32{append([]int32{1}, ex.Completion[:4]...)}, 2)
+		require.NoError(t, err)
+		assert.Equal(t, cont[0], ex.Completion[4:], "then the greedy continuation")
+		assert.Len(t, ex.Reference, 6)
+	}
+}

@@ -3,6 +3,7 @@ package adapt
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
@@ -26,9 +27,12 @@ type EditRecipe struct {
 	// InitRef samples of the model's own text (InitRefLen tokens) that a
 	// data-chosen A should leave alone (rank > 0 only).
 	InitRef int
-	// Replay rehearsal samples of the base model (ReplayLen tokens each)
-	// are trained beside the edits, scored by KL(base ‖ adapted).
-	Replay, ReplayLen int
+	// Replay rehearsal samples of the base model (ReplayLen tokens each,
+	// then ReplayGreedy tokens of its greedy continuation) are trained
+	// beside the edits, scored by KL(base ‖ adapted). The greedy tail
+	// gives them the shape of the locality measure (a sample of the
+	// model's text continued greedily).
+	Replay, ReplayLen, ReplayGreedy int
 	// LocalityLen is the number of tokens of the base model's greedy
 	// continuation of each locality prompt that locality compares.
 	LocalityLen int
@@ -59,8 +63,8 @@ func (r EditRecipe) Check(c model.Config) error {
 	if r.Train.Steps <= 0 || r.Train.CheckEvery < 0 || !(r.Train.StopLoss > 0) {
 		errs = append(errs, fmt.Errorf("steps %d, check every %d, stop loss %g: want > 0, ≥ 0 and > 0", r.Train.Steps, r.Train.CheckEvery, r.Train.StopLoss))
 	}
-	if r.LocalityLen < 1 || r.InitRef < 0 || r.Replay < 0 || r.Replay > 0 && r.ReplayLen < 1 {
-		errs = append(errs, fmt.Errorf("locality len %d, init ref %d, replay %d of %d tokens: want ≥ 1, ≥ 0 and ≥ 0 of ≥ 1", r.LocalityLen, r.InitRef, r.Replay, r.ReplayLen))
+	if r.LocalityLen < 1 || r.InitRef < 0 || r.Replay < 0 || r.Replay > 0 && (r.ReplayLen < 1 || r.ReplayGreedy < 0) {
+		errs = append(errs, fmt.Errorf("locality len %d, init ref %d, replay %d of %d+%d tokens: want ≥ 1, ≥ 0 and ≥ 0 of ≥ 1+≥ 0", r.LocalityLen, r.InitRef, r.Replay, r.ReplayLen, r.ReplayGreedy))
 	}
 	if r.Train.Optimizer != OptimizerMeZO && r.Train.Optimizer != OptimizerGrad {
 		errs = append(errs, fmt.Errorf("optimizer %q: want %s or %s", r.Train.Optimizer, OptimizerMeZO, OptimizerGrad))
@@ -87,7 +91,7 @@ func (r EditRecipe) Footprint(edits []Edit, c model.Config) (seqs, ctx int, held
 			locality[tokensKey(Example{Prompt: p})] = true
 		}
 	}
-	like := Recipe{Method: MethodLoRA, MeZO: r.Train.MeZO, Layers: []int{r.Adapter.Layer}, Replay: r.Replay, ReplayLen: r.ReplayLen, Init: InitRandom}
+	like := Recipe{Method: MethodLoRA, MeZO: r.Train.MeZO, Layers: []int{r.Adapter.Layer}, Replay: r.Replay, ReplayLen: r.ReplayLen + r.ReplayGreedy, Init: InitRandom}
 	if r.Adapter.Rank > 0 {
 		like.Init, like.InitRef = InitData, r.InitRef
 	}
@@ -144,7 +148,7 @@ func (run *EditRun) prepare(r EditRecipe, m *model.Model, bos int32) error {
 			return fmt.Errorf("adapt: edit training: init ref: %w", err)
 		}
 	}
-	rehearsal, err := run.base.Rehearsal(bos, r.Replay, r.ReplayLen, ReplaySeed+seed)
+	rehearsal, err := run.rehearsal(bos, r, ReplaySeed+seed)
 	if err != nil {
 		return fmt.Errorf("adapt: edit training: replay: %w", err)
 	}
@@ -165,6 +169,36 @@ func (run *EditRun) prepare(r EditRecipe, m *model.Model, bos int32) error {
 	}
 	run.EditTrainer.SetPace(r.Pace)
 	return nil
+}
+
+// rehearsal draws r's rehearsal samples with the base model's
+// distributions at every token as their Reference.
+func (run *EditRun) rehearsal(bos int32, r EditRecipe, seed uint64) ([]Example, error) {
+	ex, err := run.base.SelfSamples(bos, r.Replay, r.ReplayLen, seed)
+	if err != nil || len(ex) == 0 {
+		return ex, err
+	}
+	if r.ReplayGreedy > 0 {
+		prompts := make([][]int32, len(ex))
+		for i, x := range ex {
+			prompts[i] = append(slices.Clip(x.Prompt), x.Completion...)
+		}
+		conts, err := run.base.Greedy(prompts, r.ReplayGreedy)
+		if err != nil {
+			return nil, err
+		}
+		for i := range ex {
+			ex[i].Completion = append(ex[i].Completion, conts[i]...)
+		}
+	}
+	refs, err := run.base.References(ex)
+	if err != nil {
+		return nil, err
+	}
+	for i := range ex {
+		ex[i].Reference = refs[i]
+	}
+	return ex, nil
 }
 
 // Examples is the number of examples trained: the edits and the

@@ -22,12 +22,12 @@ import (
 // rehearsal, the stop rule and the measures. The optimizer's settings
 // left out take its defaults (adapt.DefaultEditOptions).
 type editFlags struct {
-	fs                                                                               *flag.FlagSet
-	data, schedule, optimizer                                                        string
-	rank, steps, batch, samples, replay, replayLen, initRef, localityLen, checkEvery int
-	alpha, lr, eps, replayWeight, lossFloor, stopLoss                                float64
-	seed                                                                             uint64
-	asJSON                                                                           bool
+	fs                                                                                             *flag.FlagSet
+	data, schedule, optimizer                                                                      string
+	rank, steps, batch, samples, replay, replayLen, replayGreedy, initRef, localityLen, checkEvery int
+	alpha, lr, eps, replayWeight, lossFloor, stopLoss                                              float64
+	seed                                                                                           uint64
+	asJSON                                                                                         bool
 }
 
 func (f *editFlags) register(fs *flag.FlagSet, steps int) {
@@ -47,6 +47,7 @@ func (f *editFlags) register(fs *flag.FlagSet, steps int) {
 	fs.Uint64Var(&f.seed, "seed", 1, "seed of the batches, perturbations and samples of the model's text")
 	fs.IntVar(&f.replay, "replay", rec.Replay, "rehearsal: this many of the base model's own samples, scored by KL(base ‖ adapted) at every token, so that training keeps what the model did (0: none)")
 	fs.IntVar(&f.replayLen, "replay-len", rec.ReplayLen, "tokens per rehearsal sample")
+	fs.IntVar(&f.replayGreedy, "replay-greedy", rec.ReplayGreedy, "tokens of the base model's greedy continuation after each rehearsal sample (the shape of the locality measure)")
 	fs.Float64Var(&f.replayWeight, "replay-weight", 0, fmt.Sprintf("weight of a rehearsal token in the loss, against 1 for an edit's target token (default: %g for grad, %g for mezo)", def.Grad.RehearsalWeight, def.MeZO.RehearsalWeight))
 	fs.Float64Var(&f.lossFloor, "loss-floor", 0, fmt.Sprintf("count a target token's cross-entropy as at least this (nats) in the loss descended, so learnt tokens stop pulling (default: %g for grad, %g for mezo)", def.Grad.LossFloor, def.MeZO.LossFloor))
 	fs.Float64Var(&f.stopLoss, "stop-loss", def.StopLoss, "stop once every edit's loss (the mean cross-entropy of its target tokens) is below this")
@@ -59,7 +60,7 @@ func (f *editFlags) register(fs *flag.FlagSet, steps int) {
 func (f *editFlags) recipe(layer int) (adapt.EditRecipe, error) {
 	r := adapt.DefaultEditRecipe(layer)
 	r.Adapter.Rank, r.Adapter.Alpha = f.rank, float32(f.alpha)
-	r.InitRef, r.Replay, r.ReplayLen, r.LocalityLen = f.initRef, f.replay, f.replayLen, f.localityLen
+	r.InitRef, r.Replay, r.ReplayLen, r.ReplayGreedy, r.LocalityLen = f.initRef, f.replay, f.replayLen, f.replayGreedy, f.localityLen
 	o := &r.Train
 	o.Optimizer, o.Steps, o.StopLoss, o.CheckEvery = f.optimizer, f.steps, f.stopLoss, f.checkEvery
 	o.MeZO.Eps, o.MeZO.Samples, o.MeZO.Seed, o.Grad.Seed = f.eps, f.samples, f.seed, f.seed
