@@ -42,12 +42,17 @@ type EditRecipe struct {
 	Pace func()
 }
 
-// DefaultEditRecipe returns the defaults of `edgectl edits train` on layer.
+// DefaultEditRecipe returns the defaults of `edgectl edits train` and of
+// the daemon's edit jobs on layer: a full delta of its down-projection
+// trained with the exact gradient (DefaultEditOptions) beside 200
+// rehearsal samples of 12 tokens continued greedily by 10, and locality
+// measured on 10 tokens (BENCHMARKS.md, "The exact gradient against
+// MeZO").
 func DefaultEditRecipe(layer int) EditRecipe {
 	return EditRecipe{
-		Adapter:   EditLoRAOptions{Layer: layer, Proj: engine.ProjDown, Rank: 32, Alpha: 32, Ridge: InitRidge},
-		Train:     DefaultEditOptions(),
-		InitRef:   64, Replay: 16, ReplayLen: 48, LocalityLen: 10,
+		Adapter: EditLoRAOptions{Layer: layer, Proj: engine.ProjDown, Rank: 0, Alpha: 32, Ridge: InitRidge},
+		Train:   DefaultEditOptions(),
+		InitRef: 64, Replay: 200, ReplayLen: 12, ReplayGreedy: 10, LocalityLen: 10,
 	}
 }
 

@@ -41,7 +41,8 @@ const (
 
 // defaultEditJobs are the edits.* defaults (see the example config).
 func defaultEditJobs() EditJobOptions {
-	return EditJobOptions{Auto: true, Delay: 2 * time.Second, Optimizer: "grad", Layer: -1, Rank: 0, Steps: 2000, StopLoss: 0.3}
+	d := adapt.DefaultEditOptions()
+	return EditJobOptions{Auto: true, Delay: 2 * time.Second, Optimizer: d.Optimizer, Layer: -1, Rank: 0, Steps: d.Steps, StopLoss: d.StopLoss}
 }
 
 // editsKind runs jobs of kind "edits".
