@@ -25,8 +25,7 @@
 //     NewFullDelta, or a low-rank pair): the layers below run once per
 //     example in the engine; the layers above run forward and backward in
 //     a float32 copy of them (attention with RoPE and GQA, RMSNorm,
-//     SwiGLU, output). Preserve adds a K-FAC estimate of the KL to the
-//     base model on given text. Its state (AdamState) resumes exactly.
+//     SwiGLU, output). Its state (AdamState) resumes exactly.
 //   - Scorer: the loss, greedy continuations and samples of examples
 //     with an adapter or none, in batches whose logits stay small.
 //   - Knowledge edits: EditTrainer runs LocFT-BF (edits as examples with

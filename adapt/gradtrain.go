@@ -61,7 +61,6 @@ type GradTrainer struct {
 	order epochOrder
 
 	anchors map[string]*anchor
-	keep    *preserve // the Preserve term, or nil
 	workers []*gradWorker
 	grads   [][]float32 // per tensor of lo.Params(), nil when frozen
 }
@@ -189,15 +188,12 @@ func (g *GradTrainer) State() AdamState { return g.adam.st.clone() }
 func (g *GradTrainer) SetState(st AdamState) error { return g.adam.setState(st) }
 
 // Step takes one Adam step on the next batch and returns its loss before
-// the step (with the loss floor, without the Preserve term).
+// the step (with the loss floor).
 func (g *GradTrainer) Step() (float64, error) {
 	batch := g.order.batch(g.data, g.adam.st.Step, g.opts.BatchSize)
 	sums, counts, err := g.run(batch, true)
 	if err != nil {
 		return 0, err
-	}
-	if g.keep != nil {
-		g.keep.addGrad(g)
 	}
 	g.adam.update(g.grads)
 	return g.mean(batch, sums, counts), nil

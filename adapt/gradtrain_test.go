@@ -342,57 +342,6 @@ func TestGradResume(t *testing.T) {
 	}
 }
 
-// The Preserve term's gradient matches central differences of the loss
-// plus the term, on a full delta and a low-rank pair of a middle layer.
-func TestGradPreserveMatchesFiniteDifferences(t *testing.T) {
-	m := stories260K(t)
-	e := newEngine(t, m, NewSet())
-	keep := []Example{{Prompt: []int32{1, 300}, Completion: []int32{301, 302, 303, 304, 305, 306}}, {Prompt: []int32{1}, Completion: []int32{40, 41, 42}}}
-	var worst float64
-	for name, lo := range map[string]*LoRA{"full": fullDelta(t, m, 2, 0.05), "rank 4": lowRank(t, m, 2)} {
-		g, err := NewGradTrainer(e, m, lo, gradExamples, nil, DefaultGradOptions())
-		require.NoError(t, err)
-		require.NoError(t, g.Preserve(keep, 3, 1))
-		objective := func() float64 {
-			l, err := g.Loss(gradExamples)
-			require.NoError(t, err)
-			return l + g.keep.compute(g)
-		}
-		_, _, err = g.run(gradExamples, true)
-		require.NoError(t, err)
-		g.keep.addGrad(g)
-		for ti, p := range lo.Params() {
-			if p.Frozen {
-				continue
-			}
-			grad := g.grads[ti]
-			var gmax float64
-			for _, v := range grad {
-				gmax = max(gmax, math.Abs(float64(v)))
-			}
-			for k := range 8 {
-				i := int(uniform(stream(5, ti), uint64(k)) * float64(len(p.Data)))
-				if k < 3 {
-					i = largest(grad, k)
-				}
-				orig, h := p.Data[i], 1e-2*max(1, math.Abs(float64(p.Data[i])))
-				at := func(s float64) float64 {
-					p.Data[i] = float32(float64(orig) + s*h)
-					return objective()
-				}
-				fd := (8*(at(1)-at(-1)) - (at(2) - at(-2))) / (12 * h)
-				p.Data[i] = orig
-				an := float64(grad[i])
-				rel := math.Abs(fd-an) / max(math.Abs(an), math.Abs(fd), 1e-2*gmax)
-				worst = max(worst, rel)
-				assert.Less(t, rel, 1e-2, "%s %s[%d]: analytic %g, differences %g", name, p.Name, i, an, fd)
-			}
-		}
-		g.Close()
-	}
-	t.Logf("largest relative error: %.2g", worst)
-}
-
 // With a loss floor above every token's cross-entropy, a step reports the
 // floor and moves nothing; Loss stays the plain mean.
 func TestGradLossFloor(t *testing.T) {
