@@ -102,11 +102,35 @@ func (r EditRecipe) Footprint(edits []Edit, c model.Config) (seqs, ctx int, held
 	}
 	s, x, h := like.Footprint(train, c)
 	eval += len(locality)
+	ctx = max(x, ctx)
 	if r.Adapter.Layer > 0 {
 		// The measures keep the rows entering the layer of what they score.
 		h += int64(eval) * int64(ctx) * int64(c.NEmbd) * 4
 	}
-	return max(s, eval), max(x, ctx), h
+	if r.Train.Optimizer == OptimizerGrad {
+		h += r.gradBytes(train, c)
+	}
+	return max(s, eval), ctx, h
+}
+
+// gradBytes is what the gradient holds besides the engine: a float32
+// copy of the layers from the adapted one up and of the output, the
+// matrices above it twice (transposed for the backward pass), and per
+// training row the projection's input, the layer's output and the
+// delta's inner rows.
+func (r EditRecipe) gradBytes(train []Example, c model.Config) int64 {
+	e, qd, kd, ff := int64(c.NEmbd), int64(c.QDim()), int64(c.KVDim()), int64(c.NFF)
+	layer := 2*e*qd + 2*e*kd + 3*e*ff
+	above := int64(c.NLayer - 1 - r.Adapter.Layer)
+	rows := int64(r.Replay) * int64(r.ReplayLen+r.ReplayGreedy)
+	for _, ex := range train {
+		rows += int64(len(ex.Prompt) + len(ex.Completion))
+	}
+	rank := int64(r.Adapter.Rank)
+	if rank == 0 {
+		rank = ff // a full delta's A is the identity
+	}
+	return 4 * (layer*(1+2*above) + 2*int64(c.NVocab)*e + rows*(ff+e+rank))
 }
 
 // EditRun is a prepared edit-training run: the adapter, its trainer and
