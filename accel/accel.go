@@ -44,6 +44,26 @@ type RoPE struct {
 	Freqs   []float64 // the angle per position of each pair, Dims/2 values
 }
 
+// Rotate rotates each pair of head by its angle: pair i by the one whose
+// cosine and sine are cs[2i] and cs[2i+1]. inverse rotates the other way
+// (the transposed rotation: RoPE's backward pass).
+func (r *RoPE) Rotate(head []float32, cs []float64, inverse bool) {
+	half := r.Dims / 2
+	for i := range half {
+		cos, sin := cs[2*i], cs[2*i+1]
+		if inverse {
+			sin = -sin
+		}
+		a, c := 2*i, 2*i+1
+		if r.NeoX {
+			a, c = i, i+half
+		}
+		x0, x1 := float64(head[a]), float64(head[c])
+		head[a] = float32(x0*cos - x1*sin)
+		head[c] = float32(x0*sin + x1*cos)
+	}
+}
+
 // NewRoPE computes the pair frequencies θ^(-2i/dims), divided by the
 // optional llama 3 frequency factors. They are computed once, in float64,
 // because angles pos·freq grow with the context.

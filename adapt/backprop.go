@@ -213,20 +213,7 @@ func (ps *pass) rope(row []float32, pos int, inverse bool) {
 	r, half := &ps.tl.rope, ps.tl.rope.Dims/2
 	cs := ps.angles[pos*2*half : (pos+1)*2*half]
 	for h := 0; h+r.HeadDim <= len(row); h += r.HeadDim {
-		head := row[h : h+r.HeadDim]
-		for i := range half {
-			cos, sin := cs[2*i], cs[2*i+1]
-			if inverse {
-				sin = -sin
-			}
-			a, c := 2*i, 2*i+1
-			if r.NeoX {
-				a, c = i, i+half
-			}
-			x0, x1 := float64(head[a]), float64(head[c])
-			head[a] = float32(x0*cos - x1*sin)
-			head[c] = float32(x0*sin + x1*cos)
-		}
+		r.Rotate(row[h:h+r.HeadDim], cs, inverse)
 	}
 }
 

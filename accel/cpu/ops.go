@@ -115,17 +115,7 @@ func (t *ropeTask) run(w, lo, hi int) {
 			cs[2*i+1], cs[2*i] = math.Sincos(float64(t.pos[row]) * r.Freqs[i])
 		}
 		for h := 0; h+r.HeadDim <= t.width; h += r.HeadDim {
-			head := t.x[row*t.width+h : row*t.width+h+r.HeadDim]
-			for i := range half {
-				cos, sin := cs[2*i], cs[2*i+1]
-				a, c := 2*i, 2*i+1
-				if r.NeoX {
-					a, c = i, i+half
-				}
-				x0, x1 := float64(head[a]), float64(head[c])
-				head[a] = float32(x0*cos - x1*sin)
-				head[c] = float32(x0*sin + x1*cos)
-			}
+			r.Rotate(t.x[row*t.width+h:row*t.width+h+r.HeadDim], cs, false)
 		}
 	}
 }
