@@ -417,3 +417,37 @@ func TestFleetAuto(t *testing.T) {
 		})
 	}
 }
+
+// Issue 9's fleet acceptance with an edit version: a node trains edits
+// into a version and publishes it; a second node, holding the same edits
+// pending, pulls it instead of training, marks them active and gives the
+// same greedy continuations of the edit prompts.
+func TestFleetPullsEditVersion(t *testing.T) {
+	n1, n2, _ := startFleet(t, FleetOptions{})
+	edits := []protocol.Edit{trainEdit("e1", "Zorb", " is red."), trainEdit("e2", "Kivo", " can fly."), trainEdit("e3", "Plox", " will sing.")}
+	var seq1, seq2 uint64
+	ingest(t, n1.Daemon, &seq1, edits...)
+	ingest(t, n2.Daemon, &seq2, edits...)
+	j := submit(t, n1.Daemon, &protocol.JobSubmitRequest{Kind: protocol.JobKindEdits, Model: "aid", Edits: &protocol.EditsJob{Optimizer: "grad", Steps: 60, Layer: ptr(3)}})
+	waitJob(t, n1.Daemon, j.ID, protocol.JobDone, 0)
+	publishVersion(t, n1, 0)
+	res, err := pull(n2, false)
+	require.NoError(t, err)
+	require.True(t, res.Pulled)
+	changed := false
+	for _, e := range edits {
+		rec, err := n2.Service().EditStatus(context.Background(), &protocol.EditStatusRequest{ID: e.ID})
+		require.NoError(t, err)
+		assert.Equal(t, protocol.EditActive, rec.Status, e.ID)
+		want, _ := completeWith(t, n1.Daemon, e.Prompt, 8, nil)
+		got, v := completeWith(t, n2.Daemon, e.Prompt, 8, nil)
+		assert.Equal(t, want, got, e.Prompt)
+		assert.Equal(t, res.AdapterVersion, v)
+		base, _ := completeWith(t, n2.Daemon, e.Prompt, 8, ptr(int64(protocol.AdapterBase)))
+		changed = changed || base != got
+	}
+	assert.True(t, changed, "the edits change some continuation, or the comparison means nothing")
+	jobs, err := n2.Service().Jobs(context.Background(), &protocol.JobListRequest{})
+	require.NoError(t, err)
+	assert.Empty(t, jobs.Data, "the puller trained nothing")
+}
