@@ -63,13 +63,13 @@ type JobSubmitRequest struct {
 // version, its edits active, and the version's record holds the edit
 // metrics (EditMetrics).
 type EditsJob struct {
-	Optimizer string   `json:"optimizer,omitempty"` // one of EditOptimizers
-	Layer     *int     `json:"layer,omitempty"`     // whose MLP down-projection is adapted
-	Rank      *int     `json:"rank,omitempty"`      // of the LoRA; 0: a full delta of the projection
-	Steps     int      `json:"steps,omitempty"`     // the most optimizer steps
-	LR        float64  `json:"lr,omitempty"`        // learning rate
-	StopLoss  float64  `json:"stop_loss,omitempty"` // stop once every edit's loss is below it (nats)
-	Seed      *uint64  `json:"seed,omitempty"`
+	Optimizer string  `json:"optimizer,omitempty"` // one of EditOptimizers
+	Layer     *int    `json:"layer,omitempty"`     // whose MLP down-projection is adapted
+	Rank      *int    `json:"rank,omitempty"`      // of the LoRA; 0: a full delta of the projection
+	Steps     int     `json:"steps,omitempty"`     // the most optimizer steps
+	LR        float64 `json:"lr,omitempty"`        // learning rate
+	StopLoss  float64 `json:"stop_loss,omitempty"` // stop once every edit's loss is below it (nats)
+	Seed      *uint64 `json:"seed,omitempty"`
 	// Edits are the ids trained, filled in by the daemon.
 	Edits []string `json:"edits,omitempty"`
 }
