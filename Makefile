@@ -12,6 +12,8 @@ test:
 	# The race detector on the packages that run goroutines; -short trims the
 	# fixture sweeps that the plain run above covers in full.
 	go test -race -short ./accel/... ./engine/... ./daemon/... ./protocol/...
+	# adapt's gradient trainer sums its goroutines' gradients.
+	go test -race -short -run 'Grad|EditTrainer' ./adapt/
 	# The portable kernels, on which the fixture checks must hold as well.
 	EDGED_NOASM=1 go test ./quant/ ./accel/... ./engine/
 	go vet -tags purego ./quant/ ./accel/...
