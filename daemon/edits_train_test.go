@@ -44,7 +44,8 @@ func trainEdit(id, prompt, target string) protocol.Edit {
 func waitVersion(t *testing.T, d *Daemon, want ...string) protocol.AdapterRecord {
 	t.Helper()
 	var cur *protocol.AdapterRecord
-	pollUntil(t, 60*time.Second, func() error {
+	// Minutes: the race detector slows training tenfold.
+	pollUntil(t, 3*time.Minute, func() error {
 		var err error
 		if cur, err = d.currentAdapterRecord("aid"); err != nil {
 			return err

@@ -428,7 +428,7 @@ func TestFleetPullsEditVersion(t *testing.T) {
 	var seq1, seq2 uint64
 	ingest(t, n1.Daemon, &seq1, edits...)
 	ingest(t, n2.Daemon, &seq2, edits...)
-	j := submit(t, n1.Daemon, &protocol.JobSubmitRequest{Kind: protocol.JobKindEdits, Model: "aid", Edits: &protocol.EditsJob{Optimizer: "grad", Steps: 60, Layer: ptr(3)}})
+	j := submit(t, n1.Daemon, &protocol.JobSubmitRequest{Kind: protocol.JobKindEdits, Model: "aid", Edits: &protocol.EditsJob{Optimizer: "grad", Steps: 8, LR: 3e-2, Layer: ptr(3)}})
 	waitJob(t, n1.Daemon, j.ID, protocol.JobDone, 0)
 	publishVersion(t, n1, 0)
 	res, err := pull(n2, false)

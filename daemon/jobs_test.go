@@ -117,7 +117,8 @@ func jobStatus(t *testing.T, d *Daemon, id string) *protocol.Job {
 func waitJob(t *testing.T, d *Daemon, id, state string, step int) *protocol.Job {
 	t.Helper()
 	var j *protocol.Job
-	pollUntil(t, 60*time.Second, func() error {
+	// Minutes: the race detector slows training tenfold.
+	pollUntil(t, 3*time.Minute, func() error {
 		j = jobStatus(t, d, id)
 		if j.State != state || j.Step < step {
 			return fmt.Errorf("job %s is %s at step %d (%v), want %s at %d", id, j.State, j.Step, j.Error, state, step)
