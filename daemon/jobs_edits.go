@@ -80,6 +80,8 @@ func (editsKind) prepare(env jobEnv, req *protocol.JobSubmitRequest, _ bool, dir
 	if err := s.checkBudget(env); err != nil {
 		return err
 	}
+	layer := s.recipe.Adapter.Layer // -1 resolved: the record says which
+	cfg.Layer = &layer
 	j.Steps, j.Examples, j.Edits = cfg.Steps, len(recs), &cfg
 	return nil
 }
