@@ -172,19 +172,18 @@ type editsTask struct {
 	eng   *jobEngine
 	run   *adapt.EditRun
 	ids   []string // of the edits, in training order
-	done  bool     // the trainer's stop rule held
 	loss  float64  // of the last step taken
 }
 
 func (t *editsTask) Step() (float64, error) {
 	r, err := t.run.Step()
-	if t.done = r.Done; !r.Done {
+	if !r.Done {
 		t.loss = r.Loss
 	}
 	return t.loss, err
 }
 
-func (t *editsTask) Done() bool                   { return t.done }
+func (t *editsTask) Done() bool                   { return t.run.Learnt() }
 func (t *editsTask) Steps() int                   { return t.run.Steps() }
 func (t *editsTask) Checkpoint(path string) error { return t.run.SaveCheckpoint(path) }
 func (t *editsTask) Restore(path string) error    { return t.run.Restore(path) }

@@ -63,7 +63,7 @@ func (f *editFlags) recipe(layer int) (adapt.EditRecipe, error) {
 	r.InitRef, r.Replay, r.ReplayLen, r.ReplayGreedy, r.LocalityLen = f.initRef, f.replay, f.replayLen, f.replayGreedy, f.localityLen
 	o := &r.Train
 	o.Optimizer, o.Steps, o.StopLoss, o.CheckEvery = f.optimizer, f.steps, f.stopLoss, f.checkEvery
-	o.MeZO.Eps, o.MeZO.Samples, o.MeZO.Seed, o.Grad.Seed = f.eps, f.samples, f.seed, f.seed
+	o.MeZO.Eps, o.MeZO.Samples, o.MeZO.Seed = f.eps, f.samples, f.seed // Prepare gives Grad the same seed
 	var err error
 	if o.MeZO.Schedule, err = parseSchedule(f.schedule); err != nil {
 		return r, err
