@@ -149,18 +149,22 @@ var portableTier = tier{
 	quantize: portableQuantize,
 }
 
-// noAsm is set by EDGED_NOASM=1 in the environment at start-up: KernelFor
-// then returns the portable kernels, so that tests can check a whole model
-// on both paths.
-var noAsm = os.Getenv("EDGED_NOASM") == "1"
+// bestTier is the tier KernelFor uses, chosen once at start-up: the best
+// this CPU runs, unless the environment names another it runs.
+// EDGED_NOASM=1 picks the portable kernels, so that tests can check a
+// whole model on both paths; EDGED_CPU_KERNELS=name picks a tier by name (see
+// KernelTier), so that tiers can be timed against each other.
+var bestTier = pickTier(os.Getenv("EDGED_CPU_KERNELS"), os.Getenv("EDGED_NOASM") == "1")
 
-// bestTier is the tier KernelFor uses, chosen once at start-up.
-var bestTier = pickTier()
-
-func pickTier() tier {
+func pickTier(name string, noAsm bool) tier {
 	ts := availableTiers()
 	if noAsm {
 		return ts[0]
+	}
+	for _, tr := range ts {
+		if tr.name == name {
+			return tr
+		}
 	}
 	return ts[len(ts)-1]
 }

@@ -172,7 +172,33 @@ func TestKernelFor(t *testing.T) {
 	if os.Getenv("EDGED_NOASM") == "1" {
 		assert.Equal(t, "portable", KernelTier())
 	}
+	// Set where the CPU is known (tests/avx512/check.sh's emulated one), so
+	// that a tier's absence fails instead of going untested.
+	if want := os.Getenv("EDGED_WANT_CPU_KERNELS"); want != "" {
+		assert.Equal(t, want, KernelTier(), "available: %v", tierNames())
+	}
 	t.Logf("kernel tier: %s (available: %v)", KernelTier(), tierNames())
+}
+
+// TestPickTier checks the environment's choice of tier (EDGED_CPU_KERNELS and
+// EDGED_NOASM): a tier this CPU runs, by name, or the best.
+func TestPickTier(t *testing.T) {
+	ts := availableTiers()
+	best := ts[len(ts)-1].name
+	for _, c := range []struct {
+		name  string
+		noAsm bool
+		want  string
+	}{
+		{"", false, best},
+		{"no-such-tier", false, best},
+		{best, true, "portable"},
+	} {
+		assert.Equal(t, c.want, pickTier(c.name, c.noAsm).name, "EDGED_CPU_KERNELS=%q noAsm=%v", c.name, c.noAsm)
+	}
+	for _, tr := range ts {
+		assert.Equal(t, tr.name, pickTier(tr.name, false).name)
+	}
 }
 
 func tierNames() []string {

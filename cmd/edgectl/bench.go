@@ -16,6 +16,7 @@ import (
 	"github.com/edged/edged/accel/metal"
 	"github.com/edged/edged/engine"
 	"github.com/edged/edged/model"
+	"github.com/edged/edged/quant"
 )
 
 // runBench times prompt processing and generation with llama-bench's
@@ -79,7 +80,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	b := &bencher{ctx: ctx, e: e, rng: rand.New(rand.NewPCG(1, 2)), nVocab: m.Config.NVocab, first: firstToken(file, m.Config.NVocab)}
 	b.logits = make([]float32, b.nVocab)
 	res := benchResult{
-		Model: *path, Desc: modelDesc(file, m), Backend: label(be), Device: be.Name(), Threads: threadsOf(be),
+		Model: *path, Desc: modelDesc(file, m), Backend: label(be), Device: be.Name(), Kernels: quant.KernelTier(), Threads: threadsOf(be),
 		P: *p, N: *n, Depth: *depth, Reps: *reps, LoadMS: float64(loadTime.Microseconds()) / 1000,
 	}
 	for i := range file.Tensors {
@@ -143,6 +144,7 @@ type benchResult struct {
 	Params  int64    `json:"params"`
 	Backend string   `json:"backend"`
 	Device  string   `json:"device"`
+	Kernels string   `json:"kernels"` // the CPU kernels' tier (quant.KernelTier)
 	Threads int      `json:"threads"`
 	P       int      `json:"p"`
 	Depth   int      `json:"depth,omitempty"`
@@ -329,7 +331,7 @@ func printBench(w io.Writer, r *benchResult, rows []benchRow) error {
 		ew.printf("| %-30s | %10s | %10s | %-10s | %7d | %15s | %20s |\n", r.Desc, formatSize(r.Size), formatParams(r.Params),
 			r.Backend, r.Threads, row.test, ts)
 	}
-	ew.printf("\nload: %.0f ms\n", r.LoadMS)
+	ew.printf("\nload: %.0f ms; CPU kernels: %s\n", r.LoadMS, r.Kernels)
 	if r.BandwidthGBs > 0 {
 		ew.printf("device copy bandwidth: %.0f GB/s; tg reads the weights at %.2f of it\n", r.BandwidthGBs, r.BoundFraction)
 	}

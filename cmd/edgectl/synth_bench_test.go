@@ -18,6 +18,7 @@ type benchJSON struct {
 	Desc    string   `json:"desc"`
 	Size    int64    `json:"size"`
 	Params  int64    `json:"params"`
+	Kernels string   `json:"kernels"`
 	Threads int      `json:"threads"`
 	LoadMS  float64  `json:"load_ms"`
 	PP      *float64 `json:"pp"`
@@ -45,6 +46,7 @@ func TestBenchJSON(t *testing.T) {
 	assert.GreaterOrEqual(t, *r.TGStd, 0.0)
 	assert.Positive(t, r.LoadMS)
 	assert.Equal(t, 1, r.Threads)
+	assert.NotEmpty(t, r.Kernels)
 	assert.Equal(t, path, r.Model)
 	assert.Positive(t, r.Size)
 	assert.Positive(t, r.Params)
@@ -63,7 +65,7 @@ func TestBenchTable(t *testing.T) {
 	assert.Regexp(t, `^\| model +\| +size \| +params \| backend +\| threads \| +test \| +t/s \|$`, lines[0])
 	assert.Regexp(t, `^\| llama .* Q4_0 +\| .* MiB \| .* M \| CPU +\| +2 \| +pp8 \| +[0-9.]+ ± [0-9.]+ \|$`, lines[2])
 	assert.Regexp(t, `\| +tg2 \| +[0-9.]+ ± [0-9.]+ \|$`, lines[3])
-	assert.Regexp(t, `^load: [0-9]+ ms$`, lines[len(lines)-1])
+	assert.Regexp(t, `^load: [0-9]+ ms; CPU kernels: (portable|avx2|avx512vnni|neon|neon\+dot)$`, lines[len(lines)-1])
 
 	// -d puts tokens in the context first, as llama-bench's -d does.
 	out = mustEdgectl(t, "bench", "-m", path, "-p", "4", "-n", "2", "-d", "8", "-r", "1", "-t", "1")
