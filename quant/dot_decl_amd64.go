@@ -208,3 +208,88 @@ func quantQ8AAVX2(nb int, x *float32, dst *byte)
 //
 //go:noescape
 func quantQ8KAVX2(nb int, x *float32, dst *byte)
+
+// dotQ4_0VNNIx1 is the Q4_0 × Q8A kernel for nb blocks.
+//
+//go:noescape
+func dotQ4_0VNNIx1(nb int, w *byte, a *byte) float32
+
+// dotQ4_1VNNIx1 is the Q4_1 × Q8A kernel for nb blocks.
+//
+//go:noescape
+func dotQ4_1VNNIx1(nb int, w *byte, a *byte) float32
+
+// dotQ5_0VNNIx1 is the Q5_0 × Q8A kernel for nb blocks.
+//
+//go:noescape
+func dotQ5_0VNNIx1(nb int, w *byte, a *byte) float32
+
+// dotQ5_1VNNIx1 is the Q5_1 × Q8A kernel for nb blocks.
+//
+//go:noescape
+func dotQ5_1VNNIx1(nb int, w *byte, a *byte) float32
+
+// dotQ8_0VNNIx1 is the Q8_0 × Q8A kernel for nb blocks.
+//
+//go:noescape
+func dotQ8_0VNNIx1(nb int, w *byte, a *byte) float32
+
+// dotQ4_0VNNIx4 is the Q4_0 × Q8A kernel for nb blocks. One weight row, four activation rows stride bytes apart.
+//
+//go:noescape
+func dotQ4_0VNNIx4(nb int, w *byte, a *byte, stride int, out *float32)
+
+// dotQ4_1VNNIx4 is the Q4_1 × Q8A kernel for nb blocks. One weight row, four activation rows stride bytes apart.
+//
+//go:noescape
+func dotQ4_1VNNIx4(nb int, w *byte, a *byte, stride int, out *float32)
+
+// dotQ5_0VNNIx4 is the Q5_0 × Q8A kernel for nb blocks. One weight row, four activation rows stride bytes apart.
+//
+//go:noescape
+func dotQ5_0VNNIx4(nb int, w *byte, a *byte, stride int, out *float32)
+
+// dotQ5_1VNNIx4 is the Q5_1 × Q8A kernel for nb blocks. One weight row, four activation rows stride bytes apart.
+//
+//go:noescape
+func dotQ5_1VNNIx4(nb int, w *byte, a *byte, stride int, out *float32)
+
+// dotQ8_0VNNIx4 is the Q8_0 × Q8A kernel for nb blocks. One weight row, four activation rows stride bytes apart.
+//
+//go:noescape
+func dotQ8_0VNNIx4(nb int, w *byte, a *byte, stride int, out *float32)
+
+// dotQ4_1VNNIw4 is the Q4_1 × Q8A kernel for nb blocks. Four weight rows wstride bytes apart, one activation row.
+//
+//go:noescape
+func dotQ4_1VNNIw4(nb int, w *byte, wstride int, a *byte, out *float32)
+
+// dotQ5_0VNNIw4 is the Q5_0 × Q8A kernel for nb blocks. Four weight rows wstride bytes apart, one activation row.
+//
+//go:noescape
+func dotQ5_0VNNIw4(nb int, w *byte, wstride int, a *byte, out *float32)
+
+// dotQ5_1VNNIw4 is the Q5_1 × Q8A kernel for nb blocks. Four weight rows wstride bytes apart, one activation row.
+//
+//go:noescape
+func dotQ5_1VNNIw4(nb int, w *byte, wstride int, a *byte, out *float32)
+
+// dotQ4_0VNNIp4 is the Q4_0 × Q8A kernel for a tile of a panel of four weight rows (nb blocks) by four activation rows astride bytes apart: out[4r+c] = w_c · a_r.
+//
+//go:noescape
+func dotQ4_0VNNIp4(nb int, panel *byte, a *byte, astride int, out *float32)
+
+// dotQ4_0VNNIm4 is the Q4_0 × Q8A kernel of the tile's arithmetic for four weight rows wstride bytes apart by one activation row, nb blocks: out[c] = w_c · a.
+//
+//go:noescape
+func dotQ4_0VNNIm4(nb int, w *byte, wstride int, a *byte, out *float32)
+
+// dotQ8_0VNNIp4 is the Q8_0 × Q8A kernel for a tile of a panel of four weight rows (nb blocks) by four activation rows astride bytes apart: out[4r+c] = w_c · a_r.
+//
+//go:noescape
+func dotQ8_0VNNIp4(nb int, panel *byte, a *byte, astride int, out *float32)
+
+// dotQ8_0VNNIm4 is the Q8_0 × Q8A kernel of the tile's arithmetic for four weight rows wstride bytes apart by one activation row, nb blocks: out[c] = w_c · a.
+//
+//go:noescape
+func dotQ8_0VNNIm4(nb int, w *byte, wstride int, a *byte, out *float32)

@@ -105,7 +105,7 @@ func main() {
 			if sh.weights && hasTile(k) {
 				continue // mat32 is their four-row mat-vec kernel
 			}
-			dot32(k, sh)
+			dot32(k, sh, avx2)
 		}
 		if sh.weights {
 			// Measured: a k-quant super-block is long enough that four
@@ -124,8 +124,8 @@ func main() {
 	for _, k := range blocks32 {
 		if hasTile(k) {
 			pack32(k)
-			tile32(k)
-			mat32(k)
+			tile32(k, avx2)
+			mat32(k, avx2)
 		}
 	}
 	dotFloatW4("dotF32AVX2w4", kF32, 1)
@@ -138,7 +138,59 @@ func main() {
 	dotFloat("dotBF16AVX2x3", kBF16, 3)
 	quantQ8A()
 	quantQ8K()
+	// The VNNI tier: the kernels of the 32-element block types again, with
+	// VPDPBUSD for their byte products. The k-quants weight their pair
+	// sums by sub-block scales in VPMADDWD, which VNNI does not replace,
+	// so they, the float kernels and the quantizers stay AVX2's.
+	for _, sh := range shapes {
+		for _, k := range blocks32 {
+			if !(sh.weights && hasTile(k)) {
+				dot32(k, sh, vnni)
+			}
+		}
+	}
+	for _, k := range blocks32 {
+		if hasTile(k) {
+			tile32(k, vnni)
+			mat32(k, vnni)
+		}
+	}
 	Generate()
+}
+
+// A target is the instruction set a block32 kernel is generated for: AVX2,
+// or AVX2 with AVX-512 VNNI's VPDPBUSD (EVEX-encoded on YMM registers, so
+// AVX512VL as well) for the byte products. Both give every int32 lane the
+// same exact sum (the four byte products of its lane; VPMADDUBSW's int16
+// pair sums cannot saturate, the activations being at most 127 in
+// magnitude), and the float arithmetic after is the same instructions, so
+// the two tiers' results agree bit for bit.
+type target struct {
+	suffix string
+	vnni   bool
+}
+
+var (
+	avx2 = target{"AVX2", false}
+	vnni = target{"VNNI", true}
+)
+
+// mulBytes returns the int32 sums of four products of unsigned bytes u and
+// signed bytes s per lane; ones holds ones16 for AVX2, which overwrites s
+// when it is a register.
+func (t target) mulBytes(s Op, u VecVirtual, ones Op) VecVirtual {
+	p, ok := s.(VecVirtual)
+	if !ok || t.vnni {
+		p = YMM()
+	}
+	if t.vnni {
+		VPXOR(p, p, p)
+		VPDPBUSD(s, u, p)
+		return p
+	}
+	VPMADDUBSW(s, u, p)
+	VPMADDWD(ones, p, p)
+	return p
 }
 
 // A shape is the tile a kernel computes: one weight row by one activation
@@ -326,8 +378,8 @@ var blocks32 = []block32{
 // directly), 16 pair sums, 8 int32 sums, converted and scaled by d·da into
 // a float accumulator; the offset or minimum is applied once at the end
 // through the activation block sums s.
-func dot32(k block32, sh shape) {
-	name := fmt.Sprintf("dot%sAVX2%s", k.name, sh.suffix)
+func dot32(k block32, sh shape, t target) {
+	name := fmt.Sprintf("dot%s%s%s", k.name, t.suffix, sh.suffix)
 	var mask, ones VecVirtual
 	corr := make([]VecVirtual, sh.rows)
 	kernel{
@@ -338,8 +390,10 @@ func dot32(k block32, sh shape) {
 				mask = YMM()
 				VMOVDQU(c0F, mask)
 			}
-			ones = YMM()
-			VMOVDQU(ones16, ones)
+			if !t.vnni {
+				ones = YMM()
+				VMOVDQU(ones16, ones)
+			}
 		},
 		newRow: func(r int) {
 			if k.corr != 0 {
@@ -375,15 +429,15 @@ func dot32(k block32, sh shape) {
 			VCVTPH2PS(Mem{Base: w}, ws)
 			offset := k.corr != 0 && k.corr != 1
 			for i, ar := range a {
-				p := YMM()
+				var p VecVirtual
 				if k.signed {
-					VMOVDQU(Mem{Base: ar, Disp: q8aQs}, p)
-					VPSIGNB(wq, p, p)
-					VPMADDUBSW(p, wabs, p)
+					as := YMM()
+					VMOVDQU(Mem{Base: ar, Disp: q8aQs}, as)
+					VPSIGNB(wq, as, as)
+					p = t.mulBytes(as, wabs, ones)
 				} else {
-					VPMADDUBSW(Mem{Base: ar, Disp: q8aQs}, wq, p)
+					p = t.mulBytes(Mem{Base: ar, Disp: q8aQs}, wq, ones)
 				}
-				VPMADDWD(ones, p, p)
 				VCVTDQ2PS(p, p)
 				t := XMM()
 				s := YMM()
@@ -531,7 +585,7 @@ func pack32(k block32) {
 // lower lanes only; q8_0's weights are signed, so each pair multiplies |a|
 // by w·sign(a). tile32 and mat32 run exactly these instructions, so that
 // a row's product is the same in a tile and alone.
-func tileStep(k block32, wq [4]VecVirtual, dw, corr Op, ar Register, acc VecVirtual) {
+func tileStep(k block32, t target, wq [4]VecVirtual, dw, corr Op, ar Register, acc VecVirtual) {
 	var p [4]VecVirtual
 	var aq, aabs VecVirtual
 	if k.signed {
@@ -539,27 +593,31 @@ func tileStep(k block32, wq [4]VecVirtual, dw, corr Op, ar Register, acc VecVirt
 		VMOVDQU(Mem{Base: ar, Disp: q8aQs}, aq)
 		VPSIGNB(aq, aq, aabs)
 	}
+	// AVX2 and nibbles: a 16-bit pair sum is at most 2·15·127, so four of
+	// them still fit in 16 bits; fold in 16 bits, widen once.
+	fold16 := !k.signed && !t.vnni
 	for c := range p {
-		p[c] = YMM()
-		if k.signed {
-			VPSIGNB(aq, wq[c], p[c])
-			VPMADDUBSW(p[c], aabs, p[c])
-			VPMADDWD(ones16, p[c], p[c])
-		} else {
+		switch {
+		case k.signed:
+			ws := YMM()
+			VPSIGNB(aq, wq[c], ws)
+			p[c] = t.mulBytes(ws, aabs, ones16)
+		case fold16:
+			p[c] = YMM()
 			VPMADDUBSW(Mem{Base: ar, Disp: q8aQs}, wq[c], p[c])
+		default:
+			p[c] = t.mulBytes(Mem{Base: ar, Disp: q8aQs}, wq[c], nil)
 		}
 	}
-	if k.signed {
-		VPHADDD(p[1], p[0], p[0])
-		VPHADDD(p[3], p[2], p[2])
-		VPHADDD(p[2], p[0], p[0])
-	} else {
-		// Nibbles: a 16-bit pair sum is at most 2·15·127, so four of them
-		// still fit in 16 bits; fold in 16 bits, widen once.
+	if fold16 {
 		VPHADDW(p[1], p[0], p[0])
 		VPHADDW(p[3], p[2], p[2])
 		VPHADDW(p[2], p[0], p[0])
 		VPMADDWD(ones16, p[0], p[0])
+	} else {
+		VPHADDD(p[1], p[0], p[0])
+		VPHADDD(p[3], p[2], p[2])
+		VPHADDD(p[2], p[0], p[0])
 	}
 	VCVTDQ2PS(p[0], p[0])
 	sc := YMM()
@@ -587,8 +645,8 @@ func storeTile(acc VecVirtual, out Mem) {
 // dot32's tiles spend a conversion, a scale and a fused multiply-add on
 // every (weight, activation) block pair, this spends them on four. Results
 // agree with dot32's within float32 rounding (they sum in another order).
-func tile32(k block32) {
-	name := fmt.Sprintf("dot%sAVX2p4", k.name)
+func tile32(k block32, t target) {
+	name := fmt.Sprintf("dot%s%sp4", k.name, t.suffix)
 	TEXT(name, NOSPLIT, "func(nb int, panel *byte, a *byte, astride int, out *float32)")
 	Pragma("noescape")
 	Doc(name + " is the " + k.name + " × Q8A kernel for a tile of a panel of four weight rows (nb blocks) by four activation rows astride bytes apart: out[4r+c] = w_c · a_r.")
@@ -607,7 +665,7 @@ func tile32(k block32) {
 		VMOVDQU(Mem{Base: pw, Disp: panelW + 32*c}, wq[c])
 	}
 	for r, ar := range as {
-		tileStep(k, wq, Mem{Base: pw, Disp: panelD}, Mem{Base: pw, Disp: panelCorr}, ar, acc[r])
+		tileStep(k, t, wq, Mem{Base: pw, Disp: panelD}, Mem{Base: pw, Disp: panelCorr}, ar, acc[r])
 	}
 	ADDQ(U32(panelBlock), pw)
 	for _, ar := range as {
@@ -629,8 +687,8 @@ func tile32(k block32) {
 // (tiles) so give a row the same result bit for bit, and the continuous
 // batching of the daemon does not change a request's logits. Like the
 // other four-row mat-vec kernels it prefetches the next four rows.
-func mat32(k block32) {
-	name := fmt.Sprintf("dot%sAVX2m4", k.name)
+func mat32(k block32, t target) {
+	name := fmt.Sprintf("dot%s%sm4", k.name, t.suffix)
 	TEXT(name, NOSPLIT, "func(nb int, w *byte, wstride int, a *byte, out *float32)")
 	Pragma("noescape")
 	Doc(name + " is the " + k.name + " × Q8A kernel of the tile's arithmetic for four weight rows wstride bytes apart by one activation row, nb blocks: out[c] = w_c · a.")
@@ -650,7 +708,7 @@ func mat32(k block32) {
 	if corr != nil {
 		co = corr
 	}
-	tileStep(k, weights4(k, ws), dw, co, a, acc)
+	tileStep(k, t, weights4(k, ws), dw, co, a, acc)
 	for _, wr := range ws {
 		ADDQ(U32(k.size), wr)
 	}
