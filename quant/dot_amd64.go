@@ -13,12 +13,12 @@ import "golang.org/x/sys/cpu"
 // The VNNI tier (AVX-512 VNNI with AVX512VL: Ice Lake, Sapphire Rapids,
 // Zen 4 and later) is AVX2's with the byte products of the 32-element
 // block types (q4_0, q4_1, q5_0, q5_1, q8_0) in VPDPBUSD, one instruction
-// where AVX2 spends two, on 256-bit registers, which keep their clock on
-// every such CPU. Its results equal AVX2's bit for bit
+// where AVX2 spends two, on 256-bit registers (no lower clock than AVX2's
+// multiplies on Intel CPUs). Its results equal AVX2's bit for bit
 // (TestVNNIMatchesAVX2). The machines this was written on have no AVX-512:
 // tests/avx512/check.sh runs the kernel tests on an emulated one, where a
-// longer run of them once ended in a garbage-collector fault that is not
-// explained yet. So the tier is opt-in (EDGED_CPU_KERNELS=avx512vnni) until
+// longer run of them ended twice in a garbage-collector fault that is not
+// explained yet (BENCHMARKS.md). So the tier is opt-in (EDGED_CPU_KERNELS=avx512vnni) until
 // tests/avx512/device.sh has checked and timed it on a real CPU.
 func archTiers() []tier {
 	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA || !cpu.X86.HasF16C {
