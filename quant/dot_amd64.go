@@ -2,7 +2,11 @@
 
 package quant
 
-import "golang.org/x/sys/cpu"
+import (
+	"maps"
+
+	"golang.org/x/sys/cpu"
+)
 
 // The amd64 tiers. AVX2 (with FMA and F16C, as on every AVX2 CPU since
 // Haswell and Zen) has kernels for every type, with tiles of four
@@ -43,6 +47,7 @@ var avx2Blocks = map[Type]asmBlock{
 	Q3_K: {QK_K, 110, 292, dotQ3_KAVX2x1, dotQ3_KAVX2x4, nil},
 }
 
+// vnniBlocks are the kernels in which the VNNI tier differs from AVX2's.
 var vnniBlocks = map[Type]asmBlock{
 	Q4_0: {32, 18, q8aBlock, dotQ4_0VNNIx1, dotQ4_0VNNIx4, dotQ4_0VNNIm4},
 	Q4_1: {32, 20, q8aBlock, dotQ4_1VNNIx1, dotQ4_1VNNIx4, dotQ4_1VNNIw4},
@@ -51,104 +56,88 @@ var vnniBlocks = map[Type]asmBlock{
 	Q8_0: {32, 34, q8aBlock, dotQ8_0VNNIx1, dotQ8_0VNNIx4, dotQ8_0VNNIm4},
 }
 
-// vnniTier is avx2Tier with vnniBlocks' kernels and tiles.
-var vnniTier = func() tier {
-	tr := avx2Tier
-	tr.name, tr.optIn = "avx512vnni", true
-	dot, dotRows, matVec, tile := tr.dot, tr.dotRows, tr.matVec, tr.tile
-	tr.dot = func(t Type) func(n int, w, a []byte) float32 {
-		if b, ok := vnniBlocks[t]; ok {
-			return b.dot()
-		}
-		return dot(t)
-	}
-	tr.dotRows = func(t Type) func(n int, w, a []byte, aStride int, out []float32) {
-		if b, ok := vnniBlocks[t]; ok {
-			return b.dotRows
-		}
-		return dotRows(t)
-	}
-	tr.matVec = func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32) {
-		if b, ok := vnniBlocks[t]; ok {
-			return b.matVec
-		}
-		return matVec(t)
-	}
-	tr.tile = func(t Type) func(n int, w []byte, wStride int, a []byte, aStride int, out []float32, scratch []byte) {
-		switch t {
-		case Q4_0:
-			return tile32(packQ4_0AVX2, dotQ4_0VNNIp4, 18)
-		case Q8_0:
-			return tile32(packQ8_0AVX2, dotQ8_0VNNIp4, 34)
-		}
-		return tile(t)
-	}
-	return tr
-}()
+var (
+	avx2Tier = x86Tier("avx2", avx2Blocks, dotQ4_0AVX2p4, dotQ8_0AVX2p4)
+	vnniTier = func() tier {
+		blocks := maps.Clone(avx2Blocks)
+		maps.Copy(blocks, vnniBlocks)
+		tr := x86Tier("avx512vnni", blocks, dotQ4_0VNNIp4, dotQ8_0VNNIp4)
+		tr.optIn = true
+		return tr
+	}()
+)
 
-var avx2Tier = tier{
-	name: "avx2",
-	dot: func(t Type) func(n int, w, a []byte) float32 {
-		switch t {
-		case F32:
-			return floatDot(dotF32AVX2, 4, 8, dotF32)
-		case F16:
-			return floatDot(dotF16AVX2, 2, 8, dotF16)
-		case BF16:
-			return floatDot(dotBF16AVX2, 2, 8, dotBF16)
-		}
-		if b, ok := avx2Blocks[t]; ok {
-			return b.dot()
-		}
-		return nil
-	},
-	dotRows: func(t Type) func(n int, w, a []byte, aStride int, out []float32) {
-		switch t {
-		case F32:
-			return floatDotRows(dotF32AVX2x3, 4, 8, floatDot(dotF32AVX2, 4, 8, dotF32), dotF32)
-		case F16:
-			return floatDotRows(dotF16AVX2x3, 2, 8, floatDot(dotF16AVX2, 2, 8, dotF16), dotF16)
-		case BF16:
-			return floatDotRows(dotBF16AVX2x3, 2, 8, floatDot(dotBF16AVX2, 2, 8, dotBF16), dotBF16)
-		}
-		if b, ok := avx2Blocks[t]; ok {
-			return b.dotRows
-		}
-		return nil
-	},
-	matVec: func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32) {
-		if b, ok := avx2Blocks[t]; ok {
-			return b.matVec
-		}
-		return nil
-	},
-	floatMatVec: func(t Type) FloatRows {
-		switch t {
-		case F32:
-			return floatMatVec(dotF32AVX2w4, dotF32AVX2w4x2, 4, floatDot(dotF32AVX2, 4, 8, dotF32), dotF32)
-		case F16:
-			return floatMatVec(dotF16AVX2w4, dotF16AVX2w4x2, 2, floatDot(dotF16AVX2, 2, 8, dotF16), dotF16)
-		}
-		return nil
-	},
-	tile: func(t Type) func(n int, w []byte, wStride int, a []byte, aStride int, out []float32, scratch []byte) {
-		switch t {
-		case Q4_0:
-			return tile32(packQ4_0AVX2, dotQ4_0AVX2p4, 18)
-		case Q8_0:
-			return tile32(packQ8_0AVX2, dotQ8_0AVX2p4, 34)
-		}
-		return nil
-	},
-	quantize: func(act Type) func(x []float32, dst []byte) {
-		switch act {
-		case Q8A:
-			return quantQ8AAsm
-		case Q8_K:
-			return quantQ8KAsm
-		}
-		return nil
-	},
+// tileKernel is a 4×4 tile kernel over a panel (see tile32).
+type tileKernel = func(nb int, panel, a *byte, astride int, out *float32)
+
+// x86Tier is an amd64 tier with the block kernels of blocks and the tile
+// kernels q4_0 and q8_0; the float kernels and quantizers are AVX2's in
+// every tier.
+func x86Tier(name string, blocks map[Type]asmBlock, q4_0, q8_0 tileKernel) tier {
+	return tier{
+		name: name,
+		dot: func(t Type) func(n int, w, a []byte) float32 {
+			switch t {
+			case F32:
+				return floatDot(dotF32AVX2, 4, 8, dotF32)
+			case F16:
+				return floatDot(dotF16AVX2, 2, 8, dotF16)
+			case BF16:
+				return floatDot(dotBF16AVX2, 2, 8, dotBF16)
+			}
+			if b, ok := blocks[t]; ok {
+				return b.dot()
+			}
+			return nil
+		},
+		dotRows: func(t Type) func(n int, w, a []byte, aStride int, out []float32) {
+			switch t {
+			case F32:
+				return floatDotRows(dotF32AVX2x3, 4, 8, floatDot(dotF32AVX2, 4, 8, dotF32), dotF32)
+			case F16:
+				return floatDotRows(dotF16AVX2x3, 2, 8, floatDot(dotF16AVX2, 2, 8, dotF16), dotF16)
+			case BF16:
+				return floatDotRows(dotBF16AVX2x3, 2, 8, floatDot(dotBF16AVX2, 2, 8, dotBF16), dotBF16)
+			}
+			if b, ok := blocks[t]; ok {
+				return b.dotRows
+			}
+			return nil
+		},
+		matVec: func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32) {
+			if b, ok := blocks[t]; ok {
+				return b.matVec
+			}
+			return nil
+		},
+		floatMatVec: func(t Type) FloatRows {
+			switch t {
+			case F32:
+				return floatMatVec(dotF32AVX2w4, dotF32AVX2w4x2, 4, floatDot(dotF32AVX2, 4, 8, dotF32), dotF32)
+			case F16:
+				return floatMatVec(dotF16AVX2w4, dotF16AVX2w4x2, 2, floatDot(dotF16AVX2, 2, 8, dotF16), dotF16)
+			}
+			return nil
+		},
+		tile: func(t Type) func(n int, w []byte, wStride int, a []byte, aStride int, out []float32, scratch []byte) {
+			switch t {
+			case Q4_0:
+				return tile32(packQ4_0AVX2, q4_0, 18)
+			case Q8_0:
+				return tile32(packQ8_0AVX2, q8_0, 34)
+			}
+			return nil
+		},
+		quantize: func(act Type) func(x []float32, dst []byte) {
+			switch act {
+			case Q8A:
+				return quantQ8AAsm
+			case Q8_K:
+				return quantQ8KAsm
+			}
+			return nil
+		},
+	}
 }
 
 func quantQ8AAsm(x []float32, dst []byte) {
@@ -173,7 +162,7 @@ func quantQ8KAsm(x []float32, dst []byte) {
 // of wsize bytes per block: it checks the lengths, which the assembly
 // trusts, packs the weight rows once and runs the tile over the
 // activation rows.
-func tile32(pack func(nb int, w *byte, wstride int, dst *byte), t4 func(nb int, panel, a *byte, astride int, out *float32), wsize int) func(n int, w []byte, wStride int, a []byte, aStride int, out []float32, scratch []byte) {
+func tile32(pack func(nb int, w *byte, wstride int, dst *byte), t4 tileKernel, wsize int) func(n int, w []byte, wStride int, a []byte, aStride int, out []float32, scratch []byte) {
 	return func(n int, w []byte, wStride int, a []byte, aStride int, out []float32, scratch []byte) {
 		nb, rows := n/32, len(out)/4
 		if wStride < 0 || aStride < 0 || len(out)%16 != 0 {
