@@ -178,12 +178,12 @@ var (
 // mulBytes returns the int32 sums of four products of unsigned bytes u and
 // signed bytes s per lane; ones holds ones16 for AVX2, which overwrites s
 // when it is a register.
-func (t target) mulBytes(s Op, u VecVirtual, ones Op) VecVirtual {
+func (isa target) mulBytes(s Op, u VecVirtual, ones Op) VecVirtual {
 	p, ok := s.(VecVirtual)
-	if !ok || t.vnni {
+	if !ok || isa.vnni {
 		p = YMM()
 	}
-	if t.vnni {
+	if isa.vnni {
 		VPXOR(p, p, p)
 		VPDPBUSD(s, u, p)
 		return p
@@ -378,8 +378,8 @@ var blocks32 = []block32{
 // directly), 16 pair sums, 8 int32 sums, converted and scaled by d·da into
 // a float accumulator; the offset or minimum is applied once at the end
 // through the activation block sums s.
-func dot32(k block32, sh shape, t target) {
-	name := fmt.Sprintf("dot%s%s%s", k.name, t.suffix, sh.suffix)
+func dot32(k block32, sh shape, isa target) {
+	name := fmt.Sprintf("dot%s%s%s", k.name, isa.suffix, sh.suffix)
 	var mask, ones VecVirtual
 	corr := make([]VecVirtual, sh.rows)
 	kernel{
@@ -390,7 +390,7 @@ func dot32(k block32, sh shape, t target) {
 				mask = YMM()
 				VMOVDQU(c0F, mask)
 			}
-			if !t.vnni {
+			if !isa.vnni {
 				ones = YMM()
 				VMOVDQU(ones16, ones)
 			}
@@ -434,9 +434,9 @@ func dot32(k block32, sh shape, t target) {
 					as := YMM()
 					VMOVDQU(Mem{Base: ar, Disp: q8aQs}, as)
 					VPSIGNB(wq, as, as)
-					p = t.mulBytes(as, wabs, ones)
+					p = isa.mulBytes(as, wabs, ones)
 				} else {
-					p = t.mulBytes(Mem{Base: ar, Disp: q8aQs}, wq, ones)
+					p = isa.mulBytes(Mem{Base: ar, Disp: q8aQs}, wq, ones)
 				}
 				VCVTDQ2PS(p, p)
 				t := XMM()
@@ -585,7 +585,7 @@ func pack32(k block32) {
 // lower lanes only; q8_0's weights are signed, so each pair multiplies |a|
 // by w·sign(a). tile32 and mat32 run exactly these instructions, so that
 // a row's product is the same in a tile and alone.
-func tileStep(k block32, t target, wq [4]VecVirtual, dw, corr Op, ar Register, acc VecVirtual) {
+func tileStep(k block32, isa target, wq [4]VecVirtual, dw, corr Op, ar Register, acc VecVirtual) {
 	var p [4]VecVirtual
 	var aq, aabs VecVirtual
 	if k.signed {
@@ -595,18 +595,18 @@ func tileStep(k block32, t target, wq [4]VecVirtual, dw, corr Op, ar Register, a
 	}
 	// AVX2 and nibbles: a 16-bit pair sum is at most 2·15·127, so four of
 	// them still fit in 16 bits; fold in 16 bits, widen once.
-	fold16 := !k.signed && !t.vnni
+	fold16 := !k.signed && !isa.vnni
 	for c := range p {
 		switch {
 		case k.signed:
 			ws := YMM()
 			VPSIGNB(aq, wq[c], ws)
-			p[c] = t.mulBytes(ws, aabs, ones16)
+			p[c] = isa.mulBytes(ws, aabs, ones16)
 		case fold16:
 			p[c] = YMM()
 			VPMADDUBSW(Mem{Base: ar, Disp: q8aQs}, wq[c], p[c])
 		default:
-			p[c] = t.mulBytes(Mem{Base: ar, Disp: q8aQs}, wq[c], nil)
+			p[c] = isa.mulBytes(Mem{Base: ar, Disp: q8aQs}, wq[c], nil)
 		}
 	}
 	if fold16 {
@@ -645,8 +645,8 @@ func storeTile(acc VecVirtual, out Mem) {
 // dot32's tiles spend a conversion, a scale and a fused multiply-add on
 // every (weight, activation) block pair, this spends them on four. Results
 // agree with dot32's within float32 rounding (they sum in another order).
-func tile32(k block32, t target) {
-	name := fmt.Sprintf("dot%s%sp4", k.name, t.suffix)
+func tile32(k block32, isa target) {
+	name := fmt.Sprintf("dot%s%sp4", k.name, isa.suffix)
 	TEXT(name, NOSPLIT, "func(nb int, panel *byte, a *byte, astride int, out *float32)")
 	Pragma("noescape")
 	Doc(name + " is the " + k.name + " × Q8A kernel for a tile of a panel of four weight rows (nb blocks) by four activation rows astride bytes apart: out[4r+c] = w_c · a_r.")
@@ -665,7 +665,7 @@ func tile32(k block32, t target) {
 		VMOVDQU(Mem{Base: pw, Disp: panelW + 32*c}, wq[c])
 	}
 	for r, ar := range as {
-		tileStep(k, t, wq, Mem{Base: pw, Disp: panelD}, Mem{Base: pw, Disp: panelCorr}, ar, acc[r])
+		tileStep(k, isa, wq, Mem{Base: pw, Disp: panelD}, Mem{Base: pw, Disp: panelCorr}, ar, acc[r])
 	}
 	ADDQ(U32(panelBlock), pw)
 	for _, ar := range as {
@@ -687,8 +687,8 @@ func tile32(k block32, t target) {
 // (tiles) so give a row the same result bit for bit, and the continuous
 // batching of the daemon does not change a request's logits. Like the
 // other four-row mat-vec kernels it prefetches the next four rows.
-func mat32(k block32, t target) {
-	name := fmt.Sprintf("dot%s%sm4", k.name, t.suffix)
+func mat32(k block32, isa target) {
+	name := fmt.Sprintf("dot%s%sm4", k.name, isa.suffix)
 	TEXT(name, NOSPLIT, "func(nb int, w *byte, wstride int, a *byte, out *float32)")
 	Pragma("noescape")
 	Doc(name + " is the " + k.name + " × Q8A kernel of the tile's arithmetic for four weight rows wstride bytes apart by one activation row, nb blocks: out[c] = w_c · a.")
@@ -708,7 +708,7 @@ func mat32(k block32, t target) {
 	if corr != nil {
 		co = corr
 	}
-	tileStep(k, t, weights4(k, ws), dw, co, a, acc)
+	tileStep(k, isa, weights4(k, ws), dw, co, a, acc)
 	for _, wr := range ws {
 		ADDQ(U32(k.size), wr)
 	}
