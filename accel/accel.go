@@ -117,6 +117,34 @@ func Check(b Backend) error {
 	return nil
 }
 
+// Product is one of the matrix products of MatMuls: Dst = W·x.
+type Product struct {
+	Dst Buffer
+	W   Weight
+}
+
+// MultiMatMuler is implemented by backends that multiply one input by
+// several weights as a single operation (q, k and v; gate and up): the
+// input is rounded once, and the CPU's threads meet once instead of once
+// per weight, which in decoding a small model is a fair part of a step.
+type MultiMatMuler interface {
+	// MatMuls computes p.Dst[r] = p.W·x[r] for each p of ps and rows
+	// rows, exactly as MatMul computes each.
+	MatMuls(x Buffer, rows int, ps []Product)
+}
+
+// MatMuls computes p.Dst[r] = p.W·x[r] for each p of ps: in one operation
+// where b is a MultiMatMuler, else one MatMul at a time.
+func MatMuls(b Backend, x Buffer, rows int, ps []Product) {
+	if m, ok := b.(MultiMatMuler); ok {
+		m.MatMuls(x, rows, ps)
+		return
+	}
+	for _, p := range ps {
+		b.MatMul(p.Dst, p.W, x, rows)
+	}
+}
+
 // Backend runs the operations of a transformer forward pass. Row counts
 // describe how many token rows of the buffers an operation covers; every
 // buffer is at least that large. Methods with an error result may fail for

@@ -151,6 +151,7 @@ type activations struct {
 	seqs      []accel.AttnSeq
 	seqOf     []*Sequence // the sequence of each entry of seqs
 	logitRows []int32
+	prods     [3]accel.Product // the products of one project call
 }
 
 // New places m's weights on be (and opts.Offload) and allocates the

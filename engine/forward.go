@@ -76,13 +76,8 @@ func (e *Engine) layer(l int, rows []Row, pos []int32) error {
 
 	// Attention: x += Wo · attn(rope(Wq·xn), rope(Wk·xn), Wv·xn).
 	be.RMSNorm(a.xn, a.x, w.attnNorm, n, c.RMSEps)
-	if err := e.project(l, ProjQ, a.q, w.wq, w.bq, a.xn, rows); err != nil {
-		return err
-	}
-	if err := e.project(l, ProjK, a.k, w.wk, w.bk, a.xn, rows); err != nil {
-		return err
-	}
-	if err := e.project(l, ProjV, a.v, w.wv, w.bv, a.xn, rows); err != nil {
+	if err := e.project(l, a.xn, rows,
+		projection{ProjQ, a.q, w.wq, w.bq}, projection{ProjK, a.k, w.wk, w.bk}, projection{ProjV, a.v, w.wv, w.bv}); err != nil {
 		return err
 	}
 	if ko, ok := e.opts.Hooks.Observer.(KeyObserver); ok && ko.WantsKeys(l) {
@@ -96,36 +91,49 @@ func (e *Engine) layer(l int, rows []Row, pos []int32) error {
 	for i, s := range seqs {
 		a.seqOf[i].n[l] += s.Rows
 	}
-	if err := e.project(l, ProjO, a.xn, w.wo, nil, a.att, rows); err != nil {
+	if err := e.project(l, a.att, rows, projection{ProjO, a.xn, w.wo, nil}); err != nil {
 		return err
 	}
 	be.Add(a.x, a.xn, n*c.NEmbd)
 
 	// MLP: x += Down · (silu(Gate·xn) ⊙ Up·xn).
 	be.RMSNorm(a.xn, a.x, w.ffnNorm, n, c.RMSEps)
-	if err := e.project(l, ProjGate, a.gate, w.gate, nil, a.xn, rows); err != nil {
-		return err
-	}
-	if err := e.project(l, ProjUp, a.up, w.up, nil, a.xn, rows); err != nil {
+	if err := e.project(l, a.xn, rows, projection{ProjGate, a.gate, w.gate, nil}, projection{ProjUp, a.up, w.up, nil}); err != nil {
 		return err
 	}
 	be.SwiGLU(a.gate, a.gate, a.up, n*c.NFF)
-	if err := e.project(l, ProjDown, a.xn, w.down, nil, a.gate, rows); err != nil {
+	if err := e.project(l, a.gate, rows, projection{ProjDown, a.xn, w.down, nil}); err != nil {
 		return err
 	}
 	be.Add(a.x, a.xn, n*c.NEmbd)
 	return nil
 }
 
-// project computes y = W·x (+ bias) (+ the delta hook's correction).
-func (e *Engine) project(l int, p Proj, y accel.Buffer, w accel.Weight, bias, x accel.Buffer, rows []Row) error {
-	e.be.MatMul(y, w, x, len(rows))
-	if bias != nil {
-		e.be.AddRows(y, bias, len(rows))
+// projection is one of a layer's matrix products: y = W·x (+ bias).
+type projection struct {
+	p    Proj
+	y    accel.Buffer
+	w    accel.Weight
+	bias accel.Buffer
+}
+
+// project computes the projections ps of the input x, which share it (q, k
+// and v; gate and up) and so run as one backend operation, then adds each
+// one's bias and the delta hook's correction.
+func (e *Engine) project(l int, x accel.Buffer, rows []Row, ps ...projection) error {
+	prods := e.act.prods[:0]
+	for _, p := range ps {
+		prods = append(prods, accel.Product{Dst: p.y, W: p.w})
 	}
-	if d := e.opts.Hooks.Delta; d != nil {
-		if err := d.Apply(e.be, l, p, x, y, rows); err != nil {
-			return fmt.Errorf("engine: layer %d delta: %w", l, err)
+	accel.MatMuls(e.be, x, len(rows), prods)
+	for _, p := range ps {
+		if p.bias != nil {
+			e.be.AddRows(p.y, p.bias, len(rows))
+		}
+		if d := e.opts.Hooks.Delta; d != nil {
+			if err := d.Apply(e.be, l, p.p, x, p.y, rows); err != nil {
+				return fmt.Errorf("engine: layer %d delta: %w", l, err)
+			}
 		}
 	}
 	return nil

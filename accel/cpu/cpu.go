@@ -42,7 +42,7 @@ type Backend struct {
 	rowsF32, rowsF16 quant.FloatRows
 
 	// The tasks of the operations, reused so that no call allocates.
-	mm     matmulTask
+	mm     matmulsTask
 	aq     quantizeTask
 	emb    embedTask
 	attn   attnTask

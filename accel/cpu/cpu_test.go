@@ -115,6 +115,52 @@ func TestMatMulRowIndependent(t *testing.T) {
 	}
 }
 
+// MatMuls gives each product exactly what a MatMul of its own gives, for
+// products that share an activation type (run as one loop, row counts
+// that are no multiple of four included) and for those that do not (run
+// one after another), whatever the batch and thread count.
+func TestMatMuls(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	const cols = 256
+	for _, tc := range []struct {
+		name  string
+		types []quant.Type
+		rows  []int
+	}{
+		{"q4_0 q/k/v", []quant.Type{quant.Q4_0, quant.Q4_0, quant.Q4_0}, []int{16, 8, 8}},
+		{"q8_0 odd rows", []quant.Type{quant.Q8_0, quant.Q8_0, quant.Q8_0}, []int{7, 5, 1}},
+		{"q4_k and q6_k", []quant.Type{quant.Q4_K, quant.Q6_K}, []int{9, 6}},
+		{"q8_0 and q4_k", []quant.Type{quant.Q8_0, quant.Q4_K, quant.Q8_0}, []int{6, 3, 5}},
+		{"f16 and f32", []quant.Type{quant.F16, quant.F32}, []int{3, 4}},
+		{"one", []quant.Type{quant.Q5_0}, []int{13}},
+	} {
+		for _, threads := range []int{1, 2, 3} {
+			for _, n := range []int{1, 2, 5} {
+				b := New(threads)
+				xs := buf(t, b, randVec(r, n*cols))
+				var ps []accel.Product
+				var want [][]float32
+				for i, typ := range tc.types {
+					data := make([]byte, tc.rows[i]*mustRowSize(t, typ, cols))
+					require.NoError(t, quant.Quantize(typ, randVec(r, tc.rows[i]*cols), data))
+					wt, err := b.Load(accel.Matrix{Name: "w", Type: typ, Rows: tc.rows[i], Cols: cols, Data: data})
+					require.NoError(t, err)
+					dst, _ := b.Alloc(n * tc.rows[i])
+					b.MatMul(dst, wt, xs, n)
+					want = append(want, read(b, dst))
+					dst, _ = b.Alloc(n * tc.rows[i])
+					ps = append(ps, accel.Product{Dst: dst, W: wt})
+				}
+				accel.MatMuls(b, xs, n, ps)
+				for i, p := range ps {
+					require.Equal(t, want[i], read(b, p.Dst), "%s threads %d rows %d product %d", tc.name, threads, n, i)
+				}
+				b.Close()
+			}
+		}
+	}
+}
+
 func mustRowSize(t *testing.T, typ quant.Type, n int) int {
 	s, err := typ.RowSize(n)
 	require.NoError(t, err)

@@ -13,29 +13,71 @@ import (
 // rows/actTile times rather than once per token.
 const actTile = 64
 
-// MatMul implements accel.Backend. The input rows are first quantized into
-// the kernel's activation type (8-bit for quantized weights, as llama.cpp
-// does), then each worker takes a range of weight rows.
+// MatMul implements accel.Backend: MatMuls with one product.
 func (b *Backend) MatMul(dst accel.Buffer, w accel.Weight, x accel.Buffer, rows int) {
-	wt := w.(*weight)
-	xs := x.(*buffer).f[:rows*wt.m.Cols]
-	b.mm = matmulTask{b: b, w: wt, dst: dst.(*buffer).f, rows: rows, act: b.activations(wt, xs, rows)}
-	b.pool.runGrain(&b.mm, wt.m.Rows, 4)
+	b.MatMuls(x, rows, []accel.Product{{Dst: dst, W: w}})
 }
 
-// activations returns x's rows in the activation type of wt's kernel.
-// Where the kernel has a 4×4 tile, the rows are followed by copies of the
+// maxProducts is the most products MatMuls runs as one loop: q, k and v.
+const maxProducts = 3
+
+// MatMuls implements accel.MultiMatMuler. The input rows are first
+// quantized into the kernels' activation type (8-bit for quantized
+// weights, as llama.cpp does), once for all the products, then each worker
+// takes a range of the products' weight rows laid end to end. Products
+// whose kernels want different activation types run one after another.
+func (b *Backend) MatMuls(x accel.Buffer, rows int, ps []accel.Product) {
+	if len(ps) == 0 {
+		return
+	}
+	if len(ps) > maxProducts || !sameAct(ps) {
+		for _, p := range ps {
+			b.MatMuls(x, rows, []accel.Product{p})
+		}
+		return
+	}
+	var wa [maxProducts]*weight
+	ws := wa[:len(ps)]
+	for i, p := range ps {
+		ws[i] = p.W.(*weight)
+	}
+	act := b.activations(ws, x.(*buffer).f[:rows*ws[0].m.Cols], rows)
+	b.mm = matmulsTask{n: len(ps)}
+	at := 0
+	for i, p := range ps {
+		b.mm.parts[i] = matmulTask{b: b, w: ws[i], dst: p.Dst.(*buffer).f, rows: rows, act: act}
+		b.mm.start[i] = at
+		at += (ws[i].m.Rows + 3) &^ 3
+	}
+	b.pool.runGrain(&b.mm, at, 4)
+}
+
+// sameAct reports whether ps's weights take activations of one type.
+func sameAct(ps []accel.Product) bool {
+	for _, p := range ps[1:] {
+		if p.W.(*weight).kernel.Act != ps[0].W.(*weight).kernel.Act {
+			return false
+		}
+	}
+	return true
+}
+
+// activations returns x's rows in the activation type of ws's kernels.
+// Where a kernel has a 4×4 tile, the rows are followed by copies of the
 // last one up to a multiple of four, so that every row goes through the
 // tile kernel and its results do not depend on where it falls in the
 // batch.
-func (b *Backend) activations(wt *weight, xs []float32, rows int) []byte {
+func (b *Backend) activations(ws []*weight, xs []float32, rows int) []byte {
+	wt := ws[0]
 	if wt.kernel.Act == quant.F32 {
 		return f32ToBytes(xs)
 	}
 	al := wt.actRowLen
 	padded := rows
-	if wt.kernel.Tile != nil && rows > 1 {
-		padded = (rows + 3) &^ 3
+	for _, w := range ws {
+		if w.kernel.Tile != nil && rows > 1 {
+			padded = (rows + 3) &^ 3
+		}
 	}
 	if cap(b.act) < padded*al {
 		b.act = make([]byte, padded*al)
@@ -68,6 +110,27 @@ type matmulTask struct {
 	dst  []float32
 	act  []byte
 	rows int
+}
+
+// matmulsTask runs the products of one input as one loop over their
+// weight rows laid end to end. Each product's rows start at a multiple of
+// four (the loop skips the gaps), so that with ranges cut at multiples of
+// four a worker's share of a product starts on a tile boundary, as it
+// would in a MatMul of its own, and the results are the same.
+type matmulsTask struct {
+	parts [maxProducts]matmulTask
+	start [maxProducts]int
+	n     int
+}
+
+func (m *matmulsTask) run(t, lo, hi int) {
+	for i := range m.n {
+		p := &m.parts[i]
+		s := m.start[i]
+		if l, h := max(lo, s), min(hi, s+p.w.m.Rows); l < h {
+			p.run(t, l-s, h-s)
+		}
+	}
 }
 
 func (m *matmulTask) run(t, lo, hi int) {

@@ -79,10 +79,15 @@ func (b *Backend) Add(dst, x accel.Buffer, n int) {
 	}
 }
 
+// swigluGrain is the fewest values a SwiGLU worker takes: a decode step's
+// few thousand take a microsecond or two, about what the workers' meeting
+// would cost, so they run on the caller; a prompt's are split.
+const swigluGrain = 4096
+
 // SwiGLU implements accel.Backend.
 func (b *Backend) SwiGLU(dst, gate, up accel.Buffer, n int) {
 	b.swiglu = swigluTask{dst.(*buffer).f[:n], gate.(*buffer).f[:n], up.(*buffer).f[:n]}
-	b.pool.runGrain(&b.swiglu, n, 64)
+	b.pool.runGrain(&b.swiglu, n, swigluGrain)
 }
 
 type swigluTask struct{ dst, gate, up []float32 }
