@@ -127,9 +127,6 @@ func KernelTier() string { return bestTier.name }
 // activation layouts.
 type tier struct {
 	name string
-	// optIn keeps a tier from being picked unless EDGED_CPU_KERNELS names
-	// it: one not yet checked and timed on a real CPU.
-	optIn bool
 	// dot and dotRows return the tier's functions for a weight type, or nil.
 	dot     func(t Type) func(n int, w, a []byte) float32
 	dotRows func(t Type) func(n int, w, a []byte, aStride int, out []float32)
@@ -153,8 +150,7 @@ var portableTier = tier{
 }
 
 // bestTier is the tier KernelFor uses, chosen once at start-up: the best
-// this CPU runs (opt-in tiers aside), unless the environment names another
-// it runs.
+// this CPU runs, unless the environment names another it runs.
 // EDGED_NOASM=1 picks the portable kernels, so that tests can check a
 // whole model on both paths; EDGED_CPU_KERNELS=name picks a tier by name (see
 // KernelTier), so that tiers can be timed against each other.
@@ -165,16 +161,12 @@ func pickTier(name string, noAsm bool) tier {
 	if noAsm {
 		return ts[0]
 	}
-	best := ts[0]
 	for _, tr := range ts {
 		if tr.name == name {
 			return tr
 		}
-		if !tr.optIn {
-			best = tr
-		}
 	}
-	return best
+	return ts[len(ts)-1]
 }
 
 // tilePanelBlock is the scratch Kernel.Tile needs per 32 values: four
