@@ -29,7 +29,7 @@ const (
 )
 
 var (
-	c03, c04, c20, c0F, c10, c30, ones16, q5Shuf, q5Bits, wordBcast, q6Order, absMask, permPack, i127 Mem
+	c03, c04, c20, c0F, c10, c30, ones16, hiShift, q5Shuf, q5Bits, wordBcast, q6Order, absMask, permPack, i127 Mem
 )
 
 func bytes32(name string, f func(i int) byte) Mem {
@@ -52,6 +52,15 @@ func constants() {
 	c10 = bytes32("c10", func(int) byte { return 0x10 })
 	c30 = bytes32("c30", func(int) byte { return 0x30 })
 	ones16 = bytes32("ones16", func(i int) byte { return byte(1 - i%2) })
+	// hiShift, as VPSRLVQ's counts, shifts the upper 128-bit lane right
+	// by 4 bits and leaves the lower one: a broadcast block of nibbles
+	// becomes low nibbles below, high ones above (see weights4).
+	hiShift = bytes32("hiShift", func(i int) byte {
+		if i == 16 || i == 24 {
+			return 4
+		}
+		return 0
+	})
 	// q5Shuf spreads the 4 bytes of a broadcast qh so that byte j of the
 	// result holds qh byte j/8; q5Bits then selects bit j%8 of it.
 	q5Shuf = bytes32("q5Shuf", func(i int) byte { return byte(i / 8) })
@@ -504,10 +513,43 @@ func strided(first Register, strideParam string, n int) []Register {
 	return ps
 }
 
+// loopConsts are the constants of the four-row block loops as operands:
+// in memory, or in registers loaded once before the loop (mat32's loop
+// has registers to spare), which saves a load at every use.
+type loopConsts struct {
+	mask, shift, ones Op // c0F, hiShift, ones16
+	corr              Op // k.corr broadcast, or nil: broadcast it at each use
+}
+
+// memConsts are the constants in memory.
+func memConsts() loopConsts { return loopConsts{mask: c0F, shift: hiShift, ones: ones16} }
+
+// regConsts loads the constants that k's loop uses on isa into registers.
+func regConsts(k block32, isa target) loopConsts {
+	c := memConsts()
+	load := func(m Mem) Op {
+		r := YMM()
+		VMOVDQU(m, r)
+		return r
+	}
+	if !k.signed {
+		c.mask, c.shift = load(c0F), load(hiShift)
+	}
+	if !isa.vnni {
+		c.ones = load(ones16)
+	}
+	if k.corr != 0 {
+		r := YMM()
+		VBROADCASTSS(f32Const(k.corr), r)
+		c.corr = r
+	}
+	return c
+}
+
 // scales4 returns, for the current block of four weight rows, their
 // scales as float32 (dw0..dw3, dw0..dw3) and, for q4_0, -8·(dw0..dw3, 0,
 // 0, 0, 0) (nil otherwise).
-func scales4(k block32, ws []Register) (dw, corr VecVirtual) {
+func scales4(k block32, ws []Register, cs loopConsts) (dw, corr VecVirtual) {
 	g := GP32()
 	x := XMM()
 	MOVWLZX(Mem{Base: ws[0]}, g)
@@ -520,8 +562,12 @@ func scales4(k block32, ws []Register) (dw, corr VecVirtual) {
 	dw = YMM()
 	VINSERTF128(Imm(1), lo.AsX(), lo, dw)
 	if k.corr != 0 {
-		f := YMM()
-		VBROADCASTSS(f32Const(k.corr), f)
+		f := cs.corr
+		if f == nil {
+			r := YMM()
+			VBROADCASTSS(f32Const(k.corr), r)
+			f = r
+		}
 		VMULPS(f, lo, lo)
 		corr = lo
 	}
@@ -529,8 +575,11 @@ func scales4(k block32, ws []Register) (dw, corr VecVirtual) {
 }
 
 // weights4 loads the current block of four weight rows as bytes: q4_0's
-// nibbles unpacked (0..15), q8_0's as they are.
-func weights4(k block32, ws []Register) [4]VecVirtual {
+// nibbles unpacked (0..15), q8_0's as they are. The 16 bytes of nibbles
+// go to both lanes, the upper lane shifts right by 4 (VPSRLVQ: a shift,
+// where an insert of the shifted half would be a shuffle, and shuffles
+// have one port on Intel cores) and the mask keeps the low nibbles.
+func weights4(k block32, ws []Register, cs loopConsts) [4]VecVirtual {
 	var wq [4]VecVirtual
 	for c, wr := range ws {
 		wq[c] = YMM()
@@ -538,11 +587,9 @@ func weights4(k block32, ws []Register) [4]VecVirtual {
 			VMOVDQU(Mem{Base: wr, Disp: k.qs}, wq[c])
 			continue
 		}
-		VMOVDQU(Mem{Base: wr, Disp: k.qs}, wq[c].AsX())
-		hi := XMM()
-		VPSRLW(Imm(4), wq[c].AsX(), hi)
-		VINSERTI128(Imm(1), hi, wq[c], wq[c])
-		VPAND(c0F, wq[c], wq[c])
+		VBROADCASTI128(Mem{Base: wr, Disp: k.qs}, wq[c])
+		VPSRLVQ(cs.shift, wq[c], wq[c])
+		VPAND(cs.mask, wq[c], wq[c])
 	}
 	return wq
 }
@@ -558,12 +605,12 @@ func pack32(k block32) {
 	ws := strided(Load(Param("w"), GP64()), "wstride", 4)
 	dst := Load(Param("dst"), GP64())
 	Label(name + "_loop")
-	dw, corr := scales4(k, ws)
+	dw, corr := scales4(k, ws, memConsts())
 	VMOVUPS(dw, Mem{Base: dst, Disp: panelD})
 	if corr != nil {
 		VMOVUPS(corr, Mem{Base: dst, Disp: panelCorr})
 	}
-	for c, q := range weights4(k, ws) {
+	for c, q := range weights4(k, ws, memConsts()) {
 		VMOVDQU(q, Mem{Base: dst, Disp: panelW + 32*c})
 	}
 	for _, wr := range ws {
@@ -585,12 +632,13 @@ func pack32(k block32) {
 // lower lanes only; q8_0's weights are signed, so each pair multiplies |a|
 // by w·sign(a). tile32 and mat32 run exactly these instructions, so that
 // a row's product is the same in a tile and alone.
-func tileStep(k block32, isa target, wq [4]VecVirtual, dw, corr Op, ar Register, acc VecVirtual) {
+func tileStep(k block32, isa target, wq [4]VecVirtual, dw, corr Op, ar Register, acc VecVirtual, cs loopConsts) {
 	var p [4]VecVirtual
-	var aq, aabs VecVirtual
+	aq := YMM()
+	VMOVDQU(Mem{Base: ar, Disp: q8aQs}, aq)
+	var aabs VecVirtual
 	if k.signed {
-		aq, aabs = YMM(), YMM()
-		VMOVDQU(Mem{Base: ar, Disp: q8aQs}, aq)
+		aabs = YMM()
 		VPSIGNB(aq, aq, aabs)
 	}
 	// AVX2 and nibbles: a 16-bit pair sum is at most 2·15·127, so four of
@@ -601,19 +649,19 @@ func tileStep(k block32, isa target, wq [4]VecVirtual, dw, corr Op, ar Register,
 		case k.signed:
 			ws := YMM()
 			VPSIGNB(aq, wq[c], ws)
-			p[c] = isa.mulBytes(ws, aabs, ones16)
+			p[c] = isa.mulBytes(ws, aabs, cs.ones)
 		case fold16:
 			p[c] = YMM()
-			VPMADDUBSW(Mem{Base: ar, Disp: q8aQs}, wq[c], p[c])
+			VPMADDUBSW(aq, wq[c], p[c])
 		default:
-			p[c] = isa.mulBytes(Mem{Base: ar, Disp: q8aQs}, wq[c], nil)
+			p[c] = isa.mulBytes(aq, wq[c], nil)
 		}
 	}
 	if fold16 {
 		VPHADDW(p[1], p[0], p[0])
 		VPHADDW(p[3], p[2], p[2])
 		VPHADDW(p[2], p[0], p[0])
-		VPMADDWD(ones16, p[0], p[0])
+		VPMADDWD(cs.ones, p[0], p[0])
 	} else {
 		VPHADDD(p[1], p[0], p[0])
 		VPHADDD(p[3], p[2], p[2])
@@ -665,7 +713,7 @@ func tile32(k block32, isa target) {
 		VMOVDQU(Mem{Base: pw, Disp: panelW + 32*c}, wq[c])
 	}
 	for r, ar := range as {
-		tileStep(k, isa, wq, Mem{Base: pw, Disp: panelD}, Mem{Base: pw, Disp: panelCorr}, ar, acc[r])
+		tileStep(k, isa, wq, Mem{Base: pw, Disp: panelD}, Mem{Base: pw, Disp: panelCorr}, ar, acc[r], memConsts())
 	}
 	ADDQ(U32(panelBlock), pw)
 	for _, ar := range as {
@@ -699,16 +747,17 @@ func mat32(k block32, isa target) {
 	a := Load(Param("a"), GP64())
 	acc := YMM()
 	zero(acc)
+	cs := regConsts(k, isa)
 	Label(name + "_loop")
 	for _, wr := range ws {
 		PREFETCHT0(Mem{Base: wr, Index: pf, Scale: 1})
 	}
-	dw, corr := scales4(k, ws)
+	dw, corr := scales4(k, ws, cs)
 	var co Op
 	if corr != nil {
 		co = corr
 	}
-	tileStep(k, isa, weights4(k, ws), dw, co, a, acc)
+	tileStep(k, isa, weights4(k, ws, cs), dw, co, a, acc, cs)
 	for _, wr := range ws {
 		ADDQ(U32(k.size), wr)
 	}
