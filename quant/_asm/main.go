@@ -267,21 +267,9 @@ func (k kernel) emit(sh shape) {
 	if sh.rows > 1 {
 		out = Load(Param("out"), GP64())
 	}
-	// For a tile of weight rows, pf = 4·wstride: each row's step prefetches
-	// the same place of the row four below, the next tile's. A matrix-vector
-	// product streams its weights from memory once, in rows too short (1 to
-	// 3 KB) for the hardware prefetcher to ramp up in, and four rows walked
-	// side by side do not look sequential to it. Measured on a 2-core Zen 3
-	// EPYC VM, one thread (BenchmarkMatVecStream, 256 MB of weights, rows of
-	// 2048 / 5632): q4_0 3.0–3.6 → 5.3–7.0 GB/s and 4.3–5.6 → 6.9–8.9 GB/s,
-	// q8_0 4.9–5.8 → 6.8–9.1 and 6.5–9.2 → 9.1–12.4 GB/s. Matrices that stay
-	// in L2 (BenchmarkMatVec 1536×576) may lose up to ~15% to the extra
-	// instructions; in decoding, weights come from memory. A prefetch past
-	// the matrix does not fault.
-	var pf Register
+	var pf tilePrefetch
 	if sh.weights {
-		pf = Load(Param("wstride"), GP64())
-		SHLQ(Imm(2), pf)
+		pf = prefetchNextTile(ws[0], k.wsize)
 	}
 	if k.setup != nil {
 		k.setup()
@@ -298,9 +286,7 @@ func (k kernel) emit(sh shape) {
 	}
 	Label(name + "_loop")
 	if sh.weights {
-		for _, w := range ws {
-			PREFETCHT0(Mem{Base: w, Index: pf, Scale: 1})
-		}
+		pf.step()
 		for r := range sh.rows {
 			k.body(ws[r], as, rows[r:r+1], acc[r:r+1])
 		}
@@ -330,6 +316,55 @@ func (k kernel) emit(sh shape) {
 	}
 	VZEROUPPER()
 	RET()
+}
+
+// A tilePrefetch walks the next tile of four weight rows, the four rows
+// below the kernel's, in address order, a block step's worth (4·size bytes)
+// per step of the kernel's loop, so that the tile is in cache when the
+// kernel's next call (MatVec's next four rows) reads it.
+//
+// A matrix-vector product streams its weights from memory once, in rows
+// too short (1 to 3 KB) for the hardware prefetcher to ramp up in, and
+// four rows walked side by side do not look sequential to it. Prefetching
+// the same place of each row four below (four strided streams) doubled
+// the throughput; walking the next tile in address order instead gains
+// again where memory is the limit. On a 2-core Zen 3 EPYC VM, 256 MB of
+// weights, two threads each on half the rows (rows × columns, three runs
+// each): q4_0 2048×2048 8.5–9.8 → 10.2–12.4 GB/s, 5632×2048 11.1–12.0 →
+// 13.0–16.1; q8_0 2048×2048 11.4–13.2 → 11.3–15.0, 5632×2048 13.7–15.1 →
+// 13.0–16.2. One thread (BenchmarkMatVecStream): q4_0 rows of 2048
+// 6.3–8.2 → 8.9–11.0, of 5632 no change; q8_0 rows of 2048 8.8–9.8 →
+// 9.8–10.7, but of 5632 11.5–12.9 → 10.5–10.6 (a tile of such rows is 24
+// KB, and walking it in order fetches its first lines further ahead of
+// their use, out of L1). Decoding, medians of four alternating runs, two
+// threads: tinyllama q4_0 20.0 → 26.2 tokens/s, smollm2 q8_0 68.5 → 94.5,
+// smollm2 q4_0 111 → 125; one thread (edgectl bench -t 1, three runs):
+// tinyllama q4_0 13.0–14.2 → 16.5–18.3, smollm2 q8_0 44.2–47.4 →
+// 63.9–76.4. The rows of a weight matrix are packed (wstride is the row
+// size); with gaps between them less of the next tile is fetched. A
+// prefetch past the matrix does not fault.
+type tilePrefetch struct {
+	next Register
+	size int // bytes of the tile per block step
+}
+
+// prefetchNextTile starts a tilePrefetch for the tile below the four rows
+// at w0 (wstride apart), of blocks of size bytes.
+func prefetchNextTile(w0 Register, size int) tilePrefetch {
+	next := Load(Param("wstride"), GP64())
+	SHLQ(Imm(2), next)
+	ADDQ(w0, next)
+	return tilePrefetch{next: next, size: 4 * size}
+}
+
+// step prefetches the next block step's bytes of the tile, an address
+// every 64 bytes (no two consecutive ones further apart, across steps too,
+// so every cache line of the tile is touched), and moves on.
+func (p tilePrefetch) step() {
+	for off := 0; off < p.size; off += 64 {
+		PREFETCHT0(Mem{Base: p.next, Disp: off})
+	}
+	ADDQ(U32(p.size), p.next)
 }
 
 // scaledAdd adds d·da·v to acc (subtracts it when sub), da being the
@@ -734,7 +769,8 @@ func tile32(k block32, isa target) {
 // activation row, by tileStep. Decoding a token (one row) and prefilling
 // (tiles) so give a row the same result bit for bit, and the continuous
 // batching of the daemon does not change a request's logits. Like the
-// other four-row mat-vec kernels it prefetches the next four rows.
+// other four-row mat-vec kernels it prefetches the next four rows
+// (prefetchNextTile).
 func mat32(k block32, isa target) {
 	name := fmt.Sprintf("dot%s%sm4", k.name, isa.suffix)
 	TEXT(name, NOSPLIT, "func(nb int, w *byte, wstride int, a *byte, out *float32)")
@@ -742,16 +778,13 @@ func mat32(k block32, isa target) {
 	Doc(name + " is the " + k.name + " × Q8A kernel of the tile's arithmetic for four weight rows wstride bytes apart by one activation row, nb blocks: out[c] = w_c · a.")
 	nb := Load(Param("nb"), GP64())
 	ws := strided(Load(Param("w"), GP64()), "wstride", 4)
-	pf := Load(Param("wstride"), GP64())
-	SHLQ(Imm(2), pf)
+	pf := prefetchNextTile(ws[0], k.size)
 	a := Load(Param("a"), GP64())
 	acc := YMM()
 	zero(acc)
 	cs := regConsts(k, isa)
 	Label(name + "_loop")
-	for _, wr := range ws {
-		PREFETCHT0(Mem{Base: wr, Index: pf, Scale: 1})
-	}
+	pf.step()
 	dw, corr := scales4(k, ws, cs)
 	var co Op
 	if corr != nil {
