@@ -612,8 +612,8 @@ func scales4(k block32, ws []Register, cs loopConsts) (dw, corr VecVirtual) {
 // weights4 loads the current block of four weight rows as bytes: q4_0's
 // nibbles unpacked (0..15), q8_0's as they are. The 16 bytes of nibbles
 // go to both lanes, the upper lane shifts right by 4 (VPSRLVQ: a shift,
-// where an insert of the shifted half would be a shuffle, and shuffles
-// have one port on Intel cores) and the mask keeps the low nibbles.
+// where an insert of the shifted half would be a shuffle, which most
+// Intel cores run on port 5 alone) and the mask keeps the low nibbles.
 func weights4(k block32, ws []Register, cs loopConsts) [4]VecVirtual {
 	var wq [4]VecVirtual
 	for c, wr := range ws {
