@@ -33,7 +33,7 @@ func archTiers() []tier {
 	return []tier{avx2Tier}
 }
 
-var avx2Blocks = map[Type]asmBlock{
+var avx2Blocks = asmBlocks{
 	Q4_0: {32, 18, q8aBlock, dotQ4_0AVX2x1, dotQ4_0AVX2x4, dotQ4_0AVX2m4},
 	Q4_1: {32, 20, q8aBlock, dotQ4_1AVX2x1, dotQ4_1AVX2x4, dotQ4_1AVX2w4},
 	Q5_0: {32, 22, q8aBlock, dotQ5_0AVX2x1, dotQ5_0AVX2x4, dotQ5_0AVX2w4},
@@ -47,7 +47,7 @@ var avx2Blocks = map[Type]asmBlock{
 }
 
 // vnniBlocks are the kernels in which the VNNI tier differs from AVX2's.
-var vnniBlocks = map[Type]asmBlock{
+var vnniBlocks = asmBlocks{
 	Q4_0: {32, 18, q8aBlock, dotQ4_0VNNIx1, dotQ4_0VNNIx4, dotQ4_0VNNIm4},
 	Q4_1: {32, 20, q8aBlock, dotQ4_1VNNIx1, dotQ4_1VNNIx4, dotQ4_1VNNIw4},
 	Q5_0: {32, 22, q8aBlock, dotQ5_0VNNIx1, dotQ5_0VNNIx4, dotQ5_0VNNIw4},
@@ -70,7 +70,7 @@ type tileKernel = func(nb int, panel, a *byte, astride int, out *float32)
 // x86Tier is an amd64 tier with the block kernels of blocks and the tile
 // kernels q4_0 and q8_0; the float kernels and quantizers are AVX2's in
 // every tier.
-func x86Tier(name string, blocks map[Type]asmBlock, q4_0, q8_0 tileKernel) tier {
+func x86Tier(name string, blocks asmBlocks, q4_0, q8_0 tileKernel) tier {
 	return tier{
 		name: name,
 		dot: func(t Type) func(n int, w, a []byte) float32 {
@@ -82,10 +82,7 @@ func x86Tier(name string, blocks map[Type]asmBlock, q4_0, q8_0 tileKernel) tier 
 			case BF16:
 				return floatDot(dotBF16AVX2, 2, 8, dotBF16)
 			}
-			if b, ok := blocks[t]; ok {
-				return b.dot()
-			}
-			return nil
+			return blocks.dot(t)
 		},
 		dotRows: func(t Type) func(n int, w, a []byte, aStride int, out []float32) {
 			switch t {
@@ -96,17 +93,9 @@ func x86Tier(name string, blocks map[Type]asmBlock, q4_0, q8_0 tileKernel) tier 
 			case BF16:
 				return floatDotRows(dotBF16AVX2x3, 2, 8, floatDot(dotBF16AVX2, 2, 8, dotBF16), dotBF16)
 			}
-			if b, ok := blocks[t]; ok {
-				return b.dotRows
-			}
-			return nil
+			return blocks.dotRows(t)
 		},
-		matVec: func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32) {
-			if b, ok := blocks[t]; ok {
-				return b.matVec
-			}
-			return nil
-		},
+		matVec: blocks.matVec,
 		floatMatVec: func(t Type) FloatRows {
 			switch t {
 			case F32:

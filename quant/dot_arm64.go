@@ -19,7 +19,7 @@ func archTiers() []tier {
 	return ts
 }
 
-var neonBlocks = map[Type]asmBlock{
+var neonBlocks = asmBlocks{
 	Q4_0: {32, 18, q8aBlock, dotQ4_0NEONx1, dotQ4_0NEONx4, dotQ4_0NEONw4},
 	Q4_1: {32, 20, q8aBlock, dotQ4_1NEONx1, dotQ4_1NEONx4, dotQ4_1NEONw4},
 	Q5_0: {32, 22, q8aBlock, dotQ5_0NEONx1, dotQ5_0NEONx4, dotQ5_0NEONw4},
@@ -32,7 +32,7 @@ var neonBlocks = map[Type]asmBlock{
 	Q3_K: {QK_K, 110, 292, dotQ3_KNEONx1, dotQ3_KNEONx4, nil},
 }
 
-var dotBlocks = map[Type]asmBlock{
+var dotBlocks = asmBlocks{
 	Q4_0: {32, 18, q8aBlock, dotQ4_0DOTx1, dotQ4_0DOTx4, dotQ4_0DOTw4},
 	Q4_1: {32, 20, q8aBlock, dotQ4_1DOTx1, dotQ4_1DOTx4, dotQ4_1DOTw4},
 	Q5_0: {32, 22, q8aBlock, dotQ5_0DOTx1, dotQ5_0DOTx4, dotQ5_0DOTw4},
@@ -45,7 +45,7 @@ var dotBlocks = map[Type]asmBlock{
 	Q3_K: {QK_K, 110, 292, dotQ3_KDOTx1, dotQ3_KDOTx4, nil},
 }
 
-func neonTier(name string, blocks map[Type]asmBlock) tier {
+func neonTier(name string, blocks asmBlocks) tier {
 	return tier{
 		name: name,
 		dot: func(t Type) func(n int, w, a []byte) float32 {
@@ -57,23 +57,10 @@ func neonTier(name string, blocks map[Type]asmBlock) tier {
 			case BF16:
 				return floatDot(dotBF16NEON, 2, 4, dotBF16)
 			}
-			if b, ok := blocks[t]; ok {
-				return b.dot()
-			}
-			return nil
+			return blocks.dot(t)
 		},
-		dotRows: func(t Type) func(n int, w, a []byte, aStride int, out []float32) {
-			if b, ok := blocks[t]; ok {
-				return b.dotRows
-			}
-			return nil
-		},
-		matVec: func(t Type) func(n int, w []byte, wStride int, a []byte, out []float32) {
-			if b, ok := blocks[t]; ok {
-				return b.matVec
-			}
-			return nil
-		},
+		dotRows:  blocks.dotRows,
+		matVec:   blocks.matVec,
 		quantize: func(Type) func(x []float32, dst []byte) { return nil },
 	}
 }

@@ -16,6 +16,32 @@ type asmBlock struct {
 	w4               func(nb int, w *byte, wstride int, a *byte, out *float32)
 }
 
+// asmBlocks are a tier's block kernels by weight type. Its lookups return
+// a type's kernel of each kind, or nil where the tier has none, as the
+// tier's fields want them.
+type asmBlocks map[Type]asmBlock
+
+func (bs asmBlocks) dot(t Type) func(n int, w, a []byte) float32 {
+	if b, ok := bs[t]; ok {
+		return b.dot()
+	}
+	return nil
+}
+
+func (bs asmBlocks) dotRows(t Type) func(n int, w, a []byte, aStride int, out []float32) {
+	if b, ok := bs[t]; ok {
+		return b.dotRows
+	}
+	return nil
+}
+
+func (bs asmBlocks) matVec(t Type) func(n int, w []byte, wStride int, a []byte, out []float32) {
+	if b, ok := bs[t]; ok {
+		return b.matVec
+	}
+	return nil
+}
+
 // dot returns the Dot function: it checks the lengths (the assembly
 // trusts them) and runs x1. Short rows make the call overhead count, so
 // the closure divides by shifting and calls x1 without further
